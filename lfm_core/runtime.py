@@ -1,0 +1,106 @@
+"""Quick or full mode, device choice, seeding, and whether to show progress bars.
+
+* Mode: the environment variable ``LFM_QUICK`` set to ``1`` / ``true`` / ``yes`` / ``on``
+  selects *quick* mode (sizes for 2 CPU cores: CI and the test command); unset, empty or
+  ``0`` / ``false`` / ``no`` / ``off`` selects *full* mode (sizes for a GPU, e.g. Colab).
+  Anything else is an error, not a silent guess.
+* Progress bars: ``LFM_PROGRESS`` (same spellings) turns them on or off; by default they are on.
+  The test command turns them off so that logs stay short.
+* :func:`pick` chooses a value by mode: ``steps = pick(quick=500, full=20_000)``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["is_quick", "mode", "pick", "get_device", "seed_everything", "show_progress", "in_colab", "describe"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"environment variable {name}={raw!r} is not understood; use 1/0, true/false, yes/no or on/off")
+
+
+def is_quick() -> bool:
+    """True in quick mode (``LFM_QUICK=1``)."""
+    return _flag("LFM_QUICK", False)
+
+
+def mode() -> str:
+    """``"quick"`` or ``"full"``."""
+    return "quick" if is_quick() else "full"
+
+
+def pick(*, quick, full):
+    """Return ``quick`` in quick mode and ``full`` otherwise."""
+    return quick if is_quick() else full
+
+
+def show_progress() -> bool:
+    """Whether long loops show a tqdm progress bar (``LFM_PROGRESS``, on by default)."""
+    return _flag("LFM_PROGRESS", True)
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab."""
+    try:
+        import google.colab  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to use: ``prefer`` if given (and available), else CUDA, then Apple MPS, then CPU."""
+    if prefer is not None:
+        dev = torch.device(prefer)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("prefer='cuda' but no CUDA device is available")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("prefer='mps' but MPS is not available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a CPU ``torch.Generator`` seeded alike."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy global RNG is what user code calls
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def describe(**sizes) -> str:
+    """One-paragraph description of the run (mode, device, versions, sizes), for a notebook's config cell."""
+    dev = get_device()
+    lines = [
+        f"mode     : {mode()}  (LFM_QUICK={os.environ.get('LFM_QUICK', '')!r})",
+        f"device   : {dev}" + (f" ({torch.cuda.get_device_name(0)})" if dev.type == "cuda" else ""),
+        f"torch    : {torch.__version__}, {torch.get_num_threads()} CPU threads, Python {platform.python_version()}",
+    ]
+    if sizes:
+        lines.append("sizes    : " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+    return "\n".join(lines)

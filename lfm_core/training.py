@@ -1,0 +1,150 @@
+r"""Training small flow models: the conditional flow matching loss and a seeded fit loop.
+
+The CFM loss (Lipman et al. 2023, eq. 9; Tong et al. 2024, eq. 10) for a path ``p_t(x | z)``
+with conditional velocity ``u_t(x | z)`` and a coupling ``q(z)``, ``z = (x0, x1)``:
+
+.. math::
+
+    \mathcal L_{CFM}(\theta) = \mathbb E_{t \sim U[0,1],\; z \sim q,\; x_t \sim p_t(\cdot | z)}
+        \bigl\| v_\theta(x_t, t) - u_t(x_t | z) \bigr\|^2 .
+
+Its gradient equals that of the (intractable) regression on the marginal velocity, so the two
+losses differ by a constant (the conditional variance of ``u_t`` given ``x_t``): the CFM loss of
+a perfect model is not zero.
+
+The heavy trainer for image models (EMA, checkpoints, DDP) comes with the latent issue; this
+module is for the 2D and small models of the first notebooks.
+
+Depends on ``torch``, ``tqdm`` and the sibling modules ``couplings``, ``runtime``, ``utils``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from . import couplings
+from .runtime import show_progress
+from .utils import check_positive_int, check_tensor
+
+__all__ = ["cfm_loss", "fit", "train_cfm", "FitResult"]
+
+
+def cfm_loss(model, path, x0: torch.Tensor, x1: torch.Tensor, *, t=None, noise=None, coupling: str = "independent",
+             coupling_kwargs: dict | None = None, generator: torch.Generator | None = None, cond: dict | None = None):
+    """One Monte Carlo estimate of the CFM loss on a minibatch.
+
+    Pairs ``x0`` with ``x1`` by ``coupling`` (:func:`lfm_core.couplings.pair`), draws ``t`` (if not
+    given) with ``path.sample_time`` and ``(x_t, u_t)`` with ``path.sample``, and returns
+    ``mean over the batch of |model(x_t, t) - u_t|^2`` (summed over the point's dimensions).
+    """
+    check_tensor(x0, "x0")
+    check_tensor(x1, "x1")
+    if coupling != "independent":
+        x0, x1 = couplings.pair(x0, x1, coupling, generator=generator, **(coupling_kwargs or {}))
+    if t is None:
+        t = path.sample_time(x0.shape[0], generator=generator, dtype=x0.dtype).to(x0.device)
+    xt, ut = path.sample(x0, x1, t, noise=noise, generator=generator)
+    v = model(xt, t, **(cond or {}))
+    return (v - ut).pow(2).reshape(v.shape[0], -1).sum(1).mean()
+
+
+@dataclass
+class FitResult:
+    """Loss history of :func:`fit` (one value per step) and the wall time in seconds."""
+
+    losses: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def smoothed(self, window: int = 50) -> list:
+        """Running mean of the losses over ``window`` steps."""
+        out, acc = [], 0.0
+        for i, v in enumerate(self.losses):
+            acc += v
+            if i >= window:
+                acc -= self.losses[i - window]
+            out.append(acc / min(i + 1, window))
+        return out
+
+
+def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight_decay: float = 0.0,
+        seed: int | None = 0, progress: bool | None = None, desc: str = "training") -> FitResult:
+    """Minimise ``loss_fn(step, generator)`` over ``model``'s parameters with AdamW for ``steps`` steps.
+
+    ``loss_fn`` returns a scalar tensor; ``generator`` is a CPU ``torch.Generator`` seeded with
+    ``seed`` so that the batches it draws, and hence the whole run, are reproducible. A tqdm bar
+    shows the running loss (``progress=None`` follows :func:`lfm_core.runtime.show_progress`).
+    A non-finite loss stops training with an error naming the step.
+    """
+    import time
+
+    check_positive_int(steps, "steps")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    gen = torch.Generator()
+    if seed is not None:
+        gen.manual_seed(seed)
+        torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    result = FitResult()
+    show = show_progress() if progress is None else progress
+    bar = tqdm(range(steps), desc=desc, disable=not show, mininterval=0.5, leave=False)
+    start = time.perf_counter()
+    model.train()
+    for step in bar:
+        loss = loss_fn(step, gen)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {step}; lower the learning rate or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        result.losses.append(value)
+        if show and step % 50 == 0:
+            bar.set_postfix(loss=f"{result.smoothed(50)[-1]:.4f}")
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _batch_sampler(source, name):
+    """Turn a tensor (a data set) or a callable ``(n, generator) -> tensor`` into a batch sampler."""
+    if isinstance(source, torch.Tensor):
+        check_tensor(source, name)
+
+        def draw(n, gen):
+            idx = torch.randint(0, source.shape[0], (n,), generator=gen)
+            return source[idx.to(source.device)]
+
+        return draw
+    if callable(source):
+        return source
+    raise TypeError(
+        f"{name} must be a tensor of points or a callable (n, generator) -> tensor, got {type(source).__name__}"
+    )
+
+
+def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
+              weight_decay: float = 0.0, coupling: str = "independent", coupling_kwargs: dict | None = None,
+              seed: int | None = 0, progress: bool | None = None, device=None) -> FitResult:
+    """Train ``model`` by conditional flow matching from ``source`` to ``target``.
+
+    ``source`` and ``target`` are either tensors (minibatches are drawn from their rows, with
+    replacement) or callables ``(n, generator) -> [n, ...]``. Each step pairs a source and a
+    target batch by ``coupling`` and takes one AdamW step on :func:`cfm_loss`.
+    """
+    check_positive_int(batch_size, "batch_size")
+    draw0, draw1 = _batch_sampler(source, "source"), _batch_sampler(target, "target")
+    if device is None:
+        device = next(model.parameters()).device
+
+    def loss_fn(step, gen):
+        x0 = draw0(batch_size, gen).to(device)
+        x1 = draw1(batch_size, gen).to(device)
+        return cfm_loss(model, path, x0, x1, coupling=coupling, coupling_kwargs=coupling_kwargs, generator=gen)
+
+    return fit(model, loss_fn, steps=steps, lr=lr, weight_decay=weight_decay, seed=seed, progress=progress,
+               desc=f"CFM ({coupling})")

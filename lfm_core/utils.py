@@ -1,0 +1,111 @@
+"""Input checks and the one time-reshaping helper that every module shares.
+
+Conventions (see DESIGN.md): tensors are batch first; time ``t`` has shape ``[B]``
+(a Python float is broadcast to the batch); ``t = 0`` is the source (noise) and
+``t = 1`` the target (data). Bad input raises ``ValueError`` / ``TypeError``
+naming the argument, before any work is done.
+
+This file depends on torch only, so a module of ``lfm_core`` can be copied into
+another project together with it.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+__all__ = [
+    "check_tensor",
+    "check_finite",
+    "check_same_batch",
+    "check_positive_int",
+    "check_nonnegative",
+    "as_time",
+    "expand_like",
+]
+
+
+def check_tensor(x, name: str, *, min_dim: int = 1, floating: bool = True) -> torch.Tensor:
+    """Return ``x`` if it is a tensor with at least ``min_dim`` dimensions and a non-empty batch."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s) [B, ...], got shape {tuple(x.shape)}")
+    if x.dim() > 0 and x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinite values."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
+    return x
+
+
+def check_same_batch(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, *, same_shape: bool = True) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` have the same batch size (and shape, by default)."""
+    if same_shape and a.shape != b.shape:
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{name_a} and {name_b} must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+
+
+def check_positive_int(value, name: str) -> int:
+    """Return ``value`` as an int if it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_nonnegative(value, name: str, *, strict: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite real number >= 0 (> 0 when ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if strict and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def as_time(t, batch: int, *, like: torch.Tensor, name: str = "t", check_range: bool = True) -> torch.Tensor:
+    """Validate a time argument and return it as a tensor of shape ``[batch]``.
+
+    ``t`` may be a Python number (broadcast to the batch), a 0-d tensor, or a tensor of
+    shape ``[batch]``. The result has the dtype and device of ``like``. With
+    ``check_range`` the values must lie in ``[0, 1]``.
+    """
+    if isinstance(t, bool):
+        raise TypeError(f"{name} must be a float or a tensor of shape [B], got bool")
+    if isinstance(t, Real):
+        t = torch.full((batch,), float(t), dtype=like.dtype, device=like.device)
+    elif isinstance(t, torch.Tensor):
+        if t.dim() == 0:
+            t = t.reshape(1).expand(batch)
+        elif t.dim() != 1 or t.shape[0] != batch:
+            raise ValueError(f"{name} must have shape [B] = [{batch}] (or be a scalar), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            t = t.to(like.dtype)
+        t = t.to(device=like.device, dtype=like.dtype)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor of shape [B], got {type(t).__name__}")
+    check_finite(t, name)
+    if check_range and (bool((t < 0).any()) or bool((t > 1).any())):
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{float(t.min()):.4g}, {float(t.max()):.4g}]")
+    return t
+
+
+def expand_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample tensor ``t`` of shape ``[B]`` to ``[B, 1, ..., 1]`` so it broadcasts against ``x``."""
+    return t.reshape(t.shape[0], *([1] * (x.dim() - 1)))

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Execute the notebooks headless and write them, their figures and their timings under build/.
+
+    python scripts/run_notebooks.py --out build [NAME ...]
+
+For each ``notebooks/NN_topic.ipynb`` (or those whose name contains one of the NAMEs):
+executes it in the current environment (mode from ``LFM_QUICK``), writes the executed notebook to
+``build/notebooks/``, every PNG figure it shows to ``build/figures/NN_topic/``, and a summary of
+wall times against each notebook's budget (``metadata.lfm.quick_budget_s``) to
+``build/summary.json``. Exits non-zero if a notebook fails; a budget overrun is reported, not fatal.
+Usually run through ``python3 tasks.py run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def execute(path: Path, out: Path, timeout: int) -> dict:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        error = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+    seconds = time.perf_counter() - start
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out / "notebooks" / path.name)
+    fig_dir = out / "figures" / path.stem
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in fig_dir.glob("*.png"):
+        old.unlink()
+    n_fig = 0
+    for i, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" in data:
+                n_fig += 1
+                (fig_dir / f"cell{i:02d}_fig{n_fig:02d}.png").write_bytes(base64.b64decode(data["image/png"]))
+    mode = "quick" if os.environ.get("LFM_QUICK", "0") not in ("", "0", "false", "no", "off") else "full"
+    budget = nb.metadata.get("lfm", {}).get(f"{mode}_budget_s")
+    return {"notebook": path.name, "mode": mode, "seconds": round(seconds, 1), "budget_s": budget,
+            "within_budget": None if budget is None else seconds <= budget, "figures": n_fig, "error": error}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="run only notebooks whose file name contains one of these")
+    parser.add_argument("--out", type=Path, default=ROOT / "build")
+    parser.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+    args = parser.parse_args()
+    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.names:
+        paths = [p for p in paths if any(n in p.name for n in args.names)]
+    if not paths:
+        print("no notebook matched", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for p in paths:
+        print(f"executing {p.name} ...", flush=True)
+        r = execute(p, args.out, args.timeout)
+        results.append(r)
+        budget = f" (budget {r['budget_s']} s{'' if r['within_budget'] else ', OVER BUDGET'})" if r["budget_s"] else ""
+        status = "FAILED: " + r["error"] if r["error"] else "ok"
+        print(f"  {status}; {r['seconds']} s{budget}; {r['figures']} figures", flush=True)
+    (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out / 'notebooks'}, {args.out / 'figures'} and {args.out / 'summary.json'}")
+    return 1 if any(r["error"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""The project's two jobs, each setting up what it needs and safe to run again.
+
+    python3 tasks.py run     # execute every notebook headless in quick mode -> build/
+    python3 tasks.py test    # lint, unit tests, and every notebook through nbval (quick mode)
+
+Both create a virtual environment in .venv (once), install torch into it if it has none, and
+install this project with its notebook and dev extras (again only when pyproject.toml changed).
+Standard library only, so it runs on a machine with nothing but Python 3.10+ and pip.
+
+Options:
+    run --full            execute in full mode instead (GPU sizes; slow on a CPU)
+    run NAME ...          execute only the notebooks whose file name contains NAME
+    test -- ARGS          pass ARGS on to pytest (e.g. `python3 tasks.py test -- tests -k paths`)
+
+Environment:
+    LFM_TORCH_SPEC        the torch requirement installed into a fresh .venv (default torch==2.13.0,
+                          a CPU build on the project's CI machines; on Linux elsewhere PyPI's default
+                          build includes CUDA)
+    LFM_VENV              where the virtual environment lives (default .venv)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("LFM_VENV", ROOT / ".venv"))
+STAMP = VENV / ".lfm-installed"
+CELL_TIMEOUT = 600  # seconds, per notebook cell under nbval
+
+
+def _python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _run(cmd, **kw) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def _has_module(name: str) -> bool:
+    return subprocess.run([str(_python()), "-c", f"import {name}"], capture_output=True).returncode == 0
+
+
+def setup() -> None:
+    """Create .venv, install torch if missing, install the project if pyproject.toml changed."""
+    if sys.version_info < (3, 10):  # noqa: UP036 - tell users of older Pythons why it stops
+        sys.exit(f"Python 3.10 or newer is needed, this is {sys.version.split()[0]}")
+    if not _python().exists():
+        try:
+            _run([sys.executable, "-m", "venv", VENV])
+        except subprocess.CalledProcessError:
+            sys.exit("could not create a virtual environment; on Debian/Ubuntu install python3-venv first")
+    py = _python()
+    if not _has_module("torch"):
+        _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--upgrade", "pip"])
+        _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q",
+              os.environ.get("LFM_TORCH_SPEC", "torch==2.13.0")])
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text().strip() != digest or not _has_module("lfm_core"):
+        _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", f"{ROOT}[notebooks,dev]"])
+        STAMP.write_text(digest + "\n")
+
+
+def _env(quick: bool) -> dict:
+    env = dict(os.environ)
+    env["LFM_QUICK"] = "1" if quick else "0"
+    env.pop("MPLBACKEND", None)  # the inline backend is headless already; Agg would drop figures
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def run(args: list[str]) -> None:
+    setup()
+    full = "--full" in args
+    names = [a for a in args if a != "--full"]
+    _run([_python(), ROOT / "scripts" / "run_notebooks.py", "--out", ROOT / "build", *names],
+         env=_env(quick=not full), cwd=ROOT)
+
+
+def test(args: list[str]) -> None:
+    setup()
+    env = _env(quick=True)
+    env["LFM_PROGRESS"] = "0"
+    py = _python()
+    _run([py, "-m", "ruff", "check", ROOT], env=env, cwd=ROOT)
+    extra = args[1:] if args[:1] == ["--"] else args
+    targets = extra or ["tests", "notebooks"]
+    _run([py, "-m", "pytest", *targets, "--nbval-lax", "--nbval-current-env",
+          f"--nbval-cell-timeout={CELL_TIMEOUT}", "--durations=15"], env=env, cwd=ROOT)
+
+
+def main() -> None:
+    jobs = {"run": run, "test": test, "setup": lambda _args: setup()}
+    if len(sys.argv) < 2 or sys.argv[1] not in jobs:
+        sys.exit(__doc__)
+    try:
+        jobs[sys.argv[1]](sys.argv[2:])
+    except subprocess.CalledProcessError as err:
+        sys.exit(err.returncode)
+
+
+if __name__ == "__main__":
+    main()

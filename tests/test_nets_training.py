@@ -1,0 +1,147 @@
+import pytest
+import torch
+
+from lfm_core import runtime
+from lfm_core.metrics import wasserstein2
+from lfm_core.mixtures import GaussianMixture
+from lfm_core.nets import MLP
+from lfm_core.paths import LinearPath
+from lfm_core.solvers import integrate
+from lfm_core.training import FitResult, cfm_loss, fit, train_cfm
+
+
+def test_mlp_shapes_and_structure():
+    m = MLP(3, hidden=16, depth=2)
+    assert m(torch.randn(5, 3), torch.rand(5)).shape == (5, 3)
+    assert m(torch.randn(5, 3), 0.5).shape == (5, 3)
+    linears = [layer for layer in m.net if isinstance(layer, torch.nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(4, 16), (16, 16), (16, 3)]
+    assert isinstance(MLP(2).net[1], torch.nn.SELU)
+
+
+def test_mlp_depends_on_time():
+    m = MLP(2)
+    x = torch.randn(4, 2)
+    assert not torch.allclose(m(x, 0.0), m(x, 1.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(dim=0), ValueError, "dim must be >= 1"),
+        (dict(dim=2, hidden=0), ValueError, "hidden"),
+        (dict(dim=2, depth=-1), ValueError, "depth"),
+        (dict(dim=2, activation="swish2"), ValueError, "unknown activation"),
+        (dict(dim=2.0), TypeError, "dim must be an int"),
+    ],
+)
+def test_mlp_bad_config(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        MLP(**kwargs)
+
+
+def test_mlp_bad_input():
+    m = MLP(2)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, 2\]"):
+        m(torch.randn(4, 3), 0.5)
+    with pytest.raises(ValueError, match="t must have shape"):
+        m(torch.randn(4, 2), torch.rand(3))
+
+
+def test_cfm_loss_matches_its_definition(gen):
+    model, path = MLP(2), LinearPath(0.1)
+    x0, x1 = torch.randn(32, 2, generator=gen), torch.randn(32, 2, generator=gen)
+    t, noise = torch.rand(32, generator=gen), torch.randn(32, 2, generator=gen)
+    xt = (1 - t[:, None]) * x0 + t[:, None] * x1 + 0.1 * noise
+    expected = (model(xt, t) - (x1 - x0)).pow(2).sum(1).mean()
+    torch.testing.assert_close(cfm_loss(model, path, x0, x1, t=t, noise=noise), expected)
+
+
+def test_train_cfm_reaches_the_loss_floor_and_is_reproducible():
+    """The CFM loss of the exact marginal velocity is its floor (> 0): training must get close to it."""
+    target = GaussianMixture(torch.tensor([[4.0, -2.0]]), 0.5)
+    src = lambda n, g: torch.randn(n, 2, generator=g)  # noqa: E731
+    tgt = lambda n, g: target.sample(n, generator=g)  # noqa: E731
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = MLP(2, hidden=32)
+        res = train_cfm(model, LinearPath(), src, tgt, steps=1200, batch_size=256, lr=2e-3, seed=5, progress=False)
+        runs.append((model, res))
+    assert runs[0][1].losses == runs[1][1].losses  # same seed, same run
+    g = torch.Generator().manual_seed(2)
+    x0, x1 = src(20_000, g), tgt(20_000, g)
+    exact = lambda x, t: target.marginal_velocity(LinearPath(), x, t)  # noqa: E731
+    with torch.no_grad():  # same t draws for both (same seed)
+        floor = float(cfm_loss(exact, LinearPath(), x0, x1, generator=torch.Generator().manual_seed(3)))
+        learned = float(cfm_loss(runs[0][0], LinearPath(), x0, x1, generator=torch.Generator().manual_seed(3)))
+    assert floor > 0.5  # independent pairs: the conditional velocity is not a function of x_t
+    assert runs[0][1].losses[0] > 3 * floor  # the untrained model is far from it
+    assert learned < 1.1 * floor
+    g = torch.Generator().manual_seed(9)
+    x = integrate(runs[0][0], torch.randn(1000, 2, generator=g), method="euler", steps=20).x
+    baseline = wasserstein2(torch.randn(1000, 2, generator=g), tgt(1000, g))
+    assert wasserstein2(x, tgt(1000, g)) < 0.1 * baseline
+
+
+def test_train_cfm_from_tensors_with_ot(gen):
+    data0, data1 = torch.randn(500, 2, generator=gen), torch.randn(500, 2, generator=gen) + 3
+    res = train_cfm(MLP(2), LinearPath(), data0, data1, steps=20, batch_size=64, coupling="ot", progress=False)
+    assert len(res.losses) == 20 and res.seconds > 0
+
+
+def test_fit_stops_on_nan():
+    m = MLP(2)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        fit(m, lambda step, g: m(torch.randn(2, 2), 0.5).sum() * (float("nan") if step == 3 else 1.0), steps=10,
+            progress=False)
+
+
+def test_fit_bad_arguments():
+    m = MLP(2)
+    with pytest.raises(ValueError, match="steps"):
+        fit(m, lambda s, g: m(torch.zeros(1, 2), 0.0).sum(), steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        fit(m, lambda s, g: m(torch.zeros(1, 2), 0.0).sum(), steps=1, lr=-1.0)
+    with pytest.raises(TypeError, match="source"):
+        train_cfm(m, LinearPath(), "gaussian", torch.zeros(4, 2), steps=1)
+
+
+def test_smoothed():
+    assert FitResult(losses=[1.0, 3.0, 5.0]).smoothed(2) == [1.0, 2.0, 4.0]
+
+
+# ---------------------------------------------------------------- runtime
+@pytest.mark.parametrize("value, quick", [("1", True), ("true", True), ("YES", True), ("0", False), ("", False),
+                                          ("off", False)])
+def test_quick_mode_parsing(monkeypatch, value, quick):
+    monkeypatch.setenv("LFM_QUICK", value)
+    assert runtime.is_quick() is quick
+    assert runtime.mode() == ("quick" if quick else "full")
+    assert runtime.pick(quick="q", full="f") == ("q" if quick else "f")
+
+
+def test_quick_mode_unset_is_full(monkeypatch):
+    monkeypatch.delenv("LFM_QUICK", raising=False)
+    assert runtime.mode() == "full"
+
+
+def test_bad_mode_value(monkeypatch):
+    monkeypatch.setenv("LFM_QUICK", "maybe")
+    with pytest.raises(ValueError, match="LFM_QUICK"):
+        runtime.is_quick()
+
+
+def test_seed_everything_and_device():
+    g1 = runtime.seed_everything(3)
+    a = torch.rand(3)
+    g2 = runtime.seed_everything(3)
+    assert torch.equal(a, torch.rand(3))
+    assert torch.equal(torch.rand(2, generator=g1), torch.rand(2, generator=g2))
+    with pytest.raises(ValueError, match="seed"):
+        runtime.seed_everything(-1)
+    assert runtime.get_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            runtime.get_device("cuda")
+    assert "mode" in runtime.describe(n=3) and "n=3" in runtime.describe(n=3)

@@ -31,7 +31,16 @@ import math
 
 import torch
 
-from .utils import as_time, check_finite, check_nonnegative, check_same_batch, check_tensor, expand_like
+from .utils import (
+    as_time,
+    check_finite,
+    check_nonnegative,
+    check_same_batch,
+    check_tensor,
+    draw_device,
+    expand_like,
+    randn_like,
+)
 
 __all__ = ["AffinePath", "LinearPath", "TargetPath", "VPPath", "BridgePath"]
 
@@ -80,7 +89,7 @@ class AffinePath:
         ut = da * x0 + db * x1
         if self.has_noise:
             if noise is None:
-                noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+                noise = randn_like(x0, generator)
             else:
                 check_tensor(noise, "noise")
                 check_same_batch(noise, x0, "noise", "x0")
@@ -95,8 +104,9 @@ class AffinePath:
 
     def sample_time(self, n: int, *, generator: torch.Generator | None = None, device=None,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Draw training times ``t ~ U[0, 1)`` of shape ``[n]``."""
-        return torch.rand(n, generator=generator, device=device, dtype=dtype)
+        """Draw training times ``t ~ U[0, 1)`` of shape ``[n]`` (on the generator's device, then ``device``)."""
+        t = torch.rand(n, generator=generator, device=draw_device(generator, device), dtype=dtype)
+        return t if device is None else t.to(device)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -213,5 +223,6 @@ class BridgePath(AffinePath):
 
     def sample_time(self, n, *, generator=None, device=None, dtype=torch.float32):
         """Draw ``t ~ U[t_min, 1 - t_min)`` of shape ``[n]``."""
-        u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+        u = torch.rand(n, generator=generator, device=draw_device(generator, device), dtype=dtype)
+        u = u if device is None else u.to(device)
         return self.t_min + (1 - 2 * self.t_min) * u

@@ -31,7 +31,7 @@ from numbers import Real
 
 import torch
 
-from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
+from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor, draw_device
 
 __all__ = ["FIXED_STEP", "ADAPTIVE", "Solution", "integrate", "log_likelihood", "standard_normal_log_prob"]
 
@@ -218,7 +218,8 @@ def log_likelihood(velocity, x: torch.Tensor, source_log_prob=standard_normal_lo
     d = x[0].numel()
     eps = None
     if divergence == "hutchinson":
-        eps = torch.randint(0, 2, shape, generator=generator, dtype=x.dtype, device=x.device) * 2 - 1
+        eps = torch.randint(0, 2, shape, generator=generator, dtype=x.dtype, device=draw_device(generator, x.device))
+        eps = (2 * eps - 1).to(x.device)
     cond = cond or {}
 
     def augmented(z, t):

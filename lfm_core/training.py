@@ -70,25 +70,35 @@ class FitResult:
         return out
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight_decay: float = 0.0,
-        seed: int | None = 0, progress: bool | None = None, desc: str = "training") -> FitResult:
+        lr_schedule: str = "constant", seed: int | None = 0, progress: bool | None = None,
+        desc: str = "training") -> FitResult:
     """Minimise ``loss_fn(step, generator)`` over ``model``'s parameters with AdamW for ``steps`` steps.
 
     ``loss_fn`` returns a scalar tensor; ``generator`` is a CPU ``torch.Generator`` seeded with
-    ``seed`` so that the batches it draws, and hence the whole run, are reproducible. A tqdm bar
-    shows the running loss (``progress=None`` follows :func:`lfm_core.runtime.show_progress`).
-    A non-finite loss stops training with an error naming the step.
+    ``seed`` so that the batches it draws, and hence the whole run, are reproducible. The learning
+    rate is ``lr`` throughout (``"constant"``) or decays as ``lr (1 + cos(pi step / steps)) / 2``
+    (``"cosine"``), which removes much of the SGD noise from the final model. A tqdm bar shows the
+    running loss (``progress=None`` follows :func:`lfm_core.runtime.show_progress`). A non-finite
+    loss stops training with an error naming the step.
     """
     import time
 
     check_positive_int(steps, "steps")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if lr_schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
     gen = torch.Generator()
     if seed is not None:
         gen.manual_seed(seed)
         torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    factor = (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if lr_schedule == "cosine" else (lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     result = FitResult()
     show = show_progress() if progress is None else progress
     bar = tqdm(range(steps), desc=desc, disable=not show, mininterval=0.5, leave=False)
@@ -102,6 +112,7 @@ def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         result.losses.append(value)
         if show and step % 50 == 0:
             bar.set_postfix(loss=f"{result.smoothed(50)[-1]:.4f}")
@@ -128,13 +139,15 @@ def _batch_sampler(source, name):
 
 
 def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
-              weight_decay: float = 0.0, coupling: str = "independent", coupling_kwargs: dict | None = None,
-              seed: int | None = 0, progress: bool | None = None, device=None) -> FitResult:
+              weight_decay: float = 0.0, lr_schedule: str = "constant", coupling: str = "independent",
+              coupling_kwargs: dict | None = None, seed: int | None = 0, progress: bool | None = None,
+              device=None) -> FitResult:
     """Train ``model`` by conditional flow matching from ``source`` to ``target``.
 
     ``source`` and ``target`` are either tensors (minibatches are drawn from their rows, with
     replacement) or callables ``(n, generator) -> [n, ...]``. Each step pairs a source and a
-    target batch by ``coupling`` and takes one AdamW step on :func:`cfm_loss`.
+    target batch by ``coupling`` and takes one AdamW step on :func:`cfm_loss` (learning-rate
+    schedule as in :func:`fit`).
     """
     check_positive_int(batch_size, "batch_size")
     draw0, draw1 = _batch_sampler(source, "source"), _batch_sampler(target, "target")
@@ -146,5 +159,5 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
         x1 = draw1(batch_size, gen).to(device)
         return cfm_loss(model, path, x0, x1, coupling=coupling, coupling_kwargs=coupling_kwargs, generator=gen)
 
-    return fit(model, loss_fn, steps=steps, lr=lr, weight_decay=weight_decay, seed=seed, progress=progress,
-               desc=f"CFM ({coupling})")
+    return fit(model, loss_fn, steps=steps, lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, seed=seed,
+               progress=progress, desc=f"CFM ({coupling})")

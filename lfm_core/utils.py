@@ -24,6 +24,8 @@ __all__ = [
     "check_nonnegative",
     "as_time",
     "expand_like",
+    "randn_like",
+    "draw_device",
 ]
 
 
@@ -109,3 +111,18 @@ def as_time(t, batch: int, *, like: torch.Tensor, name: str = "t", check_range: 
 def expand_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a per-sample tensor ``t`` of shape ``[B]`` to ``[B, 1, ..., 1]`` so it broadcasts against ``x``."""
     return t.reshape(t.shape[0], *([1] * (x.dim() - 1)))
+
+
+def draw_device(generator: torch.Generator | None, device):
+    """The device to draw random numbers on: the generator's if there is one, else ``device``.
+
+    Random draws happen there and are then moved, which lets a CPU ``torch.Generator`` (the one that
+    seeds a reproducible run) drive the noise of tensors that live on a GPU.
+    """
+    return generator.device if generator is not None else device
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x`` (drawn on :func:`draw_device`, returned on ``x``'s device)."""
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=draw_device(generator, x.device))
+    return noise.to(x.device)

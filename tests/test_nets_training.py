@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -105,6 +107,27 @@ def test_fit_bad_arguments():
         fit(m, lambda s, g: m(torch.zeros(1, 2), 0.0).sum(), steps=1, lr=-1.0)
     with pytest.raises(TypeError, match="source"):
         train_cfm(m, LinearPath(), "gaussian", torch.zeros(4, 2), steps=1)
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero():
+    m = MLP(2)
+    seen = []
+    orig = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.AdamW.step = spy
+    try:
+        fit(m, lambda s, g: m(torch.zeros(1, 2), 0.0).sum(), steps=5, lr=1.0, lr_schedule="cosine", progress=False)
+        fit(m, lambda s, g: m(torch.zeros(1, 2), 0.0).sum(), steps=2, lr=0.5, progress=False)
+    finally:
+        torch.optim.AdamW.step = orig
+    expected = [0.5 * (1 + math.cos(math.pi * s / 5)) for s in range(5)] + [0.5, 0.5]
+    assert seen == pytest.approx(expected)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit(m, lambda s, g: m(torch.zeros(1, 2), 0.0).sum(), steps=1, lr_schedule="linear")
 
 
 def test_smoothed():

@@ -160,3 +160,15 @@ def test_bridge_refuses_endpoints_when_noisy():
     with pytest.raises(ValueError, match="open interval"):
         BridgePath(1.0).sample(x, x, 1.0)
     BridgePath(0.0).sample(x, x, 1.0)  # without noise the bridge is the straight line: fine
+
+
+def test_random_draws_follow_the_generator_device():
+    """A CPU generator seeds reproducible runs even for GPU tensors: draws happen on its device, then move."""
+    from lfm_core.utils import draw_device
+
+    g = torch.Generator()
+    assert draw_device(g, torch.device("cuda")) == torch.device("cpu")
+    assert draw_device(None, "cpu") == "cpu"
+    a = LinearPath().sample_time(5, generator=torch.Generator().manual_seed(0), device="cpu")
+    b = LinearPath().sample_time(5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.device.type == "cpu"

@@ -3,6 +3,7 @@
 
     python3 tasks.py run     # execute every notebook headless in quick mode -> build/
     python3 tasks.py test    # lint, unit tests, and every notebook through nbval (quick mode)
+    python3 tasks.py peer    # also install the peer libraries the benchmarks compare against (torchcfm)
 
 Both create a virtual environment in .venv (once), install torch into it if it has none, and
 install this project with its notebook and dev extras (again only when pyproject.toml changed).
@@ -95,8 +96,18 @@ def test(args: list[str]) -> None:
           f"--nbval-cell-timeout={CELL_TIMEOUT}", "--durations=15"], env=env, cwd=ROOT)
 
 
+def peer(args: list[str]) -> None:
+    """Install torchcfm for `benchmarks/ot_cfm_2d.py --peer torchcfm`.
+
+    Without its dependencies: its matchers need only torch, numpy and POT, while its torchdyn
+    dependency pulls torchvision, which would replace the installed torch by another build.
+    """
+    setup()
+    _run([_python(), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps", "torchcfm>=1.0.7"])
+
+
 def main() -> None:
-    jobs = {"run": run, "test": test, "setup": lambda _args: setup()}
+    jobs = {"run": run, "test": test, "peer": peer, "setup": lambda _args: setup()}
     if len(sys.argv) < 2 or sys.argv[1] not in jobs:
         sys.exit(__doc__)
     try:

@@ -2,8 +2,11 @@ r"""Velocity networks ``v(x, t)``.
 
 :class:`MLP` is the network of the OT-CFM paper's low-dimensional experiments (Tong et al.,
 arXiv 2302.00482, App. E): the time is appended to the input, ``[x, t] -> R^dim``, through
-``depth`` hidden layers of width ``hidden`` with SELU activations. Image networks (diffusers
-``UNet2DModel`` and DiT) come with the latent issue.
+``depth`` hidden layers of width ``hidden`` with SELU activations. :class:`MLPEnsemble` evaluates
+``M`` such networks in one batched pass (``torch.baddbmm``): the same functions, so training it
+with a loss summed over members trains ``M`` independent models (AdamW acts elementwise), but at
+the cost of about one, because tiny networks are dominated by per-call overhead. Image networks
+(diffusers ``UNet2DModel`` and DiT) come with the latent issue.
 
 Depends on ``torch`` and :mod:`lfm_core.utils`.
 """
@@ -15,7 +18,7 @@ from torch import nn
 
 from .utils import as_time, check_positive_int, check_tensor
 
-__all__ = ["MLP", "ACTIVATIONS"]
+__all__ = ["MLP", "MLPEnsemble", "ACTIVATIONS"]
 
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "elu": nn.ELU}
 
@@ -54,3 +57,70 @@ class MLP(nn.Module):
             raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
         t = as_time(t, x.shape[0], like=x, check_range=False)
         return self.net(torch.cat([x, t[:, None]], dim=1))
+
+
+class MLPEnsemble(nn.Module):
+    """``M`` independent :class:`MLP` s evaluated together: ``forward(x [M, B, dim], t [M, B]) -> [M, B, dim]``.
+
+    Build it from existing networks with :meth:`from_models` (so that each member starts exactly
+    like the corresponding ``MLP``), and take a member back out with :meth:`member`.
+    """
+
+    def __init__(self, n_models: int, dim: int, hidden: int = 64, depth: int = 3, activation: str = "selu"):
+        super().__init__()
+        self.n_models = check_positive_int(n_models, "n_models")
+        template = MLP(dim, hidden, depth, activation)  # validates the configuration
+        self.config = dict(template.config)
+        self.dim = dim
+        members = [template] + [MLP(dim, hidden, depth, activation) for _ in range(n_models - 1)]
+        self._load(members)
+
+    def _load(self, members):
+        layers = [[m for m in mlp.net if isinstance(m, nn.Linear)] for mlp in members]
+        per_layer = list(zip(*layers, strict=True))  # per_layer[k]: layer k of every member
+        # weights [M, in, out] and biases [M, 1, out], for h @ W + b with h of shape [M, B, in]
+        self.weights = nn.ParameterList(nn.Parameter(torch.stack([lin.weight.detach().T for lin in ls]).clone())
+                                        for ls in per_layer)
+        self.biases = nn.ParameterList(nn.Parameter(torch.stack([lin.bias.detach()[None] for lin in ls]).clone())
+                                       for ls in per_layer)
+        self.act = ACTIVATIONS[self.config["activation"]]()
+
+    @classmethod
+    def from_models(cls, models: list) -> MLPEnsemble:
+        """An ensemble whose members are copies of ``models`` (all :class:`MLP` with one configuration)."""
+        if not models or not all(isinstance(m, MLP) for m in models):
+            raise TypeError("models must be a non-empty list of lfm_core.nets.MLP")
+        if any(m.config != models[0].config for m in models):
+            raise ValueError("all models must share one configuration (dim, hidden, depth, activation)")
+        c = models[0].config
+        ens = cls(len(models), c["dim"], c["hidden"], c["depth"], c["activation"])
+        ens._load(models)
+        return ens
+
+    def member(self, i: int) -> MLP:
+        """Member ``i`` as a stand-alone :class:`MLP` (a copy of its current weights)."""
+        if not 0 <= i < self.n_models:
+            raise ValueError(f"member index must be in [0, {self.n_models}), got {i}")
+        c = self.config
+        mlp = MLP(c["dim"], c["hidden"], c["depth"], c["activation"])
+        linears = [m for m in mlp.net if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for lin, w, b in zip(linears, self.weights, self.biases, strict=True):
+                lin.weight.copy_(w[i].T)
+                lin.bias.copy_(b[i, 0])
+        return mlp.to(self.weights[0].device)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x", min_dim=3)
+        if x.dim() != 3 or x.shape[0] != self.n_models or x.shape[2] != self.dim:
+            raise ValueError(f"x must have shape [M, B, dim] = [{self.n_models}, B, {self.dim}], got {tuple(x.shape)}")
+        if not isinstance(t, torch.Tensor) or t.shape != x.shape[:2]:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"t must be a tensor of shape [M, B] = {tuple(x.shape[:2])}, got {got}")
+        h = torch.cat([x, t[..., None].to(x.dtype)], dim=-1)
+        last = len(self.weights) - 1
+        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if k < last:
+                h = self.act(h)
+        return h

@@ -30,7 +30,7 @@ from . import couplings
 from .runtime import show_progress
 from .utils import check_positive_int, check_tensor
 
-__all__ = ["cfm_loss", "fit", "train_cfm", "FitResult"]
+__all__ = ["cfm_loss", "fit", "paired_batches", "train_cfm", "FitResult"]
 
 
 def cfm_loss(model, path, x0: torch.Tensor, x1: torch.Tensor, *, t=None, noise=None, coupling: str = "independent",
@@ -138,26 +138,81 @@ def _batch_sampler(source, name):
     )
 
 
+def paired_batches(draw0, draw1, batch_size: int, generator: torch.Generator, *, coupling: str = "independent",
+                   coupling_kwargs: dict | None = None, prefetch: int = 0):
+    """Endless iterator of coupled minibatches ``(x0, x1)``, optionally computed ahead in worker threads.
+
+    ``draw0`` / ``draw1`` are callables ``(n, generator) -> [n, ...]``. Each batch's points and a
+    seed for its coupling are drawn from ``generator`` in the calling thread, in order, so the
+    sequence of pairs does not depend on ``prefetch``. With ``prefetch = k > 0``, ``k`` worker
+    threads compute the couplings of the next batches while the caller trains on the current
+    one; POT's exact solver releases the GIL, so this overlaps with the network's work and, on
+    two or more cores, solves several plans at once. Close the iterator (or let it be garbage
+    collected) to stop the workers.
+    """
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
+    kwargs = dict(coupling_kwargs or {})
+
+    def draw():
+        x0, x1 = draw0(batch_size, generator), draw1(batch_size, generator)
+        return x0, x1, int(torch.randint(0, 2**62, (1,), generator=generator))
+
+    def couple(x0, x1, seed):
+        if coupling == "independent":
+            return x0, x1
+        return couplings.pair(x0, x1, coupling, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+    if prefetch == 0:
+        while True:
+            yield couple(*draw())
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="coupling")
+    try:
+        queue = deque(pool.submit(couple, *draw()) for _ in range(prefetch))
+        while True:
+            queue.append(pool.submit(couple, *draw()))
+            yield queue.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
               weight_decay: float = 0.0, lr_schedule: str = "constant", coupling: str = "independent",
-              coupling_kwargs: dict | None = None, seed: int | None = 0, progress: bool | None = None,
-              device=None) -> FitResult:
+              coupling_kwargs: dict | None = None, prefetch: int = 0, seed: int | None = 0,
+              progress: bool | None = None, device=None) -> FitResult:
     """Train ``model`` by conditional flow matching from ``source`` to ``target``.
 
     ``source`` and ``target`` are either tensors (minibatches are drawn from their rows, with
     replacement) or callables ``(n, generator) -> [n, ...]``. Each step pairs a source and a
-    target batch by ``coupling`` and takes one AdamW step on :func:`cfm_loss` (learning-rate
-    schedule as in :func:`fit`).
+    target batch by ``coupling`` (:func:`lfm_core.couplings.pair` with ``coupling_kwargs``, e.g.
+    ``{"block_size": 128}``) and takes one AdamW step on :func:`cfm_loss` (learning-rate schedule
+    as in :func:`fit`). ``prefetch`` worker threads compute the couplings of upcoming batches
+    ahead (see :func:`paired_batches`); results do not depend on it.
     """
     check_positive_int(batch_size, "batch_size")
+    if coupling not in couplings.METHODS:
+        raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(couplings.METHODS)}")
     draw0, draw1 = _batch_sampler(source, "source"), _batch_sampler(target, "target")
     if device is None:
         device = next(model.parameters()).device
+    batches = None
 
     def loss_fn(step, gen):
-        x0 = draw0(batch_size, gen).to(device)
-        x1 = draw1(batch_size, gen).to(device)
-        return cfm_loss(model, path, x0, x1, coupling=coupling, coupling_kwargs=coupling_kwargs, generator=gen)
+        nonlocal batches
+        if batches is None:  # created on the first step, from fit's seeded generator
+            # batches get a generator of their own: drawing ahead must not shift the times and noise
+            batch_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            batches = paired_batches(draw0, draw1, batch_size, batch_gen, coupling=coupling,
+                                     coupling_kwargs=coupling_kwargs, prefetch=prefetch)
+        x0, x1 = next(batches)
+        return cfm_loss(model, path, x0.to(device), x1.to(device), generator=gen)
 
-    return fit(model, loss_fn, steps=steps, lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, seed=seed,
-               progress=progress, desc=f"CFM ({coupling})")
+    try:
+        return fit(model, loss_fn, steps=steps, lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule,
+                   seed=seed, progress=progress, desc=f"CFM ({coupling})")
+    finally:
+        if batches is not None:
+            batches.close()

@@ -44,7 +44,7 @@ def test_ot_on_images_flattens_points(gen):
     assert mean_cost(a, b) == pytest.approx(emd2(x0, x1), rel=1e-6)
 
 
-SLOW_SINKHORN = pytest.mark.filterwarnings("ignore:Sinkhorn did not converge")  # small reg / cost: expected
+SLOW_SINKHORN = pytest.mark.filterwarnings("ignore:Sinkhorn stopped after")  # small reg / cost: expected
 
 
 @SLOW_SINKHORN
@@ -105,17 +105,52 @@ def test_ot_within_labels_is_optimal_per_class(gen):
         assert mean_cost(a[m], b[m]) == pytest.approx(emd2(a[m], b[m]), rel=1e-6)
 
 
+@pytest.mark.parametrize("replace", [False, True])
+def test_block_ot_is_optimal_within_each_block(replace, gen):
+    labels = torch.arange(100) % 2
+    x0, x1 = torch.randn(100, 2, generator=gen), torch.randn(100, 2, generator=gen) + 2
+    i0, i1 = pair_indices(x0, x1, "ot", block_size=32, labels=labels, replace=replace, generator=gen)
+    assert torch.equal(labels[i1], labels)
+    if not replace:
+        assert is_permutation(i0, 100) and torch.equal(i1, torch.arange(100))
+    # blocks: better than independent, worse than (or equal to) the whole-batch optimum
+    full = emd2(x0, x1)
+    blocked = mean_cost(*pair(x0, x1, "ot", block_size=32, generator=gen))
+    assert full <= blocked + 1e-9 < mean_cost(x0, x1)
+
+
+@pytest.mark.parametrize("method", ["ot", "sinkhorn"])
+def test_groups_couple_independent_batches_in_one_call(method, gen):
+    groups = torch.arange(3).repeat_interleave(40)  # three minibatches of 40, one after the other
+    x0 = torch.randn(120, 2, generator=gen)
+    x1 = torch.randn(120, 2, generator=gen) + groups[:, None].float() * 10
+    i0, i1 = pair_indices(x0, x1, method, reg=1.0, groups=groups, block_size=16, generator=gen)
+    assert torch.equal(groups[i0], groups) and torch.equal(groups[i1], groups)  # both sides stay in their group
+    assert is_permutation(i0, 120) and torch.equal(i1, torch.arange(120))
+    if method == "ot":  # without blocks, each group gets its own optimal plan
+        a, b = pair(x0, x1, "ot", groups=groups, generator=gen)
+        for g in range(3):
+            m = groups == g
+            assert mean_cost(a[m], b[m]) == pytest.approx(emd2(x0[m], x1[m]), rel=1e-6)
+
+
+def test_block_size_at_least_the_batch_is_the_full_coupling(gen):
+    x0, x1 = torch.randn(40, 2, generator=gen), torch.randn(40, 2, generator=gen)
+    a = pair(x0, x1, "ot", block_size=40, generator=gen)
+    assert mean_cost(*a) == pytest.approx(emd2(x0, x1), rel=1e-6)
+
+
 @SLOW_SINKHORN
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 24), rest=st.lists(st.integers(1, 3), min_size=1, max_size=3),
        method=st.sampled_from(["independent", "ot", "sinkhorn"]), n_classes=st.integers(0, 3),
-       seed=st.integers(0, 2**16))
-def test_property_permutation_for_any_shape(n, rest, method, n_classes, seed):
+       block=st.sampled_from([None, 1, 3, 8]), seed=st.integers(0, 2**16))
+def test_property_permutation_for_any_shape(n, rest, method, n_classes, block, seed):
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(n, *rest, generator=g)
     x1 = torch.randn(n, *rest, generator=g)
     labels = torch.randint(0, n_classes, (n,), generator=g) if n_classes else None
-    a, b = pair(x0, x1, method, reg=0.5, labels=labels, generator=g)
+    a, b = pair(x0, x1, method, reg=0.5, labels=labels, block_size=block, generator=g)
     assert a.shape == x0.shape and torch.equal(b, x1)
     # a true permutation: the multiset of source points is unchanged
     key = lambda x: sorted(map(tuple, x.reshape(n, -1).tolist()))  # noqa: E731
@@ -134,10 +169,16 @@ def test_property_permutation_for_any_shape(n, rest, method, n_classes, seed):
         (torch.randn(3, 2), torch.randn(3, 2), {"reg": 0.0}, ValueError, "reg must be > 0"),
         (torch.randn(3, 2), torch.randn(3, 2), {"reg": -1.0}, ValueError, "reg"),
         (torch.randn(3, 2), torch.randn(3, 2), {"reg": float("nan")}, ValueError, "reg must be finite"),
+        (torch.randn(3, 2), torch.randn(3, 2), {"tol": 0.0}, ValueError, "tol must be > 0"),
         (torch.randn(3, 2), torch.randn(3, 2), {"method": "emd"}, ValueError, "unknown coupling method 'emd'"),
         (torch.randn(3, 2), torch.randn(3, 2), {"labels": torch.tensor([0, 1])}, ValueError, "labels must have shape"),
         (torch.randn(3, 2), torch.randn(3, 2), {"labels": torch.tensor([0.0, 1.0, 1.0])}, TypeError, "integers"),
         (torch.randn(3, 2), torch.randn(3, 2), {"replace": 1}, TypeError, "replace must be a bool"),
+        (torch.randn(3, 2), torch.randn(3, 2), {"block_size": 0}, ValueError, "block_size must be >= 1"),
+        (torch.randn(3, 2), torch.randn(3, 2), {"groups": torch.tensor([0, 1])}, ValueError, "groups must have shape"),
+        (torch.randn(3, 2), torch.randn(3, 2), {"groups": torch.zeros(3, dtype=torch.long),
+                                                "labels": torch.zeros(3, dtype=torch.long)}, ValueError, "not both"),
+        (torch.randn(3, 2), torch.randn(3, 2), {"block_size": 2.0}, TypeError, "block_size must be an int"),
         (np.zeros((3, 2)), torch.randn(3, 2), {}, TypeError, "x0 must be a torch.Tensor"),
     ],
 )
@@ -145,3 +186,31 @@ def test_bad_inputs(x0, x1, kwargs, err, match):
     method = kwargs.pop("method", "ot")
     with pytest.raises(err, match=match):
         pair(x0, x1, method, **kwargs)
+
+
+def test_sinkhorn_matches_pot_and_solves_batches(gen):
+    from lfm_core.couplings import sinkhorn
+
+    x0, x1 = torch.randn(3, 40, 2, generator=gen, dtype=torch.float64), torch.randn(3, 40, 2, generator=gen,
+                                                                                      dtype=torch.float64) + 1
+    cost = torch.cdist(x0, x1).pow(2)
+    plans = sinkhorn(cost, 0.5, tol=1e-10)
+    w = np.full(40, 1 / 40)
+    for k in range(3):
+        ref = ot.sinkhorn(w, w, cost[k].numpy(), 0.5, method="sinkhorn_log", stopThr=1e-12, numItermax=100_000)
+        np.testing.assert_allclose(plans[k].numpy(), ref, atol=1e-9)
+        np.testing.assert_allclose(plans[k].sum(0).numpy(), w, rtol=1e-8)
+    # cost / reg up to ~1000: exp(-C / reg) would underflow to 0 in float64; the log domain does not
+    big = sinkhorn(cost[0] * 30, 0.5, tol=1e-3)
+    assert float(cost[0].max()) * 30 / 0.5 > 745  # exp(-745) is below the smallest float64
+    assert torch.isfinite(big).all() and abs(float(big.sum()) - 1) < 1e-3
+
+
+def test_sinkhorn_warns_when_it_stops_early(gen):
+    from lfm_core.couplings import sinkhorn
+
+    cost = torch.cdist(torch.randn(30, 2, generator=gen), torch.randn(30, 2, generator=gen)).pow(2)
+    with pytest.warns(RuntimeWarning, match="Sinkhorn stopped after 20 iterations"):
+        sinkhorn(cost, 1e-3, tol=1e-12, max_iter=20)
+    with pytest.raises(ValueError, match="cost must have shape"):
+        sinkhorn(torch.zeros(2, 2, 2, 2), 1.0)

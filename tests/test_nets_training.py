@@ -6,7 +6,7 @@ import torch
 from lfm_core import runtime
 from lfm_core.metrics import wasserstein2
 from lfm_core.mixtures import GaussianMixture
-from lfm_core.nets import MLP
+from lfm_core.nets import MLP, MLPEnsemble
 from lfm_core.paths import LinearPath
 from lfm_core.solvers import integrate
 from lfm_core.training import FitResult, cfm_loss, fit, train_cfm
@@ -168,3 +168,65 @@ def test_seed_everything_and_device():
         with pytest.raises(ValueError, match="CUDA"):
             runtime.get_device("cuda")
     assert "mode" in runtime.describe(n=3) and "n=3" in runtime.describe(n=3)
+
+
+def test_ensemble_matches_its_members_and_trains_like_them():
+    torch.manual_seed(0)
+    models = [MLP(2, hidden=8, depth=2) for _ in range(3)]
+    ens = MLPEnsemble.from_models(models)
+    x, t = torch.randn(3, 5, 2), torch.rand(3, 5)
+    out = ens(x, t)
+    for i, m in enumerate(models):
+        torch.testing.assert_close(out[i], m(x[i], t[i]))
+        torch.testing.assert_close(ens.member(i)(x[i], t[i]), m(x[i], t[i]))
+    # one AdamW step on the summed loss equals one step on each member alone
+    opt = torch.optim.AdamW(ens.parameters(), lr=0.1, weight_decay=0.01)
+    (ens(x, t) ** 2).sum().backward()
+    opt.step()
+    for i, m in enumerate(models):
+        o = torch.optim.AdamW(m.parameters(), lr=0.1, weight_decay=0.01)
+        (m(x[i], t[i]) ** 2).sum().backward()
+        o.step()
+        torch.testing.assert_close(ens.member(i)(x[i], t[i]), m(x[i], t[i]))
+
+
+def test_ensemble_bad_inputs():
+    ens = MLPEnsemble(2, 3)
+    with pytest.raises(ValueError, match=r"x must have shape \[M, B, dim\]"):
+        ens(torch.randn(3, 4, 3), torch.rand(3, 4))
+    with pytest.raises(ValueError, match="t must be a tensor of shape"):
+        ens(torch.randn(2, 4, 3), torch.rand(2))
+    with pytest.raises(ValueError, match="member index"):
+        ens.member(2)
+    with pytest.raises(TypeError, match="non-empty list"):
+        MLPEnsemble.from_models([])
+    with pytest.raises(ValueError, match="one configuration"):
+        MLPEnsemble.from_models([MLP(2, hidden=8), MLP(2, hidden=16)])
+
+
+def test_prefetch_does_not_change_the_run():
+    src = lambda n, g: torch.randn(n, 2, generator=g)  # noqa: E731
+    tgt = lambda n, g: torch.randn(n, 2, generator=g) + 3  # noqa: E731
+    runs = []
+    for prefetch in (0, 2):
+        torch.manual_seed(0)
+        res = train_cfm(MLP(2, hidden=16), LinearPath(0.1), src, tgt, steps=15, batch_size=64, coupling="ot",
+                        coupling_kwargs={"block_size": 16}, prefetch=prefetch, progress=False)
+        runs.append(res.losses)
+    assert runs[0] == runs[1]
+
+
+def test_paired_batches_are_coupled_and_bad_prefetch_is_rejected():
+    from lfm_core.training import paired_batches
+
+    g = torch.Generator().manual_seed(0)
+    it = paired_batches(lambda n, g: torch.randn(n, 2, generator=g), lambda n, g: torch.randn(n, 2, generator=g) + 5,
+                        32, g, coupling="ot", prefetch=1)
+    x0, x1 = next(it)
+    it.close()
+    indep = float((x0[torch.randperm(32)] - x1).pow(2).sum(1).mean())
+    assert float((x0 - x1).pow(2).sum(1).mean()) < indep
+    with pytest.raises(ValueError, match="prefetch"):
+        next(paired_batches(lambda n, g: torch.zeros(n, 2), lambda n, g: torch.zeros(n, 2), 4, g, prefetch=-1))
+    with pytest.raises(ValueError, match="unknown coupling"):
+        train_cfm(MLP(2), LinearPath(), torch.zeros(4, 2), torch.zeros(4, 2), steps=1, coupling="emd")

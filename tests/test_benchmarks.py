@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end in their --quick mode and write what they promise."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ot_cfm_2d():
+    return load("ot_cfm_2d")
+
+
+def test_ot_cfm_2d_quick_run_writes_the_table(ot_cfm_2d, tmp_path):
+    assert ot_cfm_2d.main(["--quick", "--out", str(tmp_path), "--no-timing"]) == 0
+    data = json.loads((tmp_path / "ot_cfm_2d_quick.json").read_text())
+    cells = {(r["task"], r["method"]) for r in data["rows"]}
+    expected = {(t, m) for t in ot_cfm_2d.TASKS for m in ot_cfm_2d.METHODS
+                if not (m == "FM" and t == "moons->8gaussians")}
+    assert cells == expected
+    assert len(data["rows"]) == 2 * len(expected)  # two seeds in quick mode
+    assert all(math.isfinite(r["W2"]) and math.isfinite(r["NPE"]) and r["W2"] > 0 for r in data["rows"])
+    md = (tmp_path / "ot_cfm_2d_quick.md").read_text()
+    assert "| OT-CFM |" in md and "paper" in md
+    assert (tmp_path / "ot_cfm_2d_quick.png").stat().st_size > 10_000
+
+
+def test_ot_cfm_2d_bad_arguments(ot_cfm_2d, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        ot_cfm_2d.main(["--quick", "--out", str(tmp_path), "--methods", "2-RF"])
+    assert "2-RF reflows the I-CFM model" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "torchcfm", None)  # as if it were not installed
+    with pytest.raises(SystemExit):
+        ot_cfm_2d.main(["--quick", "--out", str(tmp_path), "--peer", "torchcfm"])
+    assert "tasks.py peer" in capsys.readouterr().err

@@ -1,15 +1,15 @@
-r"""Isotropic Gaussian mixtures and their *exact* marginal velocity under an affine path.
+r"""Gaussian mixtures (isotropic or diagonal) and their *exact* marginal velocity under an affine path.
 
-For a target ``p1 = sum_k pi_k N(m_k, s_k^2 I)``, a Gaussian source ``x0 ~ N(0, s0^2 I)`` and an
-affine path ``x_t = a_t x0 + b_t x1 + g_t eps`` (:mod:`lfm_core.paths`), everything is Gaussian
-inside a component ``k``:
+For a target ``p1 = sum_k pi_k N(m_k, diag(s_k^2))`` (``s_k`` a scalar for isotropic components),
+a Gaussian source ``x0 ~ N(0, s0^2 I)`` and an affine path ``x_t = a_t x0 + b_t x1 + g_t eps``
+(:mod:`lfm_core.paths`), everything is Gaussian inside a component ``k``, coordinate by coordinate:
 
 .. math::
 
-    x_t \mid k \sim \mathcal N\bigl(b_t m_k,\; v_k(t) I\bigr), \qquad
+    x_t \mid k \sim \mathcal N\bigl(b_t m_k,\; \mathrm{diag}(v_k(t))\bigr), \qquad
     v_k(t) = a_t^2 s_0^2 + b_t^2 s_k^2 + g_t^2,
 
-    \mathrm{Cov}(u_t, x_t \mid k) = c_k(t) I, \qquad
+    \mathrm{Cov}(u_t, x_t \mid k) = \mathrm{diag}(c_k(t)), \qquad
     c_k(t) = a_t \dot a_t s_0^2 + b_t \dot b_t s_k^2 + g_t \dot g_t .
 
 The marginal velocity that conditional flow matching learns (Lipman et al. 2023, eq. 8) is
@@ -17,8 +17,8 @@ the posterior mean of ``u_t`` given ``x_t = x``; by Gaussian conditioning,
 
 .. math::
 
-    v^*(x, t) = \sum_k w_k(x, t)\Bigl[\dot b_t m_k + \frac{c_k(t)}{v_k(t)}\,(x - b_t m_k)\Bigr],
-    \qquad w_k(x, t) \propto \pi_k\,\mathcal N\bigl(x;\, b_t m_k,\, v_k(t) I\bigr).
+    v^*(x, t) = \sum_k w_k(x, t)\Bigl[\dot b_t m_k + \frac{c_k(t)}{v_k(t)} \odot (x - b_t m_k)\Bigr],
+    \qquad w_k(x, t) \propto \pi_k\,\mathcal N\bigl(x;\, b_t m_k,\, \mathrm{diag}(v_k(t))\bigr).
 
 This closed form is what makes the mixture useful for teaching and testing: the learned
 velocity can be compared with the true one, the flow's log-likelihood with the true density,
@@ -38,11 +38,12 @@ __all__ = ["GaussianMixture"]
 
 
 class GaussianMixture:
-    """A mixture of isotropic Gaussians ``sum_k weights[k] N(means[k], stds[k]^2 I)`` in ``R^D``.
+    """A mixture of Gaussians ``sum_k weights[k] N(means[k], diag(stds[k]^2))`` in ``R^D``.
 
     Args:
         means: ``[K, D]`` component means.
-        stds: ``[K]`` component standard deviations (> 0), or a float shared by all.
+        stds: component standard deviations (> 0): a float shared by all, ``[K]`` (isotropic
+            components) or ``[K, D]`` (diagonal covariances).
         weights: ``[K]`` non-negative mixture weights (normalised here); uniform if omitted.
     """
 
@@ -55,8 +56,9 @@ class GaussianMixture:
         stds = torch.as_tensor(stds, dtype=torch.float64)
         if stds.dim() == 0:
             stds = stds.expand(k).clone()
-        if stds.shape != (k,):
-            raise ValueError(f"stds must be a float or have shape [K] = [{k}], got {tuple(stds.shape)}")
+        if stds.shape not in ((k,), (k, means.shape[1])):
+            raise ValueError(f"stds must be a float or have shape [K] = [{k}] or [K, D] = [{k}, {means.shape[1]}], "
+                             f"got {tuple(stds.shape)}")
         if not bool(torch.isfinite(stds).all()) or bool((stds <= 0).any()):
             raise ValueError("stds must be finite and > 0")
         if weights is None:
@@ -67,10 +69,19 @@ class GaussianMixture:
         if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
             raise ValueError("weights must be finite, >= 0, with a positive sum")
         self.means, self.stds, self.weights = means, stds, weights / weights.sum()
+        self._var = (stds[:, None] if stds.dim() == 1 else stds).pow(2).expand(k, means.shape[1])  # [K, D]
 
     @property
     def dim(self) -> int:
         return self.means.shape[1]
+
+    def covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``[D]`` and covariance ``[D, D]`` of the whole mixture (float64)."""
+        mean = (self.weights[:, None] * self.means).sum(0)
+        centred = self.means - mean
+        outer = centred[:, :, None] * centred[:, None, :]
+        second = self.weights[:, None, None] * (torch.diag_embed(self._var) + outer)
+        return mean, second.sum(0)
 
     def _check_x(self, x, name="x"):
         check_tensor(x, name, min_dim=2)
@@ -84,18 +95,18 @@ class GaussianMixture:
         check_positive_int(n, "n")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        x = (self.means[k] + self.stds[k, None] * z).to(dtype)
+        x = (self.means[k] + self._var[k].sqrt() * z).to(dtype)
         return (x, k) if return_labels else x
 
     def _component_log_prob(self, x, centers, var):
-        """``log pi_k + log N(x; centers_k, var_k I)`` as a ``[B, K]`` tensor (float64)."""
-        d2 = torch.cdist(x, centers).pow(2)
-        return self.weights.log() - 0.5 * d2 / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
+        """``log pi_k + log N(x; centers_k, diag(var_k))`` as ``[B, K]`` (float64); centers, var ``[B or 1, K, D]``."""
+        z2 = ((x[:, None, :] - centers).pow(2) / var).sum(-1)
+        return self.weights.log() - 0.5 * z2 - 0.5 * torch.log(2 * math.pi * var).sum(-1)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density of the mixture at ``x`` (``[B, D]``), returned as ``[B]`` in the dtype of ``x``."""
         self._check_x(x)
-        lp = self._component_log_prob(x.double(), self.means, self.stds.pow(2))
+        lp = self._component_log_prob(x.double(), self.means[None], self._var[None])
         return torch.logsumexp(lp, dim=1).to(x.dtype)
 
     def marginal_velocity(self, path, x: torch.Tensor, t, *, source_std: float = 1.0) -> torch.Tensor:
@@ -111,20 +122,18 @@ class GaussianMixture:
         t = as_time(t, x.shape[0], like=x)
         path.validate_time(t)
         t = t.double()
-        a, b, g, da, db, dg = (c[:, None] for c in path.coefficients(t))  # [B, 1] each
-        s2 = self.stds.pow(2)[None, :]  # [1, K]
-        var = a**2 * s0**2 + b**2 * s2 + g**2  # [B, K]
-        cov = a * da * s0**2 + b * db * s2 + g * dg  # [B, K]
+        a, b, g, da, db, dg = (c[:, None, None] for c in path.coefficients(t))  # [B, 1, 1] each
+        s2 = self._var[None]  # [1, K, D]
+        var = a**2 * s0**2 + b**2 * s2 + g**2  # [B, K, D]
+        cov = a * da * s0**2 + b * db * s2 + g * dg  # [B, K, D]
         if bool((var <= 0).any()):
             raise ValueError(
                 "the path has zero variance at some t (a point mass): the marginal velocity is undefined there"
             )
         xd = x.double()
-        centers = b[:, :, None] * self.means[None]  # [B, K, D]
-        d2 = (xd[:, None, :] - centers).pow(2).sum(-1)  # [B, K]
-        logw = self.weights.log()[None] - 0.5 * d2 / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
-        w = torch.softmax(logw, dim=1)  # [B, K]
-        comp = db[:, :, None] * self.means[None] + (cov / var)[:, :, None] * (xd[:, None, :] - centers)
+        centers = b * self.means[None]  # [B, K, D]
+        w = torch.softmax(self._component_log_prob(xd, centers, var), dim=1)  # [B, K]
+        comp = db * self.means[None] + (cov / var) * (xd[:, None, :] - centers)
         return (w[:, :, None] * comp).sum(1).to(x.dtype)
 
     def __repr__(self) -> str:

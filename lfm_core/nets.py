@@ -18,7 +18,7 @@ from torch import nn
 
 from .utils import as_time, check_positive_int, check_tensor
 
-__all__ = ["MLP", "MLPEnsemble", "ACTIVATIONS"]
+__all__ = ["MLP", "MLPEnsemble", "AffineVelocity", "ACTIVATIONS"]
 
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "elu": nn.ELU}
 
@@ -124,3 +124,44 @@ class MLPEnsemble(nn.Module):
             if k < last:
                 h = self.act(h)
         return h
+
+
+class AffineVelocity(nn.Module):
+    r"""A velocity field affine in ``x`` with time-dependent coefficients: ``v(x, t) = A(t) x + b(t)``.
+
+    ``A(t)`` (``[dim, dim]``) and ``b(t)`` (``[dim]``) are given by small MLPs of ``t``. Such a field
+    can represent the exact marginal velocity between two Gaussians (which is affine), its flow maps
+    Gaussians to Gaussians (:func:`lfm_core.bounds.gaussian_pushforward`), and its Lipschitz
+    constant in ``x`` is exactly ``sup_t ||A(t)||_2``: the setting of notebook 06 in which every term
+    of the LFM paper's W2 bound can be computed exactly.
+    """
+
+    def __init__(self, dim: int, hidden: int = 32):
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        check_positive_int(hidden, "hidden")
+        self.net = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, dim * dim + dim))
+
+    def _coeffs(self, t: torch.Tensor):
+        out = self.net(t[:, None])
+        return out[:, : self.dim**2].reshape(-1, self.dim, self.dim), out[:, self.dim**2:]
+
+    def coefficients(self, t: float):
+        """``(A(t), b(t))`` for a float ``t``."""
+        a, b = self._coeffs(torch.tensor([float(t)], dtype=self.net[0].weight.dtype))
+        return a[0], b[0]
+
+    def lipschitz(self, n_times: int = 201) -> float:
+        """``max ||A(t)||_2`` over ``n_times`` evenly spaced times in ``[0, 1]``: the Lipschitz constant in ``x``."""
+        with torch.no_grad():
+            a, _ = self._coeffs(torch.linspace(0, 1, n_times, dtype=self.net[0].weight.dtype))
+            return float(torch.linalg.matrix_norm(a.double(), ord=2).max())
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        check_tensor(x, "x", min_dim=2)
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
+        t = as_time(t, x.shape[0], like=x, check_range=False)
+        a, b = self._coeffs(t)
+        return torch.bmm(a, x[:, :, None])[:, :, 0] + b

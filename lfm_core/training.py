@@ -75,7 +75,7 @@ SCHEDULES = ("constant", "cosine")
 
 def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight_decay: float = 0.0,
         lr_schedule: str = "constant", seed: int | None = 0, progress: bool | None = None,
-        desc: str = "training") -> FitResult:
+        desc: str = "training", callback=None) -> FitResult:
     """Minimise ``loss_fn(step, generator)`` over ``model``'s parameters with AdamW for ``steps`` steps.
 
     ``loss_fn`` returns a scalar tensor; ``generator`` is a CPU ``torch.Generator`` seeded with
@@ -83,7 +83,9 @@ def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight
     rate is ``lr`` throughout (``"constant"``) or decays as ``lr (1 + cos(pi step / steps)) / 2``
     (``"cosine"``), which removes much of the SGD noise from the final model. A tqdm bar shows the
     running loss (``progress=None`` follows :func:`lfm_core.runtime.show_progress`). A non-finite
-    loss stops training with an error naming the step.
+    loss stops training with an error naming the step. ``callback(step, loss)``, if given, is
+    called after every step (``step`` counts from 1), e.g. to evaluate checkpoints; the model is
+    in training mode when it is called.
     """
     import time
 
@@ -114,6 +116,8 @@ def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight
         opt.step()
         sched.step()
         result.losses.append(value)
+        if callback is not None:
+            callback(step + 1, value)
         if show and step % 50 == 0:
             bar.set_postfix(loss=f"{result.smoothed(50)[-1]:.4f}")
     model.eval()
@@ -182,7 +186,7 @@ def paired_batches(draw0, draw1, batch_size: int, generator: torch.Generator, *,
 def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
               weight_decay: float = 0.0, lr_schedule: str = "constant", coupling: str = "independent",
               coupling_kwargs: dict | None = None, prefetch: int = 0, seed: int | None = 0,
-              progress: bool | None = None, device=None) -> FitResult:
+              progress: bool | None = None, device=None, callback=None) -> FitResult:
     """Train ``model`` by conditional flow matching from ``source`` to ``target``.
 
     ``source`` and ``target`` are either tensors (minibatches are drawn from their rows, with
@@ -190,7 +194,7 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
     target batch by ``coupling`` (:func:`lfm_core.couplings.pair` with ``coupling_kwargs``, e.g.
     ``{"block_size": 128}``) and takes one AdamW step on :func:`cfm_loss` (learning-rate schedule
     as in :func:`fit`). ``prefetch`` worker threads compute the couplings of upcoming batches
-    ahead (see :func:`paired_batches`); results do not depend on it.
+    ahead (see :func:`paired_batches`); results do not depend on it. ``callback`` as in :func:`fit`.
     """
     check_positive_int(batch_size, "batch_size")
     if coupling not in couplings.METHODS:
@@ -212,7 +216,7 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
 
     try:
         return fit(model, loss_fn, steps=steps, lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule,
-                   seed=seed, progress=progress, desc=f"CFM ({coupling})")
+                   seed=seed, progress=progress, desc=f"CFM ({coupling})", callback=callback)
     finally:
         if batches is not None:
             batches.close()

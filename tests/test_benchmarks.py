@@ -36,6 +36,10 @@ def test_ot_cfm_2d_quick_run_writes_the_table(ot_cfm_2d, tmp_path):
     md = (tmp_path / "ot_cfm_2d_quick.md").read_text()
     assert "| OT-CFM |" in md and "paper" in md
     assert (tmp_path / "ot_cfm_2d_quick.png").stat().st_size > 10_000
+    # the report can be rewritten from the saved measurements alone
+    (tmp_path / "ot_cfm_2d_quick.md").unlink()
+    assert ot_cfm_2d.main(["--report-only", str(tmp_path / "ot_cfm_2d_quick.json")]) == 0
+    assert (tmp_path / "ot_cfm_2d_quick.md").read_text() == md
 
 
 def test_ot_cfm_2d_bad_arguments(ot_cfm_2d, tmp_path, monkeypatch, capsys):

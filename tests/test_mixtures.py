@@ -77,3 +77,31 @@ def test_bad_inputs(gmm):
         gmm.marginal_velocity(LinearPath(), torch.zeros(4, 2), 0.5, source_std=0.0)
     with pytest.raises(ValueError, match="point mass"):  # std^2 underflows to 0: x_1 is a point mass at t = 1
         GaussianMixture(torch.zeros(1, 2), 1e-200).marginal_velocity(TargetPath(0.0), torch.zeros(4, 2), 1.0)
+
+
+@pytest.fixture
+def diag_gmm():
+    return GaussianMixture(torch.tensor([[2.0, 0.0, -1.0], [-1.0, 1.0, 0.5]]),
+                           torch.tensor([[0.3, 1.5, 0.7], [1.0, 0.4, 2.0]]), torch.tensor([0.3, 0.7]))
+
+
+def test_diagonal_log_prob_matches_scipy(diag_gmm, gen):
+    x = torch.randn(40, 3, generator=gen, dtype=torch.float64) * 2
+    dens = sum(float(w) * multivariate_normal(m.numpy(), np.diag(s.numpy() ** 2)).pdf(x.numpy())
+               for m, s, w in zip(diag_gmm.means, diag_gmm.stds, diag_gmm.weights, strict=True))
+    torch.testing.assert_close(diag_gmm.log_prob(x), torch.from_numpy(np.log(dens)))
+
+
+def test_diagonal_covariance_and_velocity(diag_gmm, gen):
+    x = diag_gmm.sample(300_000, generator=gen, dtype=torch.float64)
+    mean, cov = diag_gmm.covariance()
+    torch.testing.assert_close(x.mean(0), mean, atol=0.02, rtol=0)
+    torch.testing.assert_close(torch.cov(x.T), cov, atol=0.05, rtol=0)
+    path, t = LinearPath(0.2), 0.4
+    x0 = torch.randn(300_000, 3, generator=gen, dtype=torch.float64)
+    xt, ut = path.sample(x0, x, t, generator=gen)
+    r = ut - diag_gmm.marginal_velocity(path, xt, t)
+    feats = torch.cat([torch.ones(len(r), 1, dtype=torch.float64), xt], 1)
+    moments = feats.T @ r / len(r)
+    scale = feats.pow(2).mean(0).sqrt()[:, None] * r.pow(2).mean(0).sqrt()[None] / math.sqrt(len(r))
+    assert (moments.abs() < 5 * scale).all()

@@ -130,6 +130,14 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero():
         fit(m, lambda s, g: m(torch.zeros(1, 2), 0.0).sum(), steps=1, lr_schedule="linear")
 
 
+def test_callback_sees_every_step():
+    seen = []
+    m = MLP(2)
+    res = train_cfm(m, LinearPath(), torch.randn(64, 2), torch.randn(64, 2), steps=7, batch_size=8, progress=False,
+                    callback=lambda step, loss: seen.append((step, loss)))
+    assert [s for s, _ in seen] == list(range(1, 8)) and [v for _, v in seen] == res.losses
+
+
 def test_smoothed():
     assert FitResult(losses=[1.0, 3.0, 5.0]).smoothed(2) == [1.0, 2.0, 4.0]
 

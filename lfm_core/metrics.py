@@ -7,6 +7,14 @@ r"""Sample-based metrics of generative flows.
 * :func:`normalized_path_energy`: ``NPE = |PE - W2^2(q0, q1)| / W2^2(q0, q1)`` (Tong et al.,
   arXiv 2302.00482, Sec. 5.1). The dynamic OT problem's minimum of ``PE`` is ``W2^2(q0, q1)``
   (Benamou-Brenier), so NPE measures how far a flow is from the OT flow: 0 for it.
+* :func:`psnr`: peak signal-to-noise ratio of reconstructions, ``10 log10(range^2 / MSE)``.
+* :func:`nearest_neighbour_distance`: distance of each generated sample to its nearest training sample
+  (a memorisation check: copies of training images sit at distance ~0).
+* :func:`fid_status` / :func:`fid`: the Frechet Inception distance through ``torchmetrics`` (with
+  ``torch-fidelity``'s Inception weights). Optional: neither package is a dependency (``torch-fidelity``
+  needs ``torchvision``), and the weights are downloaded on first use; ``fid_status`` says, within
+  seconds, whether FID can be computed here and why not, so that a notebook can skip it and report the
+  proxies above instead.
 * :func:`straightness`: ``S = int_0^1 E |(x_1 - x_0) - v(x_t, t)|^2 dt`` (Liu et al. 2023,
   Rectified Flow, Def. 3.5): 0 exactly when every trajectory is a straight line travelled at
   constant speed, so that one Euler step is exact.
@@ -29,7 +37,11 @@ import torch
 
 from .utils import check_finite, check_tensor
 
-__all__ = ["wasserstein2", "path_energy", "normalized_path_energy", "straightness"]
+__all__ = ["wasserstein2", "path_energy", "normalized_path_energy", "straightness", "psnr",
+           "nearest_neighbour_distance", "fid_status", "fid"]
+
+FID_INSTALL = "pip install torchmetrics torch-fidelity"
+FID_WEIGHTS_HOST = "github.com"  # torch-fidelity downloads its Inception weights from GitHub releases
 
 
 def _as_points(x, name):
@@ -103,3 +115,80 @@ def straightness(trajectory: torch.Tensor, times=None) -> float:
     total = (traj[-1] - traj[0]) / (dt.sum())
     dev = (vel - total[None]).reshape(vel.shape[0], vel.shape[1], -1).pow(2).sum(-1).mean(1)
     return float((dev * dt).sum())
+
+
+def psnr(reference: torch.Tensor, estimate: torch.Tensor, *, data_range: float = 2.0) -> float:
+    """Mean over images of ``10 log10(data_range^2 / MSE)`` in dB (``data_range`` 2 for images in ``[-1, 1]``)."""
+    check_tensor(reference, "reference")
+    check_tensor(estimate, "estimate")
+    if reference.shape != estimate.shape:
+        raise ValueError(f"reference and estimate must have the same shape, got {tuple(reference.shape)} and "
+                         f"{tuple(estimate.shape)}")
+    check_finite(estimate, "estimate")
+    mse = (reference.double() - estimate.double()).reshape(len(reference), -1).pow(2).mean(1).clamp_min(1e-20)
+    return float((10 * torch.log10(data_range**2 / mse)).mean())
+
+
+def nearest_neighbour_distance(samples: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance from each of ``samples`` ``[N, ...]`` to its nearest point of ``train`` ``[M, ...]``."""
+    a, b = _as_points(samples, "samples"), _as_points(train, "train")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"samples and train must have points of the same size, got {a.shape[1]} and {b.shape[1]}")
+    return torch.cdist(a, b).min(dim=1).values
+
+
+def _fid_weights_cached() -> bool:
+    from pathlib import Path
+
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    return any(hub.glob("*inception*")) if hub.is_dir() else False
+
+
+def fid_status() -> tuple[bool, str]:
+    """``(True, "")`` when :func:`fid` can run here, else ``(False, why)``; never downloads anything.
+
+    FID needs ``torchmetrics`` and ``torch-fidelity`` installed and the Inception weights either in
+    torch's hub cache or downloadable (GitHub reachable within 3 s).
+    """
+    import importlib.util
+
+    missing = [m for m in ("torchmetrics", "torch_fidelity") if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"{' and '.join(missing)} not installed ({FID_INSTALL}; torch-fidelity needs torchvision)"
+    if not _fid_weights_cached():
+        from .data.images import hub_reachable
+
+        if not hub_reachable(FID_WEIGHTS_HOST):
+            return False, (f"the Inception weights are not cached in {torch.hub.get_dir()} and "
+                           f"{FID_WEIGHTS_HOST} cannot be reached (offline)")
+    return True, ""
+
+
+def fid(real: torch.Tensor, fake: torch.Tensor, *, device=None, batch_size: int = 64) -> float:
+    """Frechet Inception distance between two sets of images ``[N, C, H, W]`` in ``[-1, 1]`` (1 or 3 channels).
+
+    ``torchmetrics.image.fid.FrechetInceptionDistance`` (2048 features of Inception-v3, images resized to
+    299 x 299 inside). FID on a few hundred images is biased upwards and only comparable at equal
+    counts; the papers use 50k (LFM: against the full CelebA-HQ data set). Raises ``RuntimeError``
+    with the reason (see :func:`fid_status`) when it cannot run here.
+    """
+    for x, name in ((real, "real"), (fake, "fake")):
+        check_tensor(x, name, min_dim=4)
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"{name} images must have 1 or 3 channels, got {x.shape[1]}")
+        check_finite(x, name)
+        if x.min() < -1.0 - 1e-3 or x.max() > 1.0 + 1e-3:
+            raise ValueError(f"{name} images must lie in [-1, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    ok, why = fid_status()
+    if not ok:
+        raise RuntimeError(f"FID cannot be computed here: {why}")
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    device = torch.device(device) if device is not None else real.device
+    metric = FrechetInceptionDistance(feature=2048, normalize=True).to(device)
+    for x, is_real in ((real, True), (fake, False)):
+        for i in range(0, len(x), batch_size):
+            b = x[i:i + batch_size].to(device).float().clamp(-1, 1)
+            b = b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
+            metric.update((b + 1) / 2, real=is_real)
+    return float(metric.compute())

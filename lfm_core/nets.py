@@ -2,13 +2,16 @@ r"""Velocity networks ``v(x, t)``.
 
 :class:`MLP` is the network of the OT-CFM paper's low-dimensional experiments (Tong et al.,
 arXiv 2302.00482, App. E): the time is appended to the input, ``[x, t] -> R^dim``, through
-``depth`` hidden layers of width ``hidden`` with SELU activations. :class:`MLPEnsemble` evaluates
-``M`` such networks in one batched pass (``torch.baddbmm``): the same functions, so training it
-with a loss summed over members trains ``M`` independent models (AdamW acts elementwise), but at
-the cost of about one, because tiny networks are dominated by per-call overhead. Image networks
-(diffusers ``UNet2DModel`` and DiT) come with the latent issue.
+``depth`` hidden layers of width ``hidden`` with SELU activations.
 
-Depends on ``torch`` and :mod:`lfm_core.utils`.
+:class:`MLPEnsemble` evaluates ``M`` such networks in one batched pass (``torch.baddbmm``): the same
+functions, so training it with a loss summed over members trains ``M`` independent models (AdamW acts
+elementwise), but at the cost of about one, because tiny networks are dominated by per-call overhead.
+
+:class:`UNetVelocity` and :class:`DiTVelocity` wrap diffusers' ``UNet2DModel`` (ADM-like) and
+``DiTTransformer2DModel`` for images and latents (:class:`ImageVelocity` explains the interface).
+
+Depends on ``torch`` and :mod:`lfm_core.utils`; the image networks import ``diffusers`` when built.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from torch import nn
 
 from .utils import as_time, check_positive_int, check_tensor
 
-__all__ = ["MLP", "MLPEnsemble", "AffineVelocity", "ACTIVATIONS"]
+__all__ = ["MLP", "MLPEnsemble", "AffineVelocity", "ImageVelocity", "UNetVelocity", "DiTVelocity", "ACTIVATIONS",
+           "UNET_PRESETS", "DIT_PRESETS"]
 
 ACTIVATIONS = {"selu": nn.SELU, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "elu": nn.ELU}
 
@@ -165,3 +169,144 @@ class AffineVelocity(nn.Module):
         t = as_time(t, x.shape[0], like=x, check_range=False)
         a, b = self._coeffs(t)
         return torch.bmm(a, x[:, :, None])[:, :, 0] + b
+
+
+# --------------------------------------------------------------------------------------- images
+UNET_PRESETS = {
+    # tiny: for 2 CPU cores (quick mode, tests); small: a GPU in minutes; adm: ADM-like (LFM's UNet baseline)
+    "tiny": dict(block_out_channels=(32, 64), layers_per_block=1, attention_levels=(False, True), head_dim=16,
+                 norm_num_groups=8),
+    "small": dict(block_out_channels=(64, 128, 256), layers_per_block=2, attention_levels=(False, True, True),
+                  head_dim=32, norm_num_groups=32),
+    "adm": dict(block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+                attention_levels=(False, True, True, True), head_dim=64, norm_num_groups=32),
+}
+DIT_PRESETS = {
+    # heads x head_dim = hidden width; DiT-B/2 and DiT-L/2 as in Peebles & Xie (2023), used by LFM on 4x32x32
+    "tiny": dict(num_attention_heads=2, attention_head_dim=32, num_layers=2, patch_size=2),
+    "DiT-S/2": dict(num_attention_heads=6, attention_head_dim=64, num_layers=12, patch_size=2),
+    "DiT-B/2": dict(num_attention_heads=12, attention_head_dim=64, num_layers=12, patch_size=2),
+    "DiT-L/2": dict(num_attention_heads=16, attention_head_dim=64, num_layers=24, patch_size=2),
+}
+
+
+class ImageVelocity(nn.Module):
+    """Common interface of the image velocity networks: ``forward(x, t, labels=None, cond=None)``.
+
+    * ``x``: ``[B, channels, H, W]`` (images or latents); ``t``: float or ``[B]`` in ``[0, 1]``,
+      passed to the diffusers model as the timestep ``1000 t``.
+    * ``labels``: integer classes ``[B]`` in ``[0, num_classes)``, or the null label ``num_classes``
+      (classifier-free guidance, :mod:`lfm_core.guidance`); ``None`` means the null label. Only for
+      models built with ``num_classes``.
+    * ``cond``: ``[B, cond_channels, H, W]`` concatenated to ``x`` (inpainting: masked latent and mask;
+      semantic maps), required when the model has ``cond_channels``.
+
+    Returns the velocity, shaped like ``x``.
+    """
+
+    def __init__(self, channels: int, sample_size: int, num_classes: int | None, cond_channels: int):
+        super().__init__()
+        self.channels = check_positive_int(channels, "channels")
+        self.sample_size = check_positive_int(sample_size, "sample_size")
+        if num_classes is not None:
+            check_positive_int(num_classes, "num_classes")
+        if isinstance(cond_channels, bool) or not isinstance(cond_channels, int) or cond_channels < 0:
+            raise ValueError(f"cond_channels must be an int >= 0, got {cond_channels!r}")
+        self.num_classes, self.cond_channels = num_classes, cond_channels
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes if self.num_classes is not None else 0
+
+    def _inputs(self, x, t, labels, cond):
+        check_tensor(x, "x", min_dim=4)
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"x must have shape [B, {self.channels}, H, W], got {tuple(x.shape)}")
+        t = as_time(t, x.shape[0], like=x)
+        if self.cond_channels:
+            if cond is None:
+                raise ValueError(f"this model needs cond: [B, {self.cond_channels}, H, W] conditioning channels")
+            check_tensor(cond, "cond", min_dim=4)
+            if cond.shape != (x.shape[0], self.cond_channels, *x.shape[2:]):
+                raise ValueError(f"cond must have shape {(x.shape[0], self.cond_channels, *x.shape[2:])}, "
+                                 f"got {tuple(cond.shape)}")
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        elif cond is not None:
+            raise ValueError("this model was built without conditioning channels (cond_channels=0)")
+        if labels is None:
+            labels = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+        else:
+            if self.num_classes is None:
+                raise ValueError("this model was built without classes (num_classes=None): labels must be None")
+            if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int32, torch.int64):
+                raise TypeError("labels must be an integer tensor of shape [B]")
+            if labels.shape != (x.shape[0],):
+                raise ValueError(f"labels must have shape [B] = [{x.shape[0]}], got {tuple(labels.shape)}")
+            if bool((labels < 0).any()) or bool((labels > self.num_classes).any()):
+                raise ValueError(f"labels must lie in [0, {self.num_classes}] ({self.num_classes} is the null label), "
+                                 f"got values in [{int(labels.min())}, {int(labels.max())}]")
+            labels = labels.to(x.device, torch.long)
+        return x, 1000.0 * t, labels
+
+
+class UNetVelocity(ImageVelocity):
+    """diffusers ``UNet2DModel`` (ADM-like) as a velocity network; ``preset`` one of :data:`UNET_PRESETS`."""
+
+    def __init__(self, channels: int, sample_size: int, *, preset: str = "tiny", num_classes: int | None = None,
+                 cond_channels: int = 0):
+        super().__init__(channels, sample_size, num_classes, cond_channels)
+        from diffusers import UNet2DModel
+
+        if preset not in UNET_PRESETS:
+            raise ValueError(f"unknown UNet preset {preset!r}; choose one of {', '.join(UNET_PRESETS)}")
+        p = UNET_PRESETS[preset]
+        down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in p["attention_levels"])
+        up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(p["attention_levels"]))
+        self.model = UNet2DModel(
+            sample_size=sample_size, in_channels=channels + cond_channels, out_channels=channels,
+            down_block_types=down, up_block_types=up, block_out_channels=p["block_out_channels"],
+            layers_per_block=p["layers_per_block"], attention_head_dim=p["head_dim"],
+            norm_num_groups=p["norm_num_groups"],
+            num_class_embeds=None if num_classes is None else num_classes + 1)  # + the null label
+        self.preset = preset
+
+    def forward(self, x, t, labels=None, cond=None):
+        x_in, timestep, labels = self._inputs(x, t, labels, cond)
+        class_labels = labels if self.num_classes is not None else None
+        return self.model(x_in, timestep, class_labels=class_labels).sample
+
+
+class DiTVelocity(ImageVelocity):
+    """diffusers ``DiTTransformer2DModel`` as a velocity network; ``preset`` one of :data:`DIT_PRESETS`.
+
+    DiT always embeds a class: an unconditional model has one class, the null label. diffusers' label
+    embedding would also replace 10% of the labels by the null one during training; that dropout is
+    switched off here, so that label dropout stays under the caller's control (:mod:`lfm_core.guidance`).
+    """
+
+    def __init__(self, channels: int, sample_size: int, *, preset: str = "tiny", num_classes: int | None = None,
+                 cond_channels: int = 0):
+        super().__init__(channels, sample_size, num_classes, cond_channels)
+        from diffusers import DiTTransformer2DModel
+        from diffusers.models.embeddings import LabelEmbedding
+
+        if preset not in DIT_PRESETS:
+            raise ValueError(f"unknown DiT preset {preset!r}; choose one of {', '.join(DIT_PRESETS)}")
+        p = DIT_PRESETS[preset]
+        if sample_size % p["patch_size"]:
+            raise ValueError(f"sample_size must be a multiple of the patch size {p['patch_size']}, got {sample_size}")
+        self.model = DiTTransformer2DModel(
+            in_channels=channels + cond_channels, out_channels=channels, sample_size=sample_size,
+            num_embeds_ada_norm=num_classes if num_classes is not None else 1, **p)
+        for m in self.model.modules():  # keep the null-label row, drop the built-in label dropout
+            if isinstance(m, LabelEmbedding):
+                m.dropout_prob = 0.0
+        self.preset = preset
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes if self.num_classes is not None else 1
+
+    def forward(self, x, t, labels=None, cond=None):
+        x_in, timestep, labels = self._inputs(x, t, labels, cond)
+        return self.model(x_in, timestep=timestep, class_labels=labels).sample

@@ -12,16 +12,23 @@ Its gradient equals that of the (intractable) regression on the marginal velocit
 losses differ by a constant (the conditional variance of ``u_t`` given ``x_t``): the CFM loss of
 a perfect model is not zero.
 
-The heavy trainer for image models (EMA, checkpoints, DDP) comes with the latent issue; this
-module is for the 2D and small models of the first notebooks.
+:func:`fit` and :func:`train_cfm` serve the 2D and small models; :class:`Trainer` is the loop for
+image and latent models (EMA, warmup, clipping, bf16, atomic checkpoints with exact resume,
+DistributedDataParallel under torchrun).
 
 Depends on ``torch``, ``tqdm`` and the sibling modules ``couplings``, ``runtime``, ``utils``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +37,8 @@ from . import couplings
 from .runtime import show_progress
 from .utils import check_positive_int, check_tensor
 
-__all__ = ["cfm_loss", "fit", "paired_batches", "train_cfm", "FitResult"]
+__all__ = ["cfm_loss", "fit", "paired_batches", "train_cfm", "FitResult", "Trainer", "TrainerConfig",
+           "init_distributed", "dist_info", "model_signature", "save_image_grid"]
 
 
 def cfm_loss(model, path, x0: torch.Tensor, x1: torch.Tensor, *, t=None, noise=None, coupling: str = "independent",
@@ -87,8 +95,6 @@ def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight
     called after every step (``step`` counts from 1), e.g. to evaluate checkpoints; the model is
     in training mode when it is called.
     """
-    import time
-
     check_positive_int(steps, "steps")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
@@ -220,3 +226,250 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
     finally:
         if batches is not None:
             batches.close()
+
+
+# ------------------------------------------------------------------------------ the scalable trainer
+@dataclass
+class TrainerConfig:
+    """Settings of :class:`Trainer`. ``batch_size`` is the global batch, split evenly across processes."""
+
+    steps: int
+    batch_size: int
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup: int = 0
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0
+    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on the CPU)
+    checkpoint_every: int = 0  # 0: only at the end (when the trainer has an out_dir)
+    sample_every: int = 0
+    seed: int = 0
+    keep_checkpoints: int = 2
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (``(0, 1)`` outside ``torch.distributed``)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise ``torch.distributed`` from torchrun's environment (``nccl`` on CUDA, ``gloo`` on the CPU).
+
+    Does nothing (and returns ``(0, 1)``) when the script was not started by torchrun.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return dist_info()
+
+
+def model_signature(model: torch.nn.Module) -> str:
+    """Class and parameter shapes of a model: a checkpoint of another configuration does not match."""
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return f"{type(model).__name__}|{hashlib.sha256(shapes.encode()).hexdigest()[:16]}"
+
+
+class Trainer:
+    r"""A training loop that scales from one CPU to several GPUs, for image and latent models.
+
+    AdamW with linear warmup, an exponential moving average (EMA) of the weights, gradient clipping,
+    bfloat16 autocast on CUDA, a NaN guard that stops every process with a message, atomic checkpoints
+    (safetensors for the weights, a ``weights_only`` state file for the rest) with exact resume, a tqdm
+    bar and periodic sample grids. Under ``torchrun`` the model is wrapped in
+    ``DistributedDataParallel``.
+
+    The data side is split in two so that any number of processes computes the same thing:
+    ``batch_fn(step, generator) -> dict`` draws the *global* batch (data indices, times, noise: all the
+    randomness) from a generator seeded identically on every process, each process keeps its slice of
+    every tensor, and ``loss_fn(model, **slice) -> scalar`` is the mean loss of the slice. Averaging
+    gradients over processes then gives the gradient of the global batch, exactly as one process would.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_fn, loss_fn, config: TrainerConfig, *, out_dir=None,
+                 sample_fn=None, progress: bool | None = None, device=None):
+        import copy
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        check_positive_int(config.steps, "steps")
+        check_positive_int(config.batch_size, "batch_size")
+        if not (0.0 <= config.ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+        self.rank, self.world = dist_info()
+        if config.batch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {self.world} processes")
+        self.config = config
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device)
+        self.wrapped = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                                else None) if self.world > 1 else self.model)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.batch_fn, self.loss_fn, self.sample_fn = batch_fn, loss_fn, sample_fn
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        warm = max(config.warmup, 0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.losses: list[float] = []
+        self.show = (show_progress() if progress is None else progress) and self.rank == 0
+
+    # -------------------------------------------------------------------------------- state
+    def _state(self) -> dict:
+        return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "generator": self.generator.get_state(), "losses": torch.tensor(self.losses, dtype=torch.float64),
+                "signature": model_signature(self.model), "config": {k: v for k, v in vars(self.config).items()
+                           if v is None or isinstance(v, (int, float, bool))}}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``out_dir/ckpt-<step>`` atomically and point ``out_dir/latest`` at it (rank 0 only)."""
+        from safetensors.torch import save_file
+
+        if self.out_dir is None or self.rank != 0:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        final = self.out_dir / f"ckpt-{self.step:08d}"
+        tmp = Path(tempfile.mkdtemp(dir=self.out_dir, prefix=f".{final.name}."))
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
+                      str(tmp / "model.safetensors"))
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.ema.state_dict().items()},
+                      str(tmp / "ema.safetensors"))
+            torch.save(self._state(), tmp / "state.pt")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        latest_tmp = self.out_dir / ".latest.tmp"
+        latest_tmp.write_text(final.name + "\n")
+        os.replace(latest_tmp, self.out_dir / "latest")
+        old = sorted(p for p in self.out_dir.glob("ckpt-*") if p.is_dir() and p != final)
+        for p in old[: max(0, len(old) - (self.config.keep_checkpoints - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path=None) -> bool:
+        """Resume from ``path`` (a ``ckpt-*`` folder) or from ``out_dir/latest``; False when there is none."""
+        from safetensors.torch import load_file
+
+        if path is None:
+            if self.out_dir is None or not (self.out_dir / "latest").exists():
+                return False
+            path = self.out_dir / (self.out_dir / "latest").read_text().strip()
+        path = Path(path)
+        state = torch.load(path / "state.pt", weights_only=True)
+        if state["signature"] != model_signature(self.model):
+            raise ValueError(f"the checkpoint {path} was made for another model configuration "
+                             f"({state['signature']} vs {model_signature(self.model)})")
+        self.model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(self.device)))
+        self.ema.load_state_dict(load_file(str(path / "ema.safetensors"), device=str(self.device)))
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
+        self.losses = state["losses"].tolist()
+        return True
+
+    # ------------------------------------------------------------------------------ training
+    @torch.no_grad()
+    def _update_ema(self):
+        d = self.config.ema_decay
+        for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            e.mul_(d).add_(p.detach(), alpha=1 - d)
+        for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            e.copy_(b)
+
+    def _slice(self, batch: dict) -> dict:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                if v.shape[0] != self.config.batch_size:
+                    raise ValueError(f"batch_fn must return the global batch: '{k}' has {v.shape[0]} rows, "
+                                     f"expected {self.config.batch_size}")
+                per = self.config.batch_size // self.world
+                v = v[self.rank * per:(self.rank + 1) * per].to(self.device)
+            out[k] = v
+        return out
+
+    def fit(self, *, resume: bool = True) -> FitResult:
+        """Train until ``config.steps`` (resuming from ``out_dir/latest`` when ``resume``); returns the losses."""
+        import torch.distributed as dist
+
+        if resume:
+            self.load_checkpoint()
+        cfg = self.config
+        autocast = cfg.bf16 and self.device.type == "cuda"
+        bar = tqdm(range(self.step, cfg.steps), desc="training", disable=not self.show, mininterval=1.0,
+                   initial=self.step, total=cfg.steps)
+        start = time.perf_counter()
+        self.model.train()
+        for _ in bar:
+            batch = self._slice(self.batch_fn(self.step, self.generator))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = self.loss_fn(self.wrapped, **batch)
+            finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
+            if self.world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                raise FloatingPointError(f"the loss became non-finite at step {self.step} (on some process): "
+                                         "lower the learning rate, clip gradients, or check the data")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            self._update_ema()
+            self.step += 1
+            value = float(loss.detach())
+            if self.world > 1:
+                t = torch.tensor([value], device=self.device)
+                dist.all_reduce(t)
+                value = float(t) / self.world
+            self.losses.append(value)
+            if self.show and self.step % 20 == 0:
+                bar.set_postfix(loss=f"{sum(self.losses[-50:]) / len(self.losses[-50:]):.4f}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if cfg.sample_every and self.sample_fn and self.step % cfg.sample_every == 0 and self.rank == 0:
+                self._save_samples()
+        self.model.eval()
+        if self.out_dir is not None and (not cfg.checkpoint_every or self.step % cfg.checkpoint_every):
+            self.save_checkpoint()
+        return FitResult(losses=list(self.losses), seconds=time.perf_counter() - start)
+
+    def _save_samples(self):
+        images = self.sample_fn(self.ema)
+        if self.out_dir is not None:
+            save_image_grid(images, self.out_dir / "samples" / f"step-{self.step:08d}.png")
+
+
+def save_image_grid(images: torch.Tensor, path, *, nrow: int | None = None) -> Path:
+    """Save ``[N, C, H, W]`` images in ``[-1, 1]`` as one PNG grid (1 or 3 channels)."""
+    from PIL import Image
+
+    check_tensor(images, "images", min_dim=4)
+    n, c, h, w = images.shape
+    if c not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {c}")
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.ones(c, rows * (h + 2), nrow * (w + 2))
+    for i, img in enumerate(images.detach().float().cpu().clamp(-1, 1)):
+        r, q = divmod(i, nrow)
+        grid[:, r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = img
+    arr = ((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[:, :, 0] if c == 1 else arr).save(path)
+    return path

@@ -50,3 +50,13 @@ def test_ot_cfm_2d_bad_arguments(ot_cfm_2d, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         ot_cfm_2d.main(["--quick", "--out", str(tmp_path), "--peer", "torchcfm"])
     assert "tasks.py peer" in capsys.readouterr().err
+
+
+def test_latent_vs_pixel_quick_run(tmp_path):
+    lvp = load("latent_vs_pixel")
+    assert lvp.main(["--quick", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "latent_vs_pixel_quick.json").read_text())
+    kinds = {(r["kind"], tuple(r["shape"])) for r in data["rows"]}
+    assert kinds == {("pixel", (3, 32, 32)), ("latent", (4, 4, 4))}
+    assert all(r["ms_per_step"] > 0 and r["peak_mem_mb"] >= 0 for r in data["rows"])
+    assert "speed-up" in (tmp_path / "latent_vs_pixel_quick.md").read_text()

@@ -1,0 +1,230 @@
+"""Image data, autoencoders, the latent cache and the image velocity networks (issue: latent flow matching)."""
+
+import gzip
+import struct
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lfm_core import autoencoders, metrics
+from lfm_core.data import images
+from lfm_core.nets import DiTVelocity, UNetVelocity
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def test_offline_loaders():
+    faces = images.load("lfw_faces", size=32)
+    assert faces.images.shape == (100, 1, 32, 32) and faces.labels is None
+    assert float(faces.images.min()) >= -1 and float(faces.images.max()) <= 1
+    digits = images.load("digits")
+    assert digits.images.shape == (1797, 1, 8, 8) and digits.num_classes == 10
+    assert set(digits.labels.tolist()) == set(range(10))
+    small = images.load("digits", size=16, limit=10)
+    assert small.images.shape == (10, 1, 16, 16) and len(small.labels) == 10
+    train, held = faces.split(20, generator=torch.Generator().manual_seed(0))
+    assert len(train) == 80 and len(held) == 20
+
+
+def _write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx_files(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path)
+    fm = images.load("fashion_mnist", size=32)
+    assert fm.images.shape == (10, 1, 32, 32) and fm.labels.shape == (10,) and fm.num_classes == 10
+
+
+def test_missing_and_unreachable_data_fail_fast(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist.*'lfw_faces' or 'digits'"):
+        images.load("fashion_mnist")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="cannot be reached.*'lfw_faces'"):
+        images.load("celeba_hq", limit=4)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(name="mnist"), ValueError, "unknown image data set"),
+    (dict(name="digits", size=0), ValueError, "size must be >= 1"),
+    (dict(name="digits", limit=-2), ValueError, "limit must be >= 1"),
+    (dict(name=3), TypeError, "name must be a str"),
+])
+def test_bad_data_arguments(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        images.load(kwargs.pop("name"), **kwargs)
+
+
+# ---------------------------------------------------------------------------------- autoencoders
+@pytest.fixture(scope="module")
+def tiny_ae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    model = AutoencoderKL(**autoencoders.offline_config(in_channels=1, channels=(16, 16, 16)))
+    return autoencoders.LatentAutoencoder(model, 0.5, "tiny-test")
+
+
+def test_encode_decode_shapes_and_scale(tiny_ae):
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    z = tiny_ae.encode(x, batch_size=2)
+    assert z.shape == (3, 4, 4, 4) and tiny_ae.factor == 4
+    with torch.no_grad():
+        raw = tiny_ae.model.encode(x).latent_dist.mean
+    torch.testing.assert_close(z, 0.5 * raw)
+    assert tiny_ae.decode(z).shape == x.shape
+
+
+@pytest.mark.parametrize("x, match", [
+    (torch.rand(2, 3, 16, 16), r"shape \[N, 1, H, W\]"),
+    (torch.rand(2, 1, 18, 18), "multiples of 4"),
+    (torch.rand(2, 1, 16, 16) * 4, r"\[-1, 1\]"),
+    (torch.full((2, 1, 16, 16), float("nan")), "non-finite"),
+])
+def test_bad_images(tiny_ae, x, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_ae.encode(x)
+
+
+def test_bad_latents(tiny_ae):
+    with pytest.raises(ValueError, match="latents must have shape"):
+        tiny_ae.decode(torch.zeros(2, 3, 4, 4))
+
+
+def test_load_errors(tmp_path, monkeypatch, tiny_ae):
+    with pytest.raises(ValueError, match="unknown autoencoder"):
+        autoencoders.load("someone/vae")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="cannot be reached.*load\\('offline'\\)"):
+        autoencoders.load("stabilityai/sd-vae-ft-mse")
+    assert time.perf_counter() - start < 10
+    tiny_ae.model.save_pretrained(tmp_path / "ae")
+    with pytest.raises(ValueError, match="latent scale"):
+        autoencoders.load(str(tmp_path / "ae"))
+    loaded = autoencoders.load(str(tmp_path / "ae"), scale=0.5)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    torch.testing.assert_close(loaded.encode(x), tiny_ae.encode(x))
+
+
+def test_latent_cache_reuses_and_refuses(tmp_path, tiny_ae):
+    data = images.load("digits", size=16, limit=12)
+    z1, y1 = autoencoders.cached_latents(tiny_ae, data, tmp_path)
+    manifest = (tmp_path / "manifest.json").read_text()
+    assert '"count": 12' in manifest and tiny_ae.fingerprint() in manifest
+    z2, y2 = autoencoders.cached_latents(tiny_ae, data, tmp_path)
+    assert torch.equal(z1, z2) and torch.equal(y1, y2)
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    other = autoencoders.LatentAutoencoder(AutoencoderKL(**autoencoders.offline_config(1, channels=(16, 16, 16))),
+                                           0.5, "tiny-test")
+    with pytest.raises(ValueError, match="refusing"):
+        autoencoders.cached_latents(other, data, tmp_path)
+    z3, _ = autoencoders.cached_latents(other, data, tmp_path, overwrite=True)
+    assert not torch.equal(z1, z3)
+
+
+def test_fit_autoencoder_reduces_the_loss():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    model = AutoencoderKL(**autoencoders.offline_config(1, channels=(16, 16, 16)))
+    x = images.load("lfw_faces", size=16).images
+    res = autoencoders.fit_autoencoder(model, x, steps=40, batch_size=16, lr=3e-3, progress=False)
+    assert np.mean(res.losses[-5:]) < 0.7 * np.mean(res.losses[:5])
+
+
+def test_offline_autoencoder_reconstructs_held_out_faces():
+    """The committed checkpoint: held-out faces (never seen in training) come back above 24 dB."""
+    ae = autoencoders.load("offline")
+    _, held = images.load("lfw_faces", size=32).split(20, generator=torch.Generator().manual_seed(0))
+    assert metrics.psnr(held.images, ae.decode(ae.encode(held.images))) > 24.0
+    z = ae.encode(images.load("lfw_faces", size=32).images)
+    assert 0.7 < float(z.std()) < 1.3  # the scale makes the latents about unit variance
+
+
+# ------------------------------------------------------------------------------------------ nets
+@pytest.mark.parametrize("cls", [UNetVelocity, DiTVelocity])
+def test_image_velocity_interface(cls):
+    torch.manual_seed(0)
+    m = cls(4, 8, preset="tiny", num_classes=3, cond_channels=2)
+    x, t, cond = torch.randn(2, 4, 8, 8), torch.rand(2), torch.randn(2, 2, 8, 8)
+    out = m(x, t, labels=torch.tensor([0, 3]), cond=cond)
+    assert out.shape == x.shape
+    m.train()  # no built-in label dropout: training mode is deterministic
+    torch.testing.assert_close(m(x, t, labels=torch.tensor([1, 2]), cond=cond),
+                               m(x, t, labels=torch.tensor([1, 2]), cond=cond))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
+        m(x, t, labels=torch.tensor([0, 4]), cond=cond)
+    with pytest.raises(TypeError, match="integer tensor"):
+        m(x, t, labels=torch.tensor([0.0, 1.0]), cond=cond)
+    with pytest.raises(ValueError, match="needs cond"):
+        m(x, t, labels=None)
+    with pytest.raises(ValueError, match="cond must have shape"):
+        m(x, t, cond=torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"x must have shape \[B, 4, H, W\]"):
+        m(torch.randn(2, 3, 8, 8), t, cond=cond)
+    plain = cls(4, 8, preset="tiny")
+    with pytest.raises(ValueError, match="without classes"):
+        plain(x, t, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="without conditioning"):
+        plain(x, t, cond=cond)
+    with pytest.raises(ValueError, match="unknown"):
+        cls(4, 8, preset="huge")
+
+
+# --------------------------------------------------------------------------------------- metrics
+def test_psnr_and_nearest_neighbour():
+    a = torch.zeros(2, 1, 4, 4)
+    b = a + 0.2  # MSE 0.04 with data range 2: 10 log10(4 / 0.04) = 20 dB
+    assert metrics.psnr(a, b) == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.psnr(a, torch.zeros(2, 1, 4, 5))
+    train = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    d = metrics.nearest_neighbour_distance(torch.tensor([[0.0, 1.0], [3.0, 4.0]]), train)
+    torch.testing.assert_close(d, torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+def test_fid_says_why_it_cannot_run_and_checks_inputs(monkeypatch):
+    import importlib.util
+
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("torchmetrics", "torch_fidelity") else real_find(name, *a))
+    ok, why = metrics.fid_status()
+    assert not ok and "pip install torchmetrics torch-fidelity" in why
+    x = torch.zeros(4, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="FID cannot be computed here: torchmetrics"):
+        metrics.fid(x, x)
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        metrics.fid(x + 2, x)
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        metrics.fid(torch.zeros(4, 2, 8, 8), x)
+    with pytest.raises(ValueError, match="finite"):
+        metrics.fid(x, x * float("nan"))
+
+
+def test_fid_offline_without_cached_weights_fails_fast(monkeypatch, tmp_path):
+    import importlib.util
+
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in
+                        ("torchmetrics", "torch_fidelity") else real_find(name, *a))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    ok, why = metrics.fid_status()
+    assert not ok and "Inception weights are not cached" in why and time.perf_counter() - start < 5

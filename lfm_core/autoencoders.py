@@ -37,7 +37,7 @@ import torch
 from .data.images import ImageData, hub_reachable, offline_error
 from .utils import check_finite, check_positive_int, check_tensor
 
-__all__ = ["LatentAutoencoder", "PRETRAINED", "OFFLINE_DIR", "load", "offline_config", "fit_autoencoder",
+__all__ = ["LatentAutoencoder", "PRETRAINED", "OFFLINE_DIR", "OFFLINE", "load", "offline_config", "fit_autoencoder",
            "cached_latents"]
 
 PRETRAINED = {
@@ -45,6 +45,9 @@ PRETRAINED = {
     "madebyollin/taesd": {"cls": "AutoencoderTiny", "scale": 1.0},
 }
 OFFLINE_DIR = Path(__file__).resolve().parent / "assets" / "autoencoder_lfw32"
+# the offline autoencoders shipped with the package: name -> folder (made by scripts/train_autoencoder.py)
+OFFLINE = {"offline": OFFLINE_DIR,
+           "offline-digits": Path(__file__).resolve().parent / "assets" / "autoencoder_digits16"}
 META_FILE = "lfm_autoencoder.json"
 
 
@@ -190,23 +193,26 @@ def _from_folder(folder: Path, device, dtype, scale: float | None):
 
 
 def load(name_or_path: str = "offline", *, device="cpu", dtype=torch.float32, scale: float | None = None):
-    """Load an autoencoder: ``"offline"``, a hub id of :data:`PRETRAINED`, or a local diffusers folder.
+    """Load an autoencoder: ``"offline"`` (faces, 32 x 32), ``"offline-digits"`` (digits, 16 x 16), a hub id of
+    :data:`PRETRAINED`, or a local diffusers folder.
 
     ``scale`` overrides the latent scale (required for a local folder without ``lfm_autoencoder.json``).
     A hub id that is neither in the local cache nor reachable fails at once, naming the offline one.
     """
     if not isinstance(name_or_path, str):
         raise TypeError(f"name_or_path must be a str, got {type(name_or_path).__name__}")
-    if name_or_path == "offline":
-        if not (OFFLINE_DIR / "config.json").exists():
-            raise FileNotFoundError(f"the offline autoencoder is missing from {OFFLINE_DIR}: run "
+    if name_or_path in OFFLINE:
+        folder = OFFLINE[name_or_path]
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"the offline autoencoder {name_or_path!r} is missing from {folder}: run "
                                     "scripts/train_autoencoder.py to make it")
-        return _from_folder(OFFLINE_DIR, device, dtype, scale)
+        return _from_folder(folder, device, dtype, scale)
     folder = Path(name_or_path)
     if folder.is_dir():
         return _from_folder(folder, device, dtype, scale)
     if name_or_path not in PRETRAINED:
-        raise ValueError(f"unknown autoencoder {name_or_path!r}: use 'offline', a local diffusers folder, or one "
+        raise ValueError(f"unknown autoencoder {name_or_path!r}: use {' or '.join(map(repr, OFFLINE))}, a local "
+                         "diffusers folder, or one "
                          f"of {', '.join(PRETRAINED)}")
     import diffusers
 

@@ -2,14 +2,17 @@
 """Train the project's small offline autoencoder and write it where lfm_core.autoencoders.load("offline") finds it.
 
     python scripts/train_autoencoder.py                      # the committed checkpoint (faces, 32 x 32)
+    python scripts/train_autoencoder.py --data digits --steps 2000 --batch 64   # the committed digits one (16 x 16)
     python scripts/train_autoencoder.py --steps 300 --out /tmp/ae   # a quick one elsewhere
 
 A diffusers AutoencoderKL (lfm_core.autoencoders.offline_config: blocks of 16, 32, 32 channels, x4 downsampling,
 4 latent channels, 0.24M parameters) trained on the training split of the 100 LFW faces of scikit-image
 (25 x 25 grayscale, resized to 32 x 32; 80 train / 20 held out, seed 0), with L1 + MSE + a small KL
-term and horizontal flips. The latent scale is set so that the scaled training latents have unit
-standard deviation. Writes config.json, diffusion_pytorch_model.safetensors and lfm_autoencoder.json
-(scale, data, the command, held-out PSNR) into --out.
+term and horizontal flips; or, with --data digits, on scikit-learn's digits at 16 x 16 (1500 train / 297 held
+out, seed 0, no flips: a flipped digit is another symbol) -> 4 x 4 x 4 latents. The latent scale is set so
+that the scaled training latents have unit standard deviation. Writes config.json,
+diffusion_pytorch_model.safetensors and lfm_autoencoder.json (scale, data, the command, held-out PSNR) into
+--out.
 """
 
 from __future__ import annotations
@@ -25,40 +28,52 @@ import torch
 from lfm_core import autoencoders, metrics, runtime
 from lfm_core.data import images
 
+DATA = {
+    "lfw_faces": dict(name="offline", size=32, heldout=20, flip=True,
+                      source="lfw_faces (skimage.data.lfw_subset, 100 faces)"),
+    "digits": dict(name="offline-digits", size=16, heldout=297, flip=False,
+                   source="digits (sklearn.datasets.load_digits, 1797 images)"),
+}
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=autoencoders.OFFLINE_DIR)
+    p.add_argument("--data", choices=sorted(DATA), default="lfw_faces")
+    p.add_argument("--out", type=Path, help="default: where autoencoders.load finds the offline one for --data")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--size", type=int, help="image size (default: 32 for faces, 16 for digits)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 32],
                    help="block widths; len - 1 halvings (multiples of 16)")
     args = p.parse_args(argv)
+    spec = DATA[args.data]
+    size = args.size or spec["size"]
+    out = args.out or autoencoders.OFFLINE[spec["name"]]
     runtime.seed_everything(args.seed)
-    data = images.load("lfw_faces", size=args.size)
-    train, heldout = data.split(20, generator=torch.Generator().manual_seed(0))
+    data = images.load(args.data, size=size)
+    train, heldout = data.split(spec["heldout"], generator=torch.Generator().manual_seed(0))
     from diffusers import AutoencoderKL
 
     torch.manual_seed(args.seed)
     model = AutoencoderKL(**autoencoders.offline_config(in_channels=1, channels=tuple(args.channels)))
     start = time.perf_counter()
     hist = autoencoders.fit_autoencoder(model, train.images, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                                        seed=args.seed)
+                                        seed=args.seed, flip=spec["flip"])
     model.eval()
     with torch.no_grad():
         std = float(model.encode(train.images).latent_dist.mean.std())
-    ae = autoencoders.LatentAutoencoder(model, 1.0 / std, "offline")
+    ae = autoencoders.LatentAutoencoder(model, 1.0 / std, spec["name"])
     rec_train = ae.decode(ae.encode(train.images))
     rec_held = ae.decode(ae.encode(heldout.images))
     meta = {
-        "name": "offline",
+        "name": spec["name"],
         "scale": 1.0 / std,
-        "data": "lfw_faces (skimage.data.lfw_subset rows 0-99), 32x32 grayscale, 80 train / 20 held out (seed 0)",
-        "image_size": [1, args.size, args.size],
-        "latent_shape": [4, args.size // ae.factor, args.size // ae.factor],
+        "data": f"{spec['source']}, {size}x{size} grayscale, {len(train)} train / {len(heldout)} held out (seed 0)",
+        "image_size": [1, size, size],
+        "latent_shape": [4, size // ae.factor, size // ae.factor],
+        "channels": list(args.channels),
         "psnr_train_db": round(metrics.psnr(train.images, rec_train), 2),
         "psnr_heldout_db": round(metrics.psnr(heldout.images, rec_held), 2),
         "final_loss": round(sum(hist.losses[-100:]) / 100, 5),
@@ -66,9 +81,9 @@ def main(argv=None) -> int:
         "command": "python scripts/train_autoencoder.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "torch": torch.__version__,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    (args.out / autoencoders.META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    (out / autoencoders.META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     print(json.dumps(meta, indent=1))
     return 0
 

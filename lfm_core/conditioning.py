@@ -1,0 +1,215 @@
+r"""Spatial conditions for latent flow matching: inpainting masks and semantic maps (LFM, Dao et al. 2023).
+
+**Inpainting.** The velocity network sees, concatenated to the noisy latent ``z_t`` (4 channels), the
+latent of the masked image ``s E(x * (1 - m))`` (4 channels) and the mask ``m`` downsampled to the
+latent size (1 channel): 9 input channels, as in the paper. Here ``m = 1`` marks the **hole** (pixels
+to generate) and ``m = 0`` the known pixels; masked pixels are set to 0 (mid-grey in ``[-1, 1]``).
+After decoding, the known pixels are copied back (:func:`composite`), so the known region is exact.
+Masks: rectangles (:func:`rectangle_masks`) and free-form strokes (:func:`stroke_masks`, thick random
+polylines, in the spirit of the free-form masks of Yu et al. 2019).
+
+**Semantic-to-image.** A segmentation map with ``K`` classes is one-hot encoded, downsampled to the
+latent size (area averaging: each latent cell gets the class proportions of its pixels) and projected
+to 4 channels by a trainable 1x1 convolution (:class:`SemanticEncoder`), then concatenated to ``z_t``
+(8 input channels). The official LFM code builds this projection but leaves it frozen by mistake; ours
+is trained with the velocity network (pass :meth:`SemanticEncoder.parameters` to the optimiser, as
+:class:`ConditionedVelocity` does by holding it as a submodule).
+
+Offline there are no segmentation labels, so :func:`intensity_segmentation` makes a stand-in: a fixed
+rule that quantises a smoothed image into ``K`` intensity bands (dark hair and background, skin,
+highlights on faces). It is stated as a stand-in wherever it is used.
+
+Depends on ``torch`` and :mod:`lfm_core.utils`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .utils import check_positive_int, check_tensor
+
+__all__ = ["check_masks", "rectangle_masks", "stroke_masks", "mask_images", "downsample_mask", "composite",
+           "check_segmentation", "intensity_segmentation", "one_hot_maps", "SemanticEncoder",
+           "ConditionedVelocity", "region_psnr"]
+
+
+# ------------------------------------------------------------------------------------------ masks
+def check_masks(masks: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+    """Check that ``masks`` is ``[N, 1, H, W]``, binary (0 known, 1 hole), and matches ``images`` if given."""
+    check_tensor(masks, "masks", min_dim=4, floating=False)
+    if masks.dim() != 4 or masks.shape[1] != 1:
+        raise ValueError(f"masks must have shape [N, 1, H, W], got {tuple(masks.shape)}")
+    if images is not None and (masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[2:]):
+        raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: need "
+                         f"[{images.shape[0]}, 1, {images.shape[2]}, {images.shape[3]}]")
+    if not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError("masks must be binary: 1 for the hole (to generate), 0 for known pixels")
+    return masks.float()
+
+
+def rectangle_masks(n: int, size: int, *, min_frac: float = 0.25, max_frac: float = 0.6,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` masks ``[n, 1, size, size]``, each one axis-aligned rectangle, sides in ``[min_frac, max_frac] * size``."""
+    check_positive_int(n, "n")
+    check_positive_int(size, "size")
+    if not (0 < min_frac <= max_frac <= 1):
+        raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
+    masks = torch.zeros(n, 1, size, size)
+    lo, hi = max(1, round(min_frac * size)), max(1, round(max_frac * size))
+    for i in range(n):
+        hh, ww = (int(v) for v in torch.randint(lo, hi + 1, (2,), generator=generator))
+        top = int(torch.randint(0, size - hh + 1, (1,), generator=generator))
+        left = int(torch.randint(0, size - ww + 1, (1,), generator=generator))
+        masks[i, 0, top:top + hh, left:left + ww] = 1.0
+    return masks
+
+
+def stroke_masks(n: int, size: int, *, strokes: int = 3, vertices: int = 4, width_frac: float = 0.12,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` free-form masks ``[n, 1, size, size]``: ``strokes`` thick polylines of ``vertices`` random turns each."""
+    check_positive_int(n, "n")
+    check_positive_int(size, "size")
+    check_positive_int(strokes, "strokes")
+    check_positive_int(vertices, "vertices")
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    pix = torch.stack([xs, ys], -1).reshape(-1, 2)  # pixel centres
+    radius = max(1.0, width_frac * size / 2)
+    masks = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        hole = torch.zeros(size * size, dtype=torch.bool)
+        for _ in range(strokes):
+            p = torch.rand(2, generator=generator) * size
+            for _ in range(vertices):
+                angle = float(torch.rand(1, generator=generator)) * 2 * math.pi
+                length = (0.2 + 0.3 * float(torch.rand(1, generator=generator))) * size
+                q = (p + length * torch.tensor([math.cos(angle), math.sin(angle)])).clamp(0, size)
+                d = q - p  # distance of every pixel centre to the segment p-q
+                s = ((pix - p) @ d / d.dot(d).clamp_min(1e-9)).clamp(0, 1)
+                hole |= (pix - (p + s[:, None] * d)).norm(dim=1) <= radius
+                p = q
+        masks[i, 0] = hole.reshape(size, size).float()
+    return masks
+
+
+def mask_images(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The images with their holes set to 0 (mid-grey): ``x * (1 - m)``."""
+    masks = check_masks(masks, images)
+    return images * (1 - masks.to(images))
+
+
+def downsample_mask(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """The share of hole pixels in each cell of a ``size x size`` grid (area averaging), in ``[0, 1]``."""
+    masks = check_masks(masks)
+    check_positive_int(size, "size")
+    return F.interpolate(masks, size=(size, size), mode="area")
+
+
+def composite(generated: torch.Tensor, original: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Generated pixels in the hole, the original pixels elsewhere: ``m x_gen + (1 - m) x``."""
+    masks = check_masks(masks, original)
+    if generated.shape != original.shape:
+        raise ValueError(f"generated {tuple(generated.shape)} and original {tuple(original.shape)} differ in shape")
+    m = masks.to(original)
+    return m * generated + (1 - m) * original
+
+
+def region_psnr(reference: torch.Tensor, estimate: torch.Tensor, region: torch.Tensor, *,
+                data_range: float = 2.0) -> float:
+    """PSNR (dB) over the pixels where ``region`` is 1 (all images pooled); ``inf`` when they agree exactly."""
+    region = check_masks(region, reference).to(reference).expand_as(reference)
+    n = float(region.sum())
+    if n == 0:
+        raise ValueError("the region is empty")
+    mse = float(((reference - estimate) ** 2 * region).sum()) / n
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+# ---------------------------------------------------------------------------------- semantic maps
+def check_segmentation(maps: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Check that ``maps`` is an integer tensor ``[N, H, W]`` with classes in ``[0, num_classes)``."""
+    check_positive_int(num_classes, "num_classes")
+    if not isinstance(maps, torch.Tensor) or maps.dtype.is_floating_point or maps.dtype == torch.bool:
+        raise TypeError("segmentation maps must be an integer tensor [N, H, W]")
+    if maps.dim() != 3:
+        raise ValueError(f"segmentation maps must have shape [N, H, W], got {tuple(maps.shape)}")
+    if maps.numel() and (int(maps.min()) < 0 or int(maps.max()) >= num_classes):
+        raise ValueError(f"segmentation maps have classes in [{int(maps.min())}, {int(maps.max())}], but only "
+                         f"0..{num_classes - 1} are known")
+    return maps.long()
+
+
+def intensity_segmentation(images: torch.Tensor, num_classes: int = 3, *, blur: int = 3,
+                           thresholds: torch.Tensor | None = None):
+    """A stand-in segmentation: smoothed intensity quantised into ``num_classes`` bands.
+
+    ``images`` ``[N, C, H, W]`` in ``[-1, 1]`` are averaged over channels and box-blurred (``blur`` pixels);
+    the band edges are the ``1/K, ..., (K-1)/K`` quantiles of the pixel values of these images unless
+    ``thresholds`` (``K - 1`` increasing values) are given. Returns ``(maps [N, H, W], thresholds)`` so the
+    same rule can be applied to generated images.
+    """
+    check_tensor(images, "images", min_dim=4)
+    check_positive_int(num_classes, "num_classes")
+    x = images.mean(1, keepdim=True)
+    if blur > 1:
+        x = F.avg_pool2d(F.pad(x, (blur // 2, (blur - 1) // 2, blur // 2, (blur - 1) // 2), mode="replicate"),
+                         blur, stride=1)
+    x = x[:, 0]
+    if thresholds is None:
+        q = torch.arange(1, num_classes, dtype=x.dtype) / num_classes
+        thresholds = torch.quantile(x.flatten().float(), q.float()).to(x.dtype)
+    thresholds = torch.as_tensor(thresholds, dtype=x.dtype)
+    if thresholds.shape != (num_classes - 1,) or bool((thresholds.diff() < 0).any()):
+        raise ValueError(f"thresholds must be {num_classes - 1} increasing values, got {thresholds.tolist()}")
+    return torch.bucketize(x.contiguous(), thresholds), thresholds
+
+
+def one_hot_maps(maps: torch.Tensor, num_classes: int, size: int | None = None) -> torch.Tensor:
+    """One-hot ``[N, K, H, W]`` of integer maps, area-downsampled to ``size x size`` when given."""
+    maps = check_segmentation(maps, num_classes)
+    oh = F.one_hot(maps, num_classes).permute(0, 3, 1, 2).float()
+    if size is not None:
+        oh = F.interpolate(oh, size=(size, size), mode="area")
+    return oh
+
+
+class SemanticEncoder(nn.Module):
+    """Segmentation map -> one-hot -> area-downsampled to the latent size -> trainable 1x1 conv (``out_channels``)."""
+
+    def __init__(self, num_classes: int, latent_size: int, out_channels: int = 4):
+        super().__init__()
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.latent_size = check_positive_int(latent_size, "latent_size")
+        self.proj = nn.Conv2d(num_classes, check_positive_int(out_channels, "out_channels"), kernel_size=1)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        oh = one_hot_maps(maps, self.num_classes, self.latent_size).to(self.proj.weight)
+        return self.proj(oh)
+
+
+class ConditionedVelocity(nn.Module):
+    """A velocity network with a trainable condition encoder: ``v(x, t, maps) = net(x, t, cond=encoder(maps))``.
+
+    Holding the encoder as a submodule puts its parameters in ``parameters()``, so the optimiser trains
+    it together with the network (the projection the official LFM code leaves frozen). ``maps=None`` gives
+    the unconditional velocity, with an all-zero condition; ``keep`` (``[B]`` booleans) zeroes the
+    condition of the rows where it is False (condition dropout in training, as for labels in
+    classifier-free guidance).
+    """
+
+    def __init__(self, net: nn.Module, encoder: nn.Module):
+        super().__init__()
+        self.net, self.encoder = net, encoder
+
+    def forward(self, x, t, maps=None, *, keep: torch.Tensor | None = None):
+        channels = getattr(self.net, "cond_channels", None)
+        if maps is None:
+            cond = torch.zeros(x.shape[0], channels, *x.shape[2:], device=x.device, dtype=x.dtype)
+        else:
+            cond = self.encoder(maps.to(x.device))
+            if keep is not None:
+                cond = cond * keep.to(cond)[:, None, None, None]
+        return self.net(x, t, cond=cond)

@@ -1,0 +1,320 @@
+r"""Learned interpolants for straight flows (after Shankar & Geffner, arXiv 2503.20719).
+
+Flow matching regresses a velocity onto the time derivative of an *interpolant* ``x_t = phi_t(x0; x1)``
+between a source point ``x0 ~ p0`` and a data point ``x1``. With independent pairs and the straight line
+``(1 - t) x0 + t x1`` the resulting marginal flow is curved, and few-step samplers pay for it. The idea
+of the paper is to *learn* the interpolant so that the optimal velocity it induces is as straight as
+possible. This module holds the pieces:
+
+* :class:`BernsteinSchedule`: a monotone schedule ``s : [0, 1] -> [0, 1]`` with ``s(0) = 0`` and
+  ``s(1) = 1`` **by construction**: a Bernstein polynomial ``s(t) = sum_k c_k b_{k,n}(t)`` whose
+  coefficients ``0 = c_0 <= c_1 <= ... <= c_n = 1`` are cumulative sums of a softmax. It is smooth,
+  strictly increasing, and the identity ``s(t) = t`` when the logits are equal (the initialisation).
+* :class:`AffineInterpolant`: ``x_t = (1 - h(t)) x0 + g(t) x1`` with two learned schedules; same
+  ``sample(x0, x1, t) -> (x_t, u_t)`` interface as :mod:`lfm_core.paths`.
+* :class:`GlowInterpolant`: a general learned interpolant ``phi_t(x0; x1) = (1 - t) psi_{t, x1}(x0) + t x1``
+  where ``psi_{t, x1}`` is an invertible GLOW-style map of ``x0`` (actnorm, an invertible linear map in LU
+  form, affine couplings) conditioned on ``(t, x1)`` whose every layer is the identity at ``t = 0``.
+  So ``phi_0 = x0`` and ``phi_1 = x1`` exactly, ``phi_t`` is invertible in ``x0`` for ``t < 1``, and its
+  log-determinant is exact: ``d log(1 - t) + log|det d psi / d x0|``.
+* :func:`optimal_velocity`: the minimiser of the flow matching loss of an interpolant when the data
+  are a finite set ``{x1^i}`` (Proposition 1 of the paper):
+
+      ``v*(x, t) = sum_i w_i(x, t) u_t(x0^i; x1^i)``,  ``x0^i = phi_t^{-1}(x; x1^i)``,
+      ``w_i ∝ p0(x0^i) |det d phi_t^{-1} / dx|``  (self-normalised over ``i``).
+
+  For an affine interpolant and ``p0 = N(0, I)`` the weights are a softmax of
+  ``-|x - g x1^i|^2 / (2 (1 - h)^2)``. Over the *whole* data set this is exact; over a minibatch of data
+  it is a (biased, consistent) estimate, and the functions here only see what they are given.
+* :func:`material_derivative` and :func:`straightness_loss`: ``D v / Dt = d v / d t + (grad_x v) v`` through
+  one forward-mode JVP (``torch.func.jvp``) along the tangent ``(v, 1)``; a flow has straight
+  trajectories travelled at constant speed exactly when ``D v / Dt = 0``, and ``E |D v / Dt|^2`` is the
+  straightness objective.
+
+Time runs from the source at ``t = 0`` to the data at ``t = 1``. Depends on ``torch`` and
+:mod:`lfm_core.utils`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .utils import as_time, check_positive_int, check_same_batch, check_tensor, expand_like
+
+__all__ = ["BernsteinSchedule", "AffineInterpolant", "GlowInterpolant", "optimal_velocity",
+           "material_derivative", "straightness_loss"]
+
+
+# ------------------------------------------------------------------------------------------ schedules
+class BernsteinSchedule(nn.Module):
+    r"""A learnable monotone schedule on ``[0, 1]`` with ``s(0) = 0`` and ``s(1) = 1`` exactly.
+
+    ``s(t) = sum_{k=0}^{n} c_k binom(n, k) t^k (1 - t)^{n - k}`` with ``c_0 = 0``, ``c_k = p_0 + ... + p_{k-1}``
+    and ``p = softmax(logits)`` (``n`` entries): the coefficients increase from 0 to 1, so ``s`` is
+    increasing with ``s'(t) = n sum_k p_k b_{k, n-1}(t) > 0``. Equal logits give ``s(t) = t``.
+    """
+
+    def __init__(self, degree: int = 8):
+        super().__init__()
+        self.degree = check_positive_int(degree, "degree")
+        self.logits = nn.Parameter(torch.zeros(self.degree))
+
+    @classmethod
+    def from_coefficients(cls, coefficients) -> BernsteinSchedule:
+        """A schedule with the given Bernstein coefficients ``c_0 = 0 <= ... <= c_n = 1`` (strictly increasing)."""
+        c = torch.as_tensor(coefficients, dtype=torch.float32)
+        if c.dim() != 1 or c.numel() < 2:
+            raise ValueError(f"coefficients must be a 1-D sequence of at least 2 values, got shape {tuple(c.shape)}")
+        if not bool(torch.isfinite(c).all()):
+            raise ValueError("coefficients must be finite")
+        if abs(float(c[0])) > 1e-6 or abs(float(c[-1]) - 1) > 1e-6:
+            raise ValueError(f"a schedule must start at 0 and end at 1, got c_0 = {float(c[0]):g}, "
+                             f"c_n = {float(c[-1]):g}")
+        steps = c.diff()
+        if bool((steps <= 0).any()):
+            raise ValueError(f"a schedule must be strictly increasing: coefficients {c.tolist()} are not")
+        s = cls(len(c) - 1)
+        with torch.no_grad():
+            s.logits.copy_(torch.log(steps / steps.sum()))
+        return s
+
+    def coefficients(self) -> torch.Tensor:
+        p = torch.softmax(self.logits, 0)
+        return torch.cat([p.new_zeros(1), torch.cumsum(p, 0)[:-1], p.new_ones(1)])
+
+    @staticmethod
+    def _basis(t: torch.Tensor, n: int) -> torch.Tensor:
+        k = torch.arange(n + 1, dtype=t.dtype, device=t.device)
+        logc = torch.lgamma(torch.tensor(n + 1.0, dtype=t.dtype)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+        tt = t[..., None]
+        return torch.exp(logc) * tt**k * (1 - tt) ** (n - k)
+
+    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s(t), s'(t))`` for ``t`` of any shape in ``[0, 1]``."""
+        c = self.coefficients().to(t.dtype)
+        n = self.degree
+        s = (self._basis(t, n) * c).sum(-1)
+        ds = n * (self._basis(t, n - 1) * c.diff()).sum(-1) if n > 1 else n * c.diff()[0] * torch.ones_like(t)
+        return s, ds
+
+
+class AffineInterpolant(nn.Module):
+    r"""``x_t = (1 - h(t)) x0 + g(t) x1``, ``u_t = -h'(t) x0 + g'(t) x1``, with learned monotone ``h``, ``g``.
+
+    Both schedules start as the identity, i.e. the straight line of rectified flow / I-CFM. The endpoint
+    conditions ``x_0 = x0`` and ``x_1 = x1`` hold for every parameter value.
+    """
+
+    def __init__(self, degree: int = 8):
+        super().__init__()
+        self.h, self.g = BernsteinSchedule(degree), BernsteinSchedule(degree)
+
+    def coefficients(self, t: torch.Tensor):
+        """``(h, h', g, g')`` at times ``t``."""
+        h, dh = self.h(t)
+        g, dg = self.g(t)
+        return h, dh, g, dg
+
+    def sample(self, x0: torch.Tensor, x1: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        check_tensor(x0, "x0")
+        check_tensor(x1, "x1")
+        check_same_batch(x0, x1, "x0", "x1")
+        t = as_time(t, x0.shape[0], like=x0)
+        h, dh, g, dg = (expand_like(c, x0) for c in self.coefficients(t))
+        return (1 - h) * x0 + g * x1, -dh * x0 + dg * x1
+
+    def invert(self, x: torch.Tensor, x1: torch.Tensor, t: torch.Tensor):
+        """``x0`` with ``phi_t(x0; x1) = x`` and ``log|det d x0 / d x|`` (``t < 1``); x1 and t broadcast against x."""
+        h, _, g, _ = self.coefficients(t)
+        h, g = expand_like(h, x), expand_like(g, x)
+        x0 = (x - g * x1) / (1 - h)
+        d = x[0].numel() if x.dim() > 1 else 1
+        return x0, -d * torch.log(1 - h).reshape(x.shape[0], -1)[:, 0]
+
+    def conditional_velocity(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        _, dh, _, dg = (expand_like(c, x0) for c in self.coefficients(t))
+        return -dh * x0 + dg * x1
+
+
+# ------------------------------------------------------------------------------ GLOW-style interpolant
+class _Conditioner(nn.Module):
+    def __init__(self, d_in: int, d_cond: int, d_out: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in + d_cond + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2 * d_out))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, xa, x1, t):
+        out = self.net(torch.cat([xa, x1, t[:, None]], dim=1))
+        log_s, shift = out.chunk(2, dim=1)
+        return torch.tanh(log_s), shift
+
+
+class GlowInterpolant(nn.Module):
+    r"""``phi_t(x0; x1) = (1 - t) psi_{t, x1}(x0) + t x1`` with an invertible GLOW-style ``psi`` (vectors ``[B, d]``).
+
+    ``psi`` is a stack of ``layers`` blocks, each: actnorm ``x -> x * exp(t a) + t b``, an invertible
+    linear map ``W(t) = L(t) U(t)`` (unit lower-triangular ``L(t) = I + t L0``, upper-triangular
+    ``U(t) = I + t U0`` with diagonal ``exp(t s)``), and an affine coupling that rescales and shifts one half of
+    the coordinates by ``t * (tanh-bounded log-scale, shift)`` computed from the other half, ``x1`` and ``t``;
+    the halves alternate between blocks. Every block is the identity at ``t = 0``; every block is
+    invertible with an exact log-determinant. The couplings start at zero output, so a fresh interpolant
+    is the straight line.
+    """
+
+    def __init__(self, dim: int, layers: int = 4, hidden: int = 64):
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        if dim < 2:
+            raise ValueError("GlowInterpolant needs dim >= 2 (couplings split the coordinates)")
+        self.layers = check_positive_int(layers, "layers")
+        self.an_log = nn.Parameter(torch.zeros(layers, dim))
+        self.an_bias = nn.Parameter(torch.zeros(layers, dim))
+        self.l0 = nn.Parameter(torch.zeros(layers, dim, dim))
+        self.u0 = nn.Parameter(torch.zeros(layers, dim, dim))
+        self.log_diag = nn.Parameter(torch.zeros(layers, dim))
+        self.register_buffer("lower", torch.tril(torch.ones(dim, dim), -1))
+        self.register_buffer("upper", torch.triu(torch.ones(dim, dim), 1))
+        half = dim // 2
+        self.splits = [(half, dim - half) if k % 2 == 0 else (dim - half, half) for k in range(layers)]
+        self.couplings = nn.ModuleList(_Conditioner(a, dim, b, hidden) for a, b in self.splits)
+
+    def _linear(self, k: int, t: torch.Tensor):
+        """``L(t)``, ``U(t)`` per sample ``[B, d, d]``."""
+        eye = torch.eye(self.dim, dtype=t.dtype, device=t.device)
+        tt = t[:, None, None]
+        low = eye + tt * (self.l0[k] * self.lower)
+        up = tt * (self.u0[k] * self.upper) + torch.diag_embed(torch.exp(t[:, None] * self.log_diag[k]))
+        return low, up
+
+    def _check(self, x, x1, t):
+        check_tensor(x, "x0", min_dim=2)
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"GlowInterpolant works on vectors [B, {self.dim}], got {tuple(x.shape)}")
+        check_same_batch(x, x1, "x0", "x1")
+        return as_time(t, x.shape[0], like=x)
+
+    def psi(self, x0: torch.Tensor, x1: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``psi_{t, x1}(x0)`` and ``log|det d psi / d x0|`` ``[B]``."""
+        t = self._check(x0, x1, t)
+        x, logdet = x0, torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+        for k, (a, _) in enumerate(self.splits):
+            x = x * torch.exp(t[:, None] * self.an_log[k]) + t[:, None] * self.an_bias[k]
+            logdet = logdet + t * self.an_log[k].sum()
+            low, up = self._linear(k, t)
+            x = torch.bmm(low, torch.bmm(up, x[:, :, None]))[:, :, 0]
+            logdet = logdet + t * self.log_diag[k].sum()
+            xa, xb = x[:, :a], x[:, a:]
+            log_s, shift = self.couplings[k](xa, x1, t)
+            log_s, shift = t[:, None] * log_s, t[:, None] * shift
+            x = torch.cat([xa, xb * torch.exp(log_s) + shift], dim=1)
+            logdet = logdet + log_s.sum(1)
+        return x, logdet
+
+    def psi_inverse(self, y: torch.Tensor, x1: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``psi_{t, x1}^{-1}(y)`` and ``log|det d psi^{-1} / d y|``."""
+        t = self._check(y, x1, t)
+        x, logdet = y, torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+        for k in reversed(range(self.layers)):
+            a = self.splits[k][0]
+            xa, xb = x[:, :a], x[:, a:]
+            log_s, shift = self.couplings[k](xa, x1, t)
+            log_s, shift = t[:, None] * log_s, t[:, None] * shift
+            x = torch.cat([xa, (xb - shift) * torch.exp(-log_s)], dim=1)
+            logdet = logdet - log_s.sum(1)
+            low, up = self._linear(k, t)
+            z = torch.linalg.solve_triangular(low, x[:, :, None], upper=False, unitriangular=True)
+            x = torch.linalg.solve_triangular(up, z, upper=True)[:, :, 0]
+            logdet = logdet - t * self.log_diag[k].sum()
+            x = (x - t[:, None] * self.an_bias[k]) * torch.exp(-t[:, None] * self.an_log[k])
+            logdet = logdet - t * self.an_log[k].sum()
+        return x, logdet
+
+    def forward(self, x0, x1, t) -> torch.Tensor:
+        t = self._check(x0, x1, t)
+        y, _ = self.psi(x0, x1, t)
+        return (1 - t)[:, None] * y + t[:, None] * x1
+
+    def sample(self, x0: torch.Tensor, x1: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_t, u_t)`` with ``u_t = d phi_t / dt`` by one forward-mode JVP in ``t``."""
+        t = self._check(x0, x1, t)
+        xt, ut = torch.func.jvp(lambda tt: self.forward(x0, x1, tt), (t,), (torch.ones_like(t),))
+        return xt, ut
+
+    def invert(self, x: torch.Tensor, x1: torch.Tensor, t: torch.Tensor):
+        """``x0 = phi_t^{-1}(x; x1)`` and ``log|det d x0 / d x|`` for ``t < 1``."""
+        t = self._check(x, x1, t)
+        y = (x - t[:, None] * x1) / (1 - t)[:, None]
+        x0, logdet = self.psi_inverse(y, x1, t)
+        return x0, logdet - self.dim * torch.log(1 - t)
+
+    def conditional_velocity(self, x0, x1, t) -> torch.Tensor:
+        return self.sample(x0, x1, t)[1]
+
+
+# ----------------------------------------------------------------------------- optimal velocity
+def _std_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
+    x = x.reshape(x.shape[0], -1)
+    return -0.5 * (x**2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+
+
+@torch.no_grad()
+def optimal_velocity(interpolant, x: torch.Tensor, t, data: torch.Tensor, *, source_log_prob=None,
+                     t_max: float = 1 - 1e-4, return_weights: bool = False, chunk: int = 4096):
+    r"""The optimal velocity of ``interpolant`` at points ``x`` ``[B, ...]`` and time ``t`` for the data set ``data``.
+
+    Proposition 1 of Shankar & Geffner: ``v*(x, t) = sum_i w_i u_t(x0^i; x1^i)`` with ``x0^i`` the preimage of
+    ``x`` under ``phi_t(.; x1^i)`` and ``w_i ∝ p0(x0^i) |det d x0^i / dx|`` normalised over the ``N`` data
+    points (a softmax in log space). ``source_log_prob`` defaults to the standard normal. Exact when
+    ``data`` is the whole (finite) data set; with a minibatch it is a self-normalised estimate. ``t`` is
+    clamped to ``t_max`` (the preimage is singular at ``t = 1``). Costs ``B N`` interpolant inversions.
+    """
+    check_tensor(x, "x", min_dim=2)
+    check_tensor(data, "data", min_dim=2)
+    if data.shape[1:] != x.shape[1:]:
+        raise ValueError(f"data points {tuple(data.shape[1:])} and x {tuple(x.shape[1:])} must have the same shape")
+    logp = source_log_prob or _std_normal_log_prob
+    t = as_time(t, x.shape[0], like=x).clamp(max=t_max)
+    B, N = x.shape[0], data.shape[0]
+    rep = lambda a, n: a.repeat_interleave(n, dim=0)
+    til = lambda a, n: a.repeat(n, *([1] * (a.dim() - 1)))
+    logw, vel = [], []
+    rows = max(1, chunk // N)
+    for s in range(0, B, rows):
+        xb, tb = x[s:s + rows], t[s:s + rows]
+        b = xb.shape[0]
+        xx, tt, x1 = rep(xb, N), rep(tb, N), til(data, b)
+        x0, logdet = interpolant.invert(xx, x1, tt)
+        logw.append((logp(x0) + logdet).reshape(b, N))
+        with torch.enable_grad():
+            u = interpolant.conditional_velocity(x0, x1, tt)
+        vel.append(u.detach().reshape(b, N, *x.shape[1:]))
+    w = torch.softmax(torch.cat(logw), dim=1)
+    v = (w.reshape(B, N, *([1] * (x.dim() - 1))) * torch.cat(vel)).sum(1)
+    return (v, w) if return_weights else v
+
+
+# ------------------------------------------------------------------------------------- straightness
+def material_derivative(velocity, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(v, Dv/Dt)`` with ``Dv/Dt = dv/dt + (grad_x v) v``, by one JVP of ``(x, t) -> v(x, t)`` along ``(v, 1)``.
+
+    The velocity is evaluated once without the tangent to get ``v`` (the direction), then once more inside
+    ``torch.func.jvp``. Differentiable, so ``E |Dv/Dt|^2`` can be minimised.
+    """
+    check_tensor(x, "x")
+    t = as_time(t, x.shape[0], like=x)
+    v = velocity(x, t)
+    if v.shape != x.shape:
+        raise ValueError(f"the velocity must have the shape of x {tuple(x.shape)}, got {tuple(v.shape)}")
+    _, dv = torch.func.jvp(velocity, (x, t), (v, torch.ones_like(t)))
+    return v, dv
+
+
+def straightness_loss(velocity, x: torch.Tensor, t) -> torch.Tensor:
+    """``mean |Dv/Dt|^2`` per dimension (0 exactly when trajectories are straight at constant speed)."""
+    _, dv = material_derivative(velocity, x, t)
+    return dv.pow(2).reshape(dv.shape[0], -1).mean()

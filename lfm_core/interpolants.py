@@ -154,7 +154,9 @@ class AffineInterpolant(nn.Module):
 class _Conditioner(nn.Module):
     def __init__(self, d_in: int, d_cond: int, d_out: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in + d_cond + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+        # tanh, not SiLU: PyTorch has no forward-mode derivative of silu_backward, which the material
+        # derivative of v* (a JVP over the JVP that gives u_t) needs outside grad mode
+        self.net = nn.Sequential(nn.Linear(d_in + d_cond + 1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                                  nn.Linear(hidden, 2 * d_out))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)

@@ -220,3 +220,18 @@ def test_interpolants_work_as_cfm_paths():
     assert len(res.losses) == 30
     with pytest.raises(ValueError, match="deterministic"):
         interp.sample(torch.randn(2, 2), torch.randn(2, 2), torch.rand(2), noise=torch.randn(2, 2))
+
+
+def test_glow_material_derivative_of_v_star_with_and_without_grad():
+    torch.manual_seed(0)
+    interp = _randomise(I.GlowInterpolant(2, layers=2, hidden=8), scale=0.3).double()
+    data = torch.randn(8, 2, dtype=torch.float64)
+    x, t = torch.randn(4, 2, dtype=torch.float64), torch.rand(4, dtype=torch.float64) * 0.8
+    with torch.no_grad():
+        v, dv = I.material_derivative(lambda a, b: I.optimal_velocity(interp, a, b, data), x, t)
+    v2, dv2 = I.material_derivative(lambda a, b: I.optimal_velocity(interp, a, b, data, differentiable=True), x, t)
+    torch.testing.assert_close(dv, dv2.detach())
+    eps = 1e-5
+    f = lambda a, b: I.optimal_velocity(interp, a, b, data)
+    fd = (f(x + eps * v, t + eps) - f(x - eps * v, t - eps)) / (2 * eps)
+    torch.testing.assert_close(dv, fd, atol=1e-6, rtol=1e-5)

@@ -355,7 +355,7 @@ def _draw(source, n, g):
 
 
 def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batch_size: int = 128,
-                    n_reference: int = 256, t_max: float = 0.95, lr: float = 1e-2, seed: int | None = 0,
+                    n_reference: int = 256, t_max: float = 0.8, lr: float = 1e-2, seed: int | None = 0,
                     progress: bool | None = None, callback=None):
     r"""Make ``interpolant`` straighter: minimise ``E_{t, x_t} |D v* / Dt|^2`` over its parameters.
 
@@ -367,9 +367,11 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
     The velocity network is not involved: the inner regression problem is solved in closed form.
 
     Safeguards. (1) ``t <= t_max < 1``: near ``t = 1`` the optimal velocity over a finite reference set
-    becomes a sum of near-delta posteriors and its material derivative explodes, which would dominate
-    the loss and push all motion there. (2) The schedules and maps are exact at the endpoints by
-    construction, so straightness cannot be bought by not arriving. (3) The reference set is redrawn every
+    becomes a sum of near-delta posteriors and its material derivative explodes (measured on the straight
+    line, N -> 8gaussians, 256 references: mean ``|Dv*/Dt|^2`` 20 at t = 0.5, 9e3 at 0.9, 4e5 at 0.95),
+    which would dominate the loss; ``t_max = 0.95`` made training unstable, 0.8 did not. (2) The
+    schedules and maps are exact at the endpoints by construction, so straightness cannot be bought by not
+    arriving. (3) The reference set is redrawn every
     step, so the interpolant cannot overfit one set of data points. Returns the
     :class:`lfm_core.training.FitResult`.
     """

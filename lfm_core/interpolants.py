@@ -356,7 +356,7 @@ def _draw(source, n, g):
 
 def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batch_size: int = 128,
                     n_reference: int = 256, t_max: float = 0.8, lr: float = 1e-2, seed: int | None = 0,
-                    progress: bool | None = None, callback=None):
+                    weight_power: float = 0.0, progress: bool | None = None, callback=None):
     r"""Make ``interpolant`` straighter: minimise ``E_{t, x_t} |D v* / Dt|^2`` over its parameters.
 
     Each step draws ``x0`` from ``source`` (a tensor of points or ``(n, generator) -> points``), ``x1`` and a
@@ -373,7 +373,9 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
     which would dominate the loss; ``t_max = 0.95`` made training unstable, 0.8 did not. (2) The
     schedules and maps are exact at the endpoints by construction, so straightness cannot be bought by not
     arriving. (3) The reference set is redrawn every
-    step, so the interpolant cannot overfit one set of data points. Returns the
+    step, so the interpolant cannot overfit one set of data points. (4) Optionally each point's
+    ``|Dv*/Dt|^2`` is weighted by ``(1 - t)^weight_power``, which tames the tail near ``t_max`` further.
+    Returns the
     :class:`lfm_core.training.FitResult`.
     """
     from .training import fit
@@ -382,6 +384,8 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
     check_positive_int(n_reference, "n_reference")
     if not (0 < t_max < 1):
         raise ValueError(f"t_max must lie in (0, 1), got {t_max}")
+    if not (isinstance(weight_power, (int, float)) and math.isfinite(weight_power) and weight_power >= 0):
+        raise ValueError(f"weight_power must be a finite number >= 0, got {weight_power!r}")
     check_tensor(data, "data", min_dim=2)
 
     def loss_fn(step, g):
@@ -394,7 +398,11 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
         def v_star(x, tt):
             return optimal_velocity(interpolant, x, tt, ref, differentiable=True, chunk=1 << 20)
 
-        return straightness_loss(v_star, xt, t)
+        if not weight_power:
+            return straightness_loss(v_star, xt, t)
+        _, dv = material_derivative(v_star, xt, t)
+        per_point = dv.pow(2).reshape(dv.shape[0], -1).mean(1)
+        return (per_point * (1 - t) ** weight_power).mean()
 
     return fit(interpolant, loss_fn, steps=steps, lr=lr, seed=seed, progress=progress, lr_schedule="cosine",
                desc="interpolant", callback=callback)

@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--t-max", type=float, default=0.8)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--refs", type=int, default=128)
+    p.add_argument("--weight-power", type=float, default=0.0, help="weight |Dv*/Dt|^2 by (1 - t)^k")
     p.add_argument("--cfm-steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tails", action="store_true",
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
 
         before = straightness()
         I.fit_interpolant(interp, src, train, steps=a.steps, lr=a.lr, t_max=a.t_max, batch_size=a.batch,
-                          n_reference=a.refs, progress=False, seed=a.seed)
+                          n_reference=a.refs, progress=False, seed=a.seed, weight_power=a.weight_power)
         print(f"straightness of v* on a fixed batch: {before:.2f} -> {straightness():.2f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         interp.requires_grad_(False)

@@ -1,5 +1,6 @@
 """Learned interpolants, the optimal velocity of Proposition 1, and the JVP straightness objective."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -208,6 +209,12 @@ def test_fit_interpolant_straightens_a_bent_schedule():
     assert res.losses[-1] < res.losses[0]
     with pytest.raises(ValueError, match="t_max"):
         I.fit_interpolant(interp, torch.randn(4, 2), data, steps=1, t_max=1.0)
+    for bad in [-1.0, float("nan"), "2"]:
+        with pytest.raises(ValueError, match="weight_power"):
+            I.fit_interpolant(interp, torch.randn(4, 2), data, steps=1, weight_power=bad)
+    weighted = I.fit_interpolant(interp, torch.randn(64, 2), data, steps=3, weight_power=2.0, n_reference=1,
+                                 progress=False)
+    assert all(np.isfinite(weighted.losses))
 
 
 def test_interpolants_work_as_cfm_paths():

@@ -356,7 +356,8 @@ def _draw(source, n, g):
 
 def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batch_size: int = 128,
                     n_reference: int = 256, t_max: float = 0.8, lr: float = 1e-2, seed: int | None = 0,
-                    weight_power: float = 0.0, progress: bool | None = None, callback=None):
+                    weight_power: float = 0.0, grad_clip: float | None = None, progress: bool | None = None,
+                    callback=None):
     r"""Make ``interpolant`` straighter: minimise ``E_{t, x_t} |D v* / Dt|^2`` over its parameters.
 
     Each step draws ``x0`` from ``source`` (a tensor of points or ``(n, generator) -> points``), ``x1`` and a
@@ -375,6 +376,8 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
     arriving. (3) The reference set is redrawn every
     step, so the interpolant cannot overfit one set of data points. (4) Optionally each point's
     ``|Dv*/Dt|^2`` is weighted by ``(1 - t)^weight_power``, which tames the tail near ``t_max`` further.
+    (5) Optionally the gradient is clipped to the global norm ``grad_clip`` (rare reference sets with a
+    near-delta posterior give occasional huge gradients).
     Returns the
     :class:`lfm_core.training.FitResult`.
     """
@@ -405,7 +408,7 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
         return (per_point * (1 - t) ** weight_power).mean()
 
     return fit(interpolant, loss_fn, steps=steps, lr=lr, seed=seed, progress=progress, lr_schedule="cosine",
-               desc="interpolant", callback=callback)
+               desc="interpolant", callback=callback, grad_clip=grad_clip)
 
 
 def fit_straight_flow(interpolant, model, source, data: torch.Tensor, *, levels: int = 2, interpolant_steps: int = 300,

@@ -16,7 +16,7 @@ a perfect model is not zero.
 image and latent models (EMA, warmup, clipping, bf16, atomic checkpoints with exact resume,
 DistributedDataParallel under torchrun).
 
-Depends on ``torch``, ``tqdm`` and the sibling modules ``couplings``, ``runtime``, ``utils``.
+Depends on ``torch``, ``tqdm`` and the sibling modules ``couplings``, ``runtime``, ``solvers``, ``utils``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 
 from . import couplings
 from .runtime import show_progress
+from .solvers import integrate
 from .utils import check_positive_int, check_tensor
 
-__all__ = ["cfm_loss", "fit", "paired_batches", "train_cfm", "FitResult", "Trainer", "TrainerConfig",
+__all__ = ["cfm_loss", "fit", "paired_batches", "train_cfm", "reflow_pairs", "FitResult", "Trainer", "TrainerConfig",
            "init_distributed", "dist_info", "model_signature", "save_image_grid"]
 
 
@@ -83,7 +84,7 @@ SCHEDULES = ("constant", "cosine")
 
 def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight_decay: float = 0.0,
         lr_schedule: str = "constant", seed: int | None = 0, progress: bool | None = None,
-        desc: str = "training", callback=None) -> FitResult:
+        desc: str = "training", callback=None, grad_clip: float | None = None) -> FitResult:
     """Minimise ``loss_fn(step, generator)`` over ``model``'s parameters with AdamW for ``steps`` steps.
 
     ``loss_fn`` returns a scalar tensor; ``generator`` is a CPU ``torch.Generator`` seeded with
@@ -91,7 +92,8 @@ def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight
     rate is ``lr`` throughout (``"constant"``) or decays as ``lr (1 + cos(pi step / steps)) / 2``
     (``"cosine"``), which removes much of the SGD noise from the final model. A tqdm bar shows the
     running loss (``progress=None`` follows :func:`lfm_core.runtime.show_progress`). A non-finite
-    loss stops training with an error naming the step. ``callback(step, loss)``, if given, is
+    loss stops training with an error naming the step. ``grad_clip``, if given, rescales the gradient to
+    at most that global norm before each step. ``callback(step, loss)``, if given, is
     called after every step (``step`` counts from 1), e.g. to evaluate checkpoints; the model is
     in training mode when it is called.
     """
@@ -100,6 +102,9 @@ def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if lr_schedule not in SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip)
+                                      and grad_clip > 0):
+        raise ValueError(f"grad_clip must be None or a finite number > 0, got {grad_clip!r}")
     gen = torch.Generator()
     if seed is not None:
         gen.manual_seed(seed)
@@ -119,6 +124,8 @@ def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float = 1e-3, weight
             raise FloatingPointError(f"loss became {value} at step {step}; lower the learning rate or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         sched.step()
         result.losses.append(value)
@@ -192,7 +199,7 @@ def paired_batches(draw0, draw1, batch_size: int, generator: torch.Generator, *,
 def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
               weight_decay: float = 0.0, lr_schedule: str = "constant", coupling: str = "independent",
               coupling_kwargs: dict | None = None, prefetch: int = 0, seed: int | None = 0,
-              progress: bool | None = None, device=None, callback=None) -> FitResult:
+              progress: bool | None = None, device=None, callback=None, paired: bool = False) -> FitResult:
     """Train ``model`` by conditional flow matching from ``source`` to ``target``.
 
     ``source`` and ``target`` are either tensors (minibatches are drawn from their rows, with
@@ -201,10 +208,19 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
     ``{"block_size": 128}``) and takes one AdamW step on :func:`cfm_loss` (learning-rate schedule
     as in :func:`fit`). ``prefetch`` worker threads compute the couplings of upcoming batches
     ahead (see :func:`paired_batches`); results do not depend on it. ``callback`` as in :func:`fit`.
+
+    ``paired=True`` trains on given pairs: ``source`` and ``target`` are tensors with the same number of
+    rows, and each batch takes the same rows of both (row ``i`` of ``source`` goes with row ``i`` of
+    ``target``), as in rectified flow's reflow (:func:`reflow_pairs`); the coupling must then be
+    ``"independent"`` (the pairs are the coupling).
     """
     check_positive_int(batch_size, "batch_size")
     if coupling not in couplings.METHODS:
         raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(couplings.METHODS)}")
+    if paired:
+        return _train_on_pairs(model, path, source, target, steps=steps, batch_size=batch_size, lr=lr,
+                               weight_decay=weight_decay, lr_schedule=lr_schedule, coupling=coupling, seed=seed,
+                               progress=progress, device=device, callback=callback)
     draw0, draw1 = _batch_sampler(source, "source"), _batch_sampler(target, "target")
     if device is None:
         device = next(model.parameters()).device
@@ -226,6 +242,48 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
     finally:
         if batches is not None:
             batches.close()
+
+
+def _train_on_pairs(model, path, x0, x1, *, steps, batch_size, lr, weight_decay, lr_schedule, coupling, seed,
+                    progress, device, callback) -> FitResult:
+    for a, name in ((x0, "source"), (x1, "target")):
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(f"paired=True needs {name} as a tensor of points, got {type(a).__name__}")
+        check_tensor(a, name)
+    if x0.shape != x1.shape:
+        raise ValueError(f"paired=True needs source and target of the same shape, got {tuple(x0.shape)} "
+                         f"and {tuple(x1.shape)}")
+    if coupling != "independent":
+        raise ValueError(f"paired=True trains on the given pairs; coupling must be 'independent', got {coupling!r}")
+    if device is None:
+        device = next(model.parameters()).device
+
+    def loss_fn(step, gen):
+        idx = torch.randint(0, x0.shape[0], (batch_size,), generator=gen)
+        return cfm_loss(model, path, x0[idx].to(device), x1[idx].to(device), generator=gen)
+
+    return fit(model, loss_fn, steps=steps, lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, seed=seed,
+               progress=progress, desc="CFM (pairs)", callback=callback)
+
+
+def reflow_pairs(model, source, n: int, *, steps: int = 100, generator: torch.Generator | None = None,
+                 batch_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Rectified flow's *reflow* coupling (Liu et al., arXiv 2209.03003, Sec. 2.3): ``(x0, x1 = Z_1(x0))``.
+
+    Draws ``n`` points ``x0`` from ``source`` (a tensor, whose rows are sampled, or ``(n, generator) ->
+    points``) and pushes them through the flow of ``model`` with ``steps`` Euler steps. Training a new
+    model by CFM on these pairs (``train_cfm(..., paired=True)``) gives the 2-rectified flow: the pairs are
+    deterministic, so the straight-line interpolant no longer crosses itself as often, and the new flow
+    is straighter. Its quality is bounded by the first flow's (its samples are the new data).
+    """
+    check_positive_int(n, "n")
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size")
+    draw = _batch_sampler(source, "source")
+    x0 = draw(n, generator)
+    x1 = torch.cat([integrate(model, x0[s:s + batch_size], method="euler", steps=steps).x
+                    for s in range(0, n, batch_size)])
+    return x0, x1
 
 
 # ------------------------------------------------------------------------------ the scalable trainer

@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--refs", type=int, default=128)
     p.add_argument("--weight-power", type=float, default=0.0, help="weight |Dv*/Dt|^2 by (1 - t)^k")
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--layers", type=int, default=3)
     p.add_argument("--cfm-steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tails", action="store_true",
@@ -61,7 +63,8 @@ def main(argv=None) -> int:
     if a.interpolant == "linear":
         interp = paths.LinearPath(0.0)
     else:
-        interp = I.AffineInterpolant(6) if a.interpolant == "affine" else I.GlowInterpolant(2, layers=3, hidden=32)
+        interp = (I.AffineInterpolant(6) if a.interpolant == "affine"
+                  else I.GlowInterpolant(2, layers=a.layers, hidden=32))
         z = torch.randn(512, 2, generator=torch.Generator().manual_seed(5))
         tt = torch.rand(512, generator=torch.Generator().manual_seed(6)) * a.t_max
 
@@ -72,7 +75,8 @@ def main(argv=None) -> int:
 
         before = straightness()
         I.fit_interpolant(interp, src, train, steps=a.steps, lr=a.lr, t_max=a.t_max, batch_size=a.batch,
-                          n_reference=a.refs, progress=False, seed=a.seed, weight_power=a.weight_power)
+                          n_reference=a.refs, progress=False, seed=a.seed, weight_power=a.weight_power,
+                          grad_clip=a.grad_clip)
         print(f"straightness of v* on a fixed batch: {before:.2f} -> {straightness():.2f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         interp.requires_grad_(False)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Probe of the learned-interpolant method on one 2D task (work in progress toward notebook 03).
 
-    python scripts/probe_straight_flows.py --interpolant glow --steps 200 --lr 1e-3 --t-max 0.8 --batch 64 --refs 128
+    python scripts/probe_straight_flows.py --interpolant glow        # 400 steps, 32 x 512, t_max 0.9, clip 1
     python scripts/probe_straight_flows.py --interpolant linear          # the I-CFM baseline
 
 Fits the interpolant for straightness (lfm_core.interpolants.fit_interpolant), prints the straightness of its
@@ -27,13 +27,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="8gaussians", choices=["8gaussians", "moons"])
     p.add_argument("--interpolant", default="glow", choices=["linear", "affine", "glow"])
-    p.add_argument("--steps", type=int, default=200, help="straightness steps")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--t-max", type=float, default=0.8)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--refs", type=int, default=128)
+    p.add_argument("--steps", type=int, default=400, help="straightness steps")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--t-max", type=float, default=0.9)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--refs", type=int, default=512)
     p.add_argument("--weight-power", type=float, default=0.0, help="weight |Dv*/Dt|^2 by (1 - t)^k")
-    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="0 turns clipping off")
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--cfm-steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         before = straightness()
         I.fit_interpolant(interp, src, train, steps=a.steps, lr=a.lr, t_max=a.t_max, batch_size=a.batch,
                           n_reference=a.refs, progress=False, seed=a.seed, weight_power=a.weight_power,
-                          grad_clip=a.grad_clip)
+                          grad_clip=a.grad_clip or None)
         print(f"straightness of v* on a fixed batch: {before:.2f} -> {straightness():.2f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         interp.requires_grad_(False)

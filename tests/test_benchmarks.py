@@ -60,3 +60,31 @@ def test_latent_vs_pixel_quick_run(tmp_path):
     assert kinds == {("pixel", (3, 32, 32)), ("latent", (4, 4, 4))}
     assert all(r["ms_per_step"] > 0 and r["peak_mem_mb"] >= 0 for r in data["rows"])
     assert "speed-up" in (tmp_path / "latent_vs_pixel_quick.md").read_text()
+
+
+def test_straight_flows_quick_run_writes_the_table(tmp_path):
+    sf = load("straight_flows")
+    assert sf.main(["--quick", "--out", str(tmp_path), "--tasks", "8gaussians", "--threads", "1"]) == 0
+    data = json.loads((tmp_path / "straight_flows_quick.json").read_text())
+    assert {(r["method"], r["seed"]) for r in data["rows"]} == {(m, s) for m in sf.METHODS for s in (0, 1)}
+    for r in data["rows"]:
+        assert all(math.isfinite(r[f"W2@{n}"]) and r[f"W2@{n}"] > 0 for n in sf.STEPS)
+        assert r["S"] >= 0 and r["NPE"] >= 0 and r["seconds"] > 0
+    md = (tmp_path / "straight_flows_quick.md").read_text()
+    assert "| learned |" in md and "| 2-RF |" in md and "target <= 0.5" in md
+    assert (tmp_path / "straight_flows_quick.png").stat().st_size > 10_000
+    (tmp_path / "straight_flows_quick.md").unlink()
+    assert sf.main(["--report-only", str(tmp_path / "straight_flows_quick.json")]) == 0
+    assert (tmp_path / "straight_flows_quick.md").read_text() == md
+
+
+def test_straight_flows_targets_and_bad_arguments(tmp_path, capsys):
+    sf = load("straight_flows")
+    summ = {("t", "I-CFM"): {"W2@1": (4.0, 0)}, ("t", "learned"): {"W2@1": (1.9, 0), "W2@2": (1.3, 0),
+                                                                   "W2@100": (1.0, 0)}}
+    t = sf.targets(summ, "t")
+    assert t["one_step_met"] and not t["two_step_met"] and t["one_step_ratio"] == pytest.approx(0.475)
+    for bad, msg in ((["--t-max", "1.5"], "--t-max"), (["--refs", "0"], "--refs")):
+        with pytest.raises(SystemExit):
+            sf.main(["--quick", "--out", str(tmp_path), *bad])
+        assert msg in capsys.readouterr().err

@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""W2 against the number of Euler steps for I-CFM, OT-CFM, 2-RF and a learned interpolant (Shankar & Geffner).
+
+    python benchmarks/straight_flows.py                       # 5 seeds, 2 tasks -> benchmarks/results/
+    python benchmarks/straight_flows.py --quick --out /tmp/x  # a small run (tests/test_benchmarks.py)
+    python benchmarks/straight_flows.py --report-only benchmarks/results/straight_flows.json
+
+The question of arXiv 2503.20719 ("Learning straight flows by learning curved interpolants"): if the
+interpolant is learned so that its optimal velocity is straight, how few Euler steps does sampling need?
+Tasks: N(0, I) -> 8gaussians and N(0, I) -> moons (lfm_core.data.toy), 10k training and 1000 held-out
+points per seed. Every method trains the same velocity network (MLP 3 x 64, SELU) by conditional flow
+matching with the same budget (``--cfm-steps`` AdamW steps, batch 256, lr 1e-3 with a cosine decay, sigma 0):
+
+* I-CFM: straight lines between independent pairs (rectified flow's first flow);
+* OT-CFM: straight lines between pairs from the exact OT plan of each minibatch (Tong et al.);
+* 2-RF: one reflow (Liu et al.): the I-CFM model maps 10k fresh source points with 100 Euler steps, and a
+  new model is trained on those pairs; its cost includes the I-CFM run it starts from;
+* learned: a GLOW-style interpolant (lfm_core.interpolants.GlowInterpolant, 3 blocks, conditioners of
+  width 32) is first fitted for ``--interpolant-steps`` steps to minimise E |D v*/Dt|^2 of its
+  closed-form optimal velocity over reference sets of ``--refs`` data points, for times up to
+  ``--t-max`` (fit_interpolant; the safeguards are explained there), then the network is trained by CFM
+  on it.
+
+For every (task, method, seed): W2 (exact, POT) between the images of the 1000 held-out source points
+after 1, 2, 4, 8 and 100 Euler steps and the 1000 held-out data points; Rectified Flow's straightness S
+and the normalised path energy NPE of the 100-step trajectories; training seconds (this machine).
+
+The issue's targets for the learned interpolant, checked in the report: W2 after one step at most half
+of I-CFM's after one step, and W2 after two steps within 1.2x of its own 100-step W2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from lfm_core import interpolants, metrics, nets, paths, solvers, training
+from lfm_core.data import toy
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("8gaussians", "moons")
+METHODS = ("I-CFM", "OT-CFM", "2-RF", "learned")
+STEPS = (1, 2, 4, 8, 100)
+
+
+@dataclass
+class Config:
+    seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    tasks: list = field(default_factory=lambda: list(TASKS))
+    n_train: int = 10_000
+    n_test: int = 1000
+    cfm_steps: int = 2000
+    batch: int = 256
+    lr: float = 1e-3
+    reflow_pairs: int = 10_000
+    interpolant_steps: int = 400
+    interpolant_lr: float = 2e-3
+    interpolant_batch: int = 32
+    refs: int = 512
+    t_max: float = 0.9
+    grad_clip: float | None = 1.0
+    threads: int = 2
+    jobs: int = 1
+
+
+def make_data(task: str, seed: int, cfg: Config) -> dict:
+    g = lambda k: torch.Generator().manual_seed(10_000 * seed + k)  # noqa: E731
+    return {"train": toy.sample(task, cfg.n_train, generator=g(1)),
+            "test": toy.sample(task, cfg.n_test, generator=g(2)), "z": torch.randn(cfg.n_test, 2, generator=g(3))}
+
+
+def gaussian(n, g):
+    return torch.randn(n, 2, generator=g)
+
+
+def evaluate(model, data: dict) -> dict:
+    out = {}
+    with torch.no_grad():
+        for n in STEPS:
+            sol = solvers.integrate(model, data["z"], method="euler", steps=n, return_trajectory=(n == 100))
+            out[f"W2@{n}"] = metrics.wasserstein2(sol.x, data["test"])
+        out["S"] = metrics.straightness(sol.trajectory)
+        out["NPE"] = metrics.normalized_path_energy(sol.trajectory, data["z"], data["test"])
+    return out
+
+
+def run_cell(task: str, seed: int, cfg: Config, log) -> list:
+    """All four methods on one task and seed; returns one row per method."""
+    data = make_data(task, seed, cfg)
+    line = paths.LinearPath(0.0)
+    kw = dict(steps=cfg.cfm_steps, batch_size=cfg.batch, lr=cfg.lr, lr_schedule="cosine", progress=False)
+    rows = []
+
+    def record(method, model, seconds, extra=None):
+        row = {"task": task, "seed": seed, "method": method, "seconds": seconds, **evaluate(model, data),
+               **(extra or {})}
+        rows.append(row)
+        log(f"  {task:10s} seed {seed} {method:8s} W2@1 {row['W2@1']:.3f} W2@2 {row['W2@2']:.3f} "
+            f"W2@100 {row['W2@100']:.3f} S {row['S']:.3f} NPE {row['NPE']:.3f} ({seconds:.0f} s)")
+
+    torch.manual_seed(seed)
+    icfm = nets.MLP(2, 64, 3)
+    r = training.train_cfm(icfm, line, gaussian, data["train"], seed=seed, **kw)
+    record("I-CFM", icfm, r.seconds)
+    icfm_seconds = r.seconds
+
+    torch.manual_seed(seed)
+    ot = nets.MLP(2, 64, 3)
+    r = training.train_cfm(ot, line, gaussian, data["train"], coupling="ot", seed=seed, **kw)
+    record("OT-CFM", ot, r.seconds)
+
+    start = time.perf_counter()
+    x0, x1 = training.reflow_pairs(icfm, gaussian, cfg.reflow_pairs, steps=100,
+                                   generator=torch.Generator().manual_seed(seed + 77))
+    torch.manual_seed(seed)
+    rf = nets.MLP(2, 64, 3)
+    r = training.train_cfm(rf, line, x0, x1, paired=True, seed=seed, **kw)
+    record("2-RF", rf, icfm_seconds + time.perf_counter() - start)
+
+    torch.manual_seed(seed)
+    interp = interpolants.GlowInterpolant(2, layers=3, hidden=32)
+    fi = interpolants.fit_interpolant(interp, gaussian, data["train"], steps=cfg.interpolant_steps,
+                                      lr=cfg.interpolant_lr, batch_size=cfg.interpolant_batch, n_reference=cfg.refs,
+                                      t_max=cfg.t_max, grad_clip=cfg.grad_clip, seed=seed, progress=False)
+    interp.requires_grad_(False)
+    torch.manual_seed(seed)
+    learned = nets.MLP(2, 64, 3)
+    r = training.train_cfm(learned, interp, gaussian, data["train"], seed=seed, **kw)
+    n = max(1, len(fi.losses) // 10)
+    record("learned", learned, fi.seconds + r.seconds,
+           {"straightness_loss_first": statistics.mean(fi.losses[:n]),
+            "straightness_loss_last": statistics.mean(fi.losses[-n:])})
+    return rows
+
+
+def summarise(rows: list) -> dict:
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
+    keys = [f"W2@{n}" for n in STEPS] + ["S", "NPE", "seconds"]
+    return {k: {m: (statistics.mean(r[m] for r in rs), statistics.stdev(r[m] for r in rs) if len(rs) > 1 else 0.0)
+                for m in keys} for k, rs in groups.items()}
+
+
+def targets(summ: dict, task: str) -> dict:
+    """The issue's two targets for the learned interpolant on ``task`` (means over seeds)."""
+    learned, icfm = summ[(task, "learned")], summ[(task, "I-CFM")]
+    one_step = learned["W2@1"][0] / icfm["W2@1"][0]
+    two_step = learned["W2@2"][0] / learned["W2@100"][0]
+    return {"one_step_ratio": one_step, "one_step_met": one_step <= 0.5,
+            "two_step_ratio": two_step, "two_step_met": two_step <= 1.2}
+
+
+def write_report(cfg: Config, rows: list, wall: float, out: Path, stem: str, command: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    summ = summarise(rows)
+    f = lambda ms, d=3: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"  # noqa: E731
+    lines = ["# Straight flows: W2 against the number of Euler steps", "",
+             f"Produced by `{command}` on {platform.node() or 'this machine'} ({platform.machine()}, torch "
+             f"{torch.__version__}, {cfg.threads} torch threads) in {wall / 60:.1f} minutes.", "",
+             f"Mean ± standard deviation over seeds {', '.join(map(str, cfg.seeds))}. W2: exact 2-Wasserstein "
+             f"distance between the images of {cfg.n_test} held-out N(0, I) points after n Euler steps and "
+             f"{cfg.n_test} held-out data points. S: Rectified Flow's straightness and NPE: normalised path energy, "
+             "both of the 100-step trajectories. Seconds: training on this machine (2-RF includes its I-CFM run; "
+             "learned includes fitting the interpolant).", "",
+             "## Settings", "",
+             f"MLP 3 x 64 (SELU) for every method; {cfg.cfm_steps} CFM steps, batch {cfg.batch}, AdamW lr {cfg.lr}, "
+             f"cosine decay, sigma 0; {cfg.n_train} training points. OT-CFM: exact OT plan per minibatch. 2-RF: "
+             f"{cfg.reflow_pairs} pairs from the I-CFM model (100 Euler steps). Learned: GlowInterpolant(2, "
+             f"layers=3, hidden=32), {cfg.interpolant_steps} straightness steps (lr {cfg.interpolant_lr}, "
+             f"{cfg.interpolant_batch} points x {cfg.refs} reference data points, t <= {cfg.t_max}, "
+             f"gradient clipping {cfg.grad_clip}), then CFM on it.", ""]
+    for task in cfg.tasks:
+        lines += [f"## N(0, I) -> {task}", "",
+                  "| method | " + " | ".join(f"W2 {n} step{'s' if n > 1 else ''}" for n in STEPS)
+                  + " | S | NPE | seconds |", "|---|" + "---|" * (len(STEPS) + 3)]
+        for method in METHODS:
+            v = summ.get((task, method))
+            if v:
+                lines.append(f"| {method} | " + " | ".join(f(v[f'W2@{n}']) for n in STEPS)
+                             + f" | {f(v['S'])} | {f(v['NPE'])} | {f(v['seconds'], 1)} |")
+        lines.append("")
+        if (task, "learned") in summ and (task, "I-CFM") in summ:
+            t = targets(summ, task)
+            lines += [f"Targets for the learned interpolant: one-step W2 / I-CFM one-step W2 = "
+                      f"{t['one_step_ratio']:.2f} (target <= 0.5: {'met' if t['one_step_met'] else 'not met'}); "
+                      f"two-step W2 / own 100-step W2 = {t['two_step_ratio']:.2f} (target <= 1.2: "
+                      f"{'met' if t['two_step_met'] else 'not met'}).", ""]
+        ls = [r for r in rows if r["task"] == task and r["method"] == "learned"]
+        if ls:
+            lines += ["Straightness loss of the interpolant's v* (first / last tenth of its fit, mean over seeds): "
+                      f"{statistics.mean(r['straightness_loss_first'] for r in ls):.2f} -> "
+                      f"{statistics.mean(r['straightness_loss_last'] for r in ls):.2f}.", ""]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"config": asdict(cfg), "command": command, "wall_seconds": wall,
+                                                  "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
+    plot(cfg, summ, out / f"{stem}.png")
+    return out / f"{stem}.md"
+
+
+def plot(cfg: Config, summ: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cfg.tasks), figsize=(5.5 * len(cfg.tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], cfg.tasks, strict=True):
+        for method, marker in zip(METHODS, "osD^", strict=True):
+            v = summ.get((task, method))
+            if v:
+                ax.errorbar(STEPS, [v[f"W2@{n}"][0] for n in STEPS], yerr=[v[f"W2@{n}"][1] for n in STEPS],
+                            marker=marker, capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xticks(STEPS)
+        ax.set_xticklabels(map(str, STEPS))
+        ax.set_xlabel("Euler steps (= network evaluations)")
+        ax.set_ylabel("W2 to held-out data")
+        ax.set_title(f"N(0, I) -> {task} ({len(cfg.seeds)} seeds)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _print(line: str):
+    print(line, flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="2 seeds, short training, small sets (for the tests)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--tasks", nargs="+", choices=TASKS)
+    p.add_argument("--cfm-steps", type=int)
+    p.add_argument("--interpolant-steps", type=int)
+    p.add_argument("--refs", type=int)
+    p.add_argument("--t-max", type=float)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--threads", type=int, help="torch threads (default 2; 1 per process with --jobs > 1)")
+    p.add_argument("--jobs", type=int, help="run the (task, seed) cells in this many processes")
+    p.add_argument("--report-only", type=Path, metavar="JSON", help="rewrite the report from saved measurements")
+    a = p.parse_args(argv)
+    if a.report_only:
+        saved = json.loads(a.report_only.read_text())
+        cfg = Config(**saved["config"])
+        write_report(cfg, saved["rows"], saved["wall_seconds"], a.report_only.parent, a.report_only.stem,
+                     saved["command"])
+        return 0
+    cfg = Config(seeds=[0, 1], n_train=2000, n_test=300, cfm_steps=200, reflow_pairs=2000, interpolant_steps=10,
+                 refs=32, interpolant_batch=16) if a.quick else Config()
+    for name in ("seeds", "tasks", "cfm_steps", "interpolant_steps", "refs", "t_max", "grad_clip", "threads", "jobs"):
+        if getattr(a, name) is not None:
+            setattr(cfg, name, getattr(a, name))
+    if a.jobs and a.jobs > 1 and a.threads is None:
+        cfg.threads = 1
+    for name in ("cfm_steps", "interpolant_steps", "refs", "threads", "jobs"):
+        if getattr(cfg, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 < cfg.t_max < 1:
+        p.error("--t-max must lie in (0, 1)")
+    torch.set_num_threads(cfg.threads)
+    command = "python benchmarks/straight_flows.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
+    start, rows = time.perf_counter(), []
+    cells = [(task, seed) for task in cfg.tasks for seed in cfg.seeds]
+    if cfg.jobs == 1:
+        for task, seed in cells:
+            rows += run_cell(task, seed, cfg, _print)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(cfg.threads,)) as pool:
+            n = len(cells)
+            for part in pool.map(run_cell, [c[0] for c in cells], [c[1] for c in cells], [cfg] * n, [_print] * n):
+                rows += part
+    stem = "straight_flows" + ("_quick" if a.quick else "")
+    md = write_report(cfg, rows, time.perf_counter() - start, a.out, stem, command.strip())
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -242,3 +242,21 @@ def test_glow_material_derivative_of_v_star_with_and_without_grad():
     f = lambda a, b: I.optimal_velocity(interp, a, b, data)
     fd = (f(x + eps * v, t + eps) - f(x - eps * v, t - eps)) / (2 * eps)
     torch.testing.assert_close(dv, fd, atol=1e-6, rtol=1e-5)
+
+
+def test_glow_linear_map_matches_its_matrix_and_inverts_in_higher_dimensions():
+    interp = _randomise(I.GlowInterpolant(7, layers=1, hidden=8), scale=0.4, seed=3).double()
+    x, t = torch.randn(5, 7, dtype=torch.float64), torch.rand(5, dtype=torch.float64)
+    l0, u0 = interp._strict(0)
+    eye = torch.eye(7, dtype=torch.float64)
+    for b in range(5):
+        w = (eye + t[b] * l0) @ (t[b] * u0 + torch.diag(torch.exp(t[b] * interp.log_diag[0])))
+        torch.testing.assert_close(interp._apply_linear(0, x, t)[b], w @ x[b])
+        assert float(torch.linalg.slogdet(w)[1]) == pytest.approx(float(t[b] * interp.log_diag[0].sum()))
+    torch.testing.assert_close(interp._solve_linear(0, interp._apply_linear(0, x, t), t), x)
+    # and the whole map in 7 dimensions: psi_inverse(psi(x)) = x with opposite log-determinants
+    x1 = torch.randn(5, 7, dtype=torch.float64)
+    y, ld = interp.psi(x, x1, t)
+    back, ld_inv = interp.psi_inverse(y, x1, t)
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(ld_inv, -ld)

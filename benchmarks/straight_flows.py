@@ -191,8 +191,8 @@ def write_report(cfg: Config, rows: list, wall: float, out: Path, stem: str, com
         if (task, "learned") in summ and (task, "I-CFM") in summ:
             t = targets(summ, task)
             lines += [f"Targets for the learned interpolant: one-step W2 / I-CFM one-step W2 = "
-                      f"{t['one_step_ratio']:.2f} (target <= 0.5: {'met' if t['one_step_met'] else 'not met'}); "
-                      f"two-step W2 / own 100-step W2 = {t['two_step_ratio']:.2f} (target <= 1.2: "
+                      f"{t['one_step_ratio']:.3f} (target <= 0.5: {'met' if t['one_step_met'] else 'not met'}); "
+                      f"two-step W2 / own 100-step W2 = {t['two_step_ratio']:.3f} (target <= 1.2: "
                       f"{'met' if t['two_step_met'] else 'not met'}).", ""]
         ls = [r for r in rows if r["task"] == task and r["method"] == "learned"]
         if ls:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """W2 against the number of Euler steps for I-CFM, OT-CFM, 2-RF and a learned interpolant (Shankar & Geffner).
 
-    python benchmarks/straight_flows.py                       # 5 seeds, 2 tasks -> benchmarks/results/
+    python benchmarks/straight_flows.py --jobs 2              # 5 seeds, 2 tasks -> benchmarks/results/ (~45 min)
     python benchmarks/straight_flows.py --quick --out /tmp/x  # a small run (tests/test_benchmarks.py)
     python benchmarks/straight_flows.py --report-only benchmarks/results/straight_flows.json
 
@@ -61,7 +61,7 @@ class Config:
     batch: int = 256
     lr: float = 1e-3
     reflow_pairs: int = 10_000
-    interpolant_steps: int = 400
+    interpolant_steps: int = 800
     interpolant_lr: float = 2e-3
     interpolant_batch: int = 32
     refs: int = 512

@@ -5,7 +5,7 @@
     python benchmarks/ot_cfm_2d.py --peer torchcfm      # beside torchcfm's matchers (-> ot_cfm_2d_vs_torchcfm.*)
     python benchmarks/ot_cfm_2d.py --quick --out /tmp/x # a small run (used by tests/test_benchmarks.py)
 
-Tasks: N -> 8gaussians, moons -> 8gaussians, N -> moons, N -> scurve (data of lfm_core.data.toy, as
+Tasks: N -> 8gaussians, moons -> 8gaussians, N -> moons, N -> scurve (data of lfm_core.toy, as
 defined by the paper's code). Methods: I-CFM, OT-CFM, SB-CFM, FM (Lipman et al.; Gaussian source
 only) and 2-RF (one reflow of the I-CFM model). For every task, method and seed: train the velocity
 MLP, push the 1000 held-out source points through 100 Euler steps, and report
@@ -35,31 +35,28 @@ datamodule/*.yaml, scripts/two-dim-cfm.sh), and where this script differs:
 * 2-RF: the I-CFM model of the same seed generates 10k pairs (100 Euler steps from fresh source
   points), and a new model is trained on them by CFM with sigma = 0.1 for the same number of steps.
 
-Every seed of a (task, method) is trained at once as one MLPEnsemble (mathematically the same as
-separate runs: the parameters are disjoint and AdamW is elementwise), with the couplings of each
-member computed by ``--workers`` threads, ``--lookahead`` steps ahead.
+Every seed of a (task, method) is trained at once as one MLPEnsemble by ``lfm_core.training.train_cfm``, the
+function users call (mathematically the same as separate runs: the parameters are disjoint, the loss sums the
+members' losses and AdamW is elementwise), with the couplings of each member computed ``--workers`` steps
+ahead in as many threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
 import time
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lfm_core import couplings, metrics, nets, paths, solvers
-from lfm_core.data import toy
+from lfm_core import metrics, nets, paths, solvers, toy, training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,17 +69,16 @@ TASKS = {
 METHODS = ["I-CFM", "OT-CFM", "SB-CFM", "FM", "2-RF"]
 PEER_METHODS = ["I-CFM", "OT-CFM", "SB-CFM", "FM"]  # torchcfm has no reflow
 
-# Values quoted from the paper. Only the NPE of OT-CFM and I-CFM on two tasks could be found from
-# this machine (as quoted by secondary sources, not read from the paper's PDF); the rest of Table 2
-# is left empty rather than filled from memory.
+# Values quoted from the paper: the NPE of OT-CFM and I-CFM on two tasks, as quoted by secondary sources; the
+# rest of Table 2 is left empty rather than filled from memory.
 PAPER = {
     ("N->8gaussians", "OT-CFM", "NPE"): 0.018,
     ("N->8gaussians", "I-CFM", "NPE"): 0.222,
     ("moons->8gaussians", "OT-CFM", "NPE"): 0.053,
     ("moons->8gaussians", "I-CFM", "NPE"): 2.738,
 }
-PAPER_SOURCE = ("Tong et al., arXiv 2302.00482, Table 2, as quoted by secondary sources found from this machine "
-                "(the paper itself could not be fetched here); the other cells of Table 2 were not retrieved")
+PAPER_SOURCE = ("Tong et al., arXiv 2302.00482, Table 2, as quoted by secondary sources; the table's other cells are "
+                "not quoted here")
 
 
 @dataclass
@@ -104,7 +100,6 @@ class Config:
     sb_block: int | None = 128
     sb_tol: float = 1e-2
     workers: int = 2
-    lookahead: int = 2
     threads: int = 1  # torch intra-op threads while training the table (the coupling workers use the other core)
     timing_steps: int = 150
 
@@ -119,49 +114,6 @@ def make_data(task: str, seed: int, cfg: Config) -> dict:
     a, b = cfg.n_train, cfg.n_train + cfg.n_val
     return {"source": s[:a], "target": t[:a], "source_test": s[b:], "target_test": t[b:],
             "gaussian_source": src == "gaussian"}
-
-
-class EpochBatches:
-    """Indices of a data set in shuffled epochs, ``batch`` at a time, the last incomplete batch dropped."""
-
-    def __init__(self, n: int, batch: int, generator: torch.Generator):
-        if batch > n:
-            raise ValueError(f"batch {batch} is larger than the training set ({n})")
-        self.n, self.batch, self.g, self.queue = n, batch, generator, []
-
-    def next(self) -> torch.Tensor:
-        if not self.queue:
-            perm = torch.randperm(self.n, generator=self.g)
-            self.queue = list(perm[: self.n // self.batch * self.batch].split(self.batch))
-        return self.queue.pop(0)
-
-
-class MemberStream:
-    """The minibatches of one ensemble member: target (and source) from the training set in epochs."""
-
-    def __init__(self, data: dict, cfg: Config, seed: int, pairs: tuple | None = None):
-        self.g = torch.Generator().manual_seed(seed)
-        self.cfg = cfg
-        if pairs is not None:  # fixed pairs (reflow): sample the pairs jointly
-            self.x0, self.x1 = pairs
-            self.pair_idx = EpochBatches(self.x0.shape[0], cfg.batch, self.g)
-            self.mode = "pairs"
-        else:
-            self.data = data
-            self.tgt_idx = EpochBatches(data["target"].shape[0], cfg.batch, self.g)
-            self.src_idx = None if data["gaussian_source"] else EpochBatches(data["source"].shape[0], cfg.batch, self.g)
-            self.mode = "data"
-
-    def next(self):
-        if self.mode == "pairs":
-            i = self.pair_idx.next()
-            return self.x0[i], self.x1[i]
-        x1 = self.data["target"][self.tgt_idx.next()]
-        if self.src_idx is None:
-            x0 = torch.randn(self.cfg.batch, 2, generator=self.g)
-        else:
-            x0 = self.data["source"][self.src_idx.next()]
-        return x0, x1
 
 
 # ---------------------------------------------------------------------------------- methods
@@ -202,72 +154,49 @@ def new_ensemble(seeds) -> nets.MLPEnsemble:
     return nets.MLPEnsemble.from_models(members)
 
 
-def coupled_steps(streams, coupling, kwargs, cfg: Config, pool):
-    """Endless [M, B, 2] batches (x0, x1), the coupling of each member computed ahead in ``pool``.
-
-    One job per member and step, submitted ``cfg.lookahead`` steps ahead. (Coupling all members in
-    one call, ``couplings.pair(..., groups=member)``, measured slower here: a batched Sinkhorn runs
-    until its slowest block converges, and one job cannot use both cores.)
-    """
-    seed_gen = torch.Generator().manual_seed(12345)
-
-    def couple(x0, x1, seed):
-        if coupling == "independent":
-            return x0, x1
-        return couplings.pair(x0, x1, coupling, generator=torch.Generator().manual_seed(seed), **kwargs)
-
-    def submit():
-        jobs = []
-        for s in streams:
-            x0, x1 = s.next()
-            jobs.append(pool.submit(couple, x0, x1, int(torch.randint(0, 2**62, (1,), generator=seed_gen))))
-        return jobs
-
-    queue = deque(submit() for _ in range(max(cfg.lookahead, 1)))
-    while True:
-        queue.append(submit())
-        done = [j.result() for j in queue.popleft()]
-        yield torch.stack([d[0] for d in done]), torch.stack([d[1] for d in done])
+def gaussian(n, g):
+    return torch.randn(n, 2, generator=g)
 
 
-def train(method: str, streams, seeds, cfg: Config, pool, peer: str | None = None):
-    """Train one ensemble (one member per seed); returns (ensemble, seconds, final losses)."""
+def train(method: str, datas, seeds, cfg: Config, pairs=None):
+    """Train one ensemble (one member per seed) with lfm_core.training.train_cfm; returns (ensemble, seconds)."""
+    ens = new_ensemble(seeds)
+    path, coupling, kwargs = method_spec(method, cfg)
+    if pairs is not None:  # 2-RF: the pairs of each member, sampled jointly in epochs
+        sources, targets = [p[0] for p in pairs], [p[1] for p in pairs]
+    else:
+        sources = [gaussian if d["gaussian_source"] else d["source"] for d in datas]
+        targets = [d["target"] for d in datas]
+    res = training.train_cfm(ens, path, sources, targets, steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr,
+                             weight_decay=cfg.weight_decay, coupling=coupling, coupling_kwargs=kwargs,
+                             prefetch=cfg.workers if coupling != "independent" else 0, sampling="epochs",
+                             paired=pairs is not None, seed=seeds[0], progress=False)
+    return ens, res.seconds
+
+
+def train_peer(method: str, datas, seeds, cfg: Config):
+    """The same loop with torchcfm's matcher in place of our coupling and path (a plain AdamW loop: torchcfm is a
+    library of matchers, not of training loops)."""
     ens = new_ensemble(seeds)
     opt = torch.optim.AdamW(ens.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    m, b = len(seeds), cfg.batch
-    torch.manual_seed(seeds[0])
+    matcher = peer_matcher(method, cfg)
     np.random.seed(seeds[0])  # noqa: NPY002 - torchcfm draws its plan samples from numpy's global generator
-    tgen = torch.Generator().manual_seed(seeds[0] + 1)
-    if peer:
-        matcher = peer_matcher(method, cfg)
-        batches = coupled_steps(streams, "independent", {}, cfg, pool)
-    else:
-        path, coupling, kwargs = method_spec(method, cfg)
-        batches = coupled_steps(streams, coupling, kwargs, cfg, pool)
-    losses = []
+    # the same (uncoupled) batches as train_cfm draws, member by member
+    sources = [gaussian if d["gaussian_source"] else d["source"] for d in datas]
+    batches = training.CFMBatches(paths.LinearPath(), sources, [d["target"] for d in datas], cfg.batch, seed=seeds[0],
+                                  sampling="epochs")
+    b = cfg.batch
     start = time.perf_counter()
-    for _ in range(cfg.steps):
-        x0, x1 = next(batches)
-        if peer:
-            outs = [matcher.sample_location_and_conditional_flow(x0[i], x1[i]) for i in range(m)]
-            t = torch.stack([o[0] for o in outs])
-            xt = torch.stack([o[1] for o in outs])
-            ut = torch.stack([o[2] for o in outs])
-        else:
-            t = path.sample_time(m * b, generator=tgen)
-            xt, ut = path.sample(x0.reshape(m * b, 2), x1.reshape(m * b, 2), t, generator=tgen)
-            t, xt, ut = t.reshape(m, b), xt.reshape(m, b, 2), ut.reshape(m, b, 2)
-        loss = (ens(xt, t) - ut).pow(2).sum(-1).mean(-1)  # [M]: one loss per member
+    for step in range(cfg.steps):
+        batch = batches(step)
+        outs = [matcher.sample_location_and_conditional_flow(batch["x0"][m * b:(m + 1) * b],
+                                                             batch["x1"][m * b:(m + 1) * b]) for m in range(len(seeds))]
+        t, xt, ut = (torch.cat([o[k] for o in outs]) for k in range(3))
+        loss = (ens(xt, t) - ut).pow(2).mean() * len(seeds)
         opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        loss.backward()
         opt.step()
-        losses.append(loss.detach())
-    batches.close()
-    seconds = time.perf_counter() - start
-    final = torch.stack(losses[-max(1, cfg.steps // 10):]).mean(0).tolist()
-    if not all(math.isfinite(v) for v in final):
-        raise FloatingPointError(f"{method}: the loss is not finite at the end of training ({final})")
-    return ens, seconds, final
+    return ens, time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -279,54 +208,43 @@ def evaluate(model, data: dict, cfg: Config) -> dict:
     return {"W2": w2, "NPE": npe}
 
 
-@torch.no_grad()
-def reflow_pairs(ens: nets.MLPEnsemble, datas, seeds, cfg: Config):
+def reflow(ens: nets.MLPEnsemble, datas, seeds, cfg: Config):
     """For 2-RF: (x0, x1 = flow of the I-CFM member) for n_train fresh source points per member."""
     out = []
     for i, (data, s) in enumerate(zip(datas, seeds, strict=True)):
-        g = torch.Generator().manual_seed(s + 999)
-        if data["gaussian_source"]:
-            x0 = torch.randn(cfg.n_train, 2, generator=g)
-        else:
-            x0 = data["source"]
-        x1 = solvers.integrate(ens.member(i), x0, method="euler", steps=cfg.euler_steps).x
-        out.append((x0, x1))
+        x0 = gaussian(cfg.n_train, torch.Generator().manual_seed(s + 999)) if data["gaussian_source"] else \
+            data["source"]
+        out.append(training.reflow_pairs(ens.member(i), x0, steps=cfg.euler_steps))
     return out
 
 
 def run_table(cfg: Config, peer: str | None, log) -> list:
     rows = []
-    pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="coupling")
-    try:
-        for task in cfg.tasks:
-            datas = [make_data(task, s, cfg) for s in cfg.seeds]
-            icfm = None
-            for method in cfg.methods:
-                if method == "FM" and not datas[0]["gaussian_source"]:
-                    continue  # Lipman's path needs a standard normal source
-                for impl in ["lfm_core"] + ([peer] if peer and method in PEER_METHODS else []):
-                    if method == "2-RF":
-                        if icfm is None:
-                            raise RuntimeError("2-RF needs the I-CFM run of the same task first")
-                        pairs = reflow_pairs(icfm, datas, cfg.seeds, cfg)
-                        streams = [MemberStream(d, cfg, s, pairs=p) for d, s, p in zip(datas, cfg.seeds, pairs,
-                                                                                          strict=True)]
-                    else:
-                        streams = [MemberStream(d, cfg, s) for d, s in zip(datas, cfg.seeds, strict=True)]
-                    ens, secs, final = train(method, streams, cfg.seeds, cfg, pool,
-                                             peer=None if impl == "lfm_core" else impl)
-                    if method == "I-CFM" and impl == "lfm_core":
-                        icfm = ens
-                    for i, (d, s) in enumerate(zip(datas, cfg.seeds, strict=True)):
-                        r = evaluate(ens.member(i), d, cfg)
-                        rows.append({"task": task, "method": method, "impl": impl, "seed": s, **r,
-                                     "final_loss": final[i], "train_seconds_all_seeds": secs})
-                    ws = [r["W2"] for r in rows[-len(cfg.seeds):]]
-                    ns = [r["NPE"] for r in rows[-len(cfg.seeds):]]
-                    log(f"  {task:18s} {method:7s} {impl:9s} W2 {statistics.mean(ws):.3f}  "
-                        f"NPE {statistics.mean(ns):.3f}  ({secs:.0f} s for {len(cfg.seeds)} seeds)")
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    for task in cfg.tasks:
+        datas = [make_data(task, s, cfg) for s in cfg.seeds]
+        icfm = None
+        for method in cfg.methods:
+            if method == "FM" and not datas[0]["gaussian_source"]:
+                continue  # Lipman's path needs a standard normal source
+            for impl in ["lfm_core"] + ([peer] if peer and method in PEER_METHODS else []):
+                if impl != "lfm_core":
+                    ens, secs = train_peer(method, datas, cfg.seeds, cfg)
+                elif method == "2-RF":
+                    if icfm is None:
+                        raise RuntimeError("2-RF needs the I-CFM run of the same task first")
+                    ens, secs = train(method, datas, cfg.seeds, cfg, pairs=reflow(icfm, datas, cfg.seeds, cfg))
+                else:
+                    ens, secs = train(method, datas, cfg.seeds, cfg)
+                if method == "I-CFM" and impl == "lfm_core":
+                    icfm = ens
+                for i, (d, s) in enumerate(zip(datas, cfg.seeds, strict=True)):
+                    r = evaluate(ens.member(i), d, cfg)
+                    rows.append({"task": task, "method": method, "impl": impl, "seed": s, **r,
+                                 "train_seconds_all_seeds": secs})
+                ws = [r["W2"] for r in rows[-len(cfg.seeds):]]
+                ns = [r["NPE"] for r in rows[-len(cfg.seeds):]]
+                log(f"  {task:18s} {method:7s} {impl:9s} W2 {statistics.mean(ws):.3f}  "
+                    f"NPE {statistics.mean(ns):.3f}  ({secs:.0f} s for {len(cfg.seeds)} seeds)")
     return rows
 
 
@@ -334,13 +252,12 @@ def run_table(cfg: Config, peer: str | None, log) -> list:
 def time_steps(cfg: Config, peer: str | None, log) -> list:
     """Milliseconds per training step of a single model at batch ``cfg.batch`` on N -> 8gaussians.
 
-    Ours: lfm_core.training.train_cfm as configured for the table, and variants of OT-CFM. Peer: the
-    same loop (same data draws, network, optimiser) with torchcfm's matcher in place of our coupling
-    and path. Each figure is the median over 3 interleaved repetitions of ``timing_steps`` steps.
+    Ours: lfm_core.training.train_cfm (the Trainer) as configured for the table, and variants of OT-CFM. Peer:
+    a plain AdamW loop (same data draws, network, optimiser) with torchcfm's matcher in place of our coupling
+    and path. Each figure is the median over 3 interleaved repetitions of ``timing_steps`` steps after 10
+    warm-up steps.
     """
-    from lfm_core.training import cfm_loss, paired_batches
-
-    src = lambda n, g: torch.randn(n, 2, generator=g)  # noqa: E731
+    src = gaussian
     tgt = lambda n, g: toy.sample("8gaussians", n, generator=g)  # noqa: E731
 
     def ours(method, coupling_kwargs=None, prefetch=None):
@@ -352,20 +269,16 @@ def time_steps(cfg: Config, peer: str | None, log) -> list:
         def run(n):
             torch.manual_seed(0)
             model = nets.MLP(2)
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            g = torch.Generator().manual_seed(0)
-            batches = paired_batches(src, tgt, cfg.batch, g, coupling=coupling, coupling_kwargs=kwargs,
-                                     prefetch=prefetch if coupling != "independent" else 0)
-            for k in range(n + 10):
-                if k == 10:
-                    t0 = time.perf_counter()
-                x0, x1 = next(batches)
-                loss = cfm_loss(model, path, x0, x1, generator=g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            batches.close()
-            return (time.perf_counter() - t0) / n * 1e3
+            marks = {}
+
+            def clock(step, loss):
+                if step in (10, n + 10):
+                    marks[step] = time.perf_counter()
+
+            training.train_cfm(model, path, src, tgt, steps=n + 10, batch_size=cfg.batch, lr=cfg.lr,
+                               weight_decay=cfg.weight_decay, coupling=coupling, coupling_kwargs=kwargs,
+                               prefetch=prefetch if coupling != "independent" else 0, progress=False, callback=clock)
+            return (marks[n + 10] - marks[10]) / n * 1e3
 
         return run
 

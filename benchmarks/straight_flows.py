@@ -7,7 +7,7 @@
 
 The question of arXiv 2503.20719 ("Learning straight flows by learning curved interpolants"): if the
 interpolant is learned so that its optimal velocity is straight, how few Euler steps does sampling need?
-Tasks: N(0, I) -> 8gaussians and N(0, I) -> moons (lfm_core.data.toy), 10k training and 1000 held-out
+Tasks: N(0, I) -> 8gaussians and N(0, I) -> moons (lfm_core.toy), 10k training and 1000 held-out
 points per seed. Every method trains the same velocity network (MLP 3 x 64, SELU) by conditional flow
 matching with the same budget (``--cfm-steps`` AdamW steps, batch 256, lr 1e-3 with a cosine decay, sigma 0):
 
@@ -25,8 +25,9 @@ For every (task, method, seed): W2 (exact, POT) between the images of the 1000 h
 after 1, 2, 4, 8 and 100 Euler steps and the 1000 held-out data points; Rectified Flow's straightness S
 and the normalised path energy NPE of the 100-step trajectories; training seconds (this machine).
 
-The issue's targets for the learned interpolant, checked in the report: W2 after one step at most half
-of I-CFM's after one step, and W2 after two steps within 1.2x of its own 100-step W2.
+Training and evaluation are lfm_core.compare.train_methods and lfm_core.compare.evaluate, the functions
+notebook 03 calls. Two targets for the learned interpolant are checked in the report: W2 after one step at most
+half of I-CFM's after one step, and W2 after two steps within 1.2x of its own 100-step W2.
 """
 
 from __future__ import annotations
@@ -42,12 +43,11 @@ from pathlib import Path
 
 import torch
 
-from lfm_core import interpolants, metrics, nets, paths, solvers, training
-from lfm_core.data import toy
+from lfm_core import compare, interpolants, nets, toy
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("8gaussians", "moons")
-METHODS = ("I-CFM", "OT-CFM", "2-RF", "learned")
+METHODS = compare.METHODS
 STEPS = (1, 2, 4, 8, 100)
 
 
@@ -81,63 +81,30 @@ def gaussian(n, g):
     return torch.randn(n, 2, generator=g)
 
 
-def evaluate(model, data: dict) -> dict:
-    out = {}
-    with torch.no_grad():
-        for n in STEPS:
-            sol = solvers.integrate(model, data["z"], method="euler", steps=n, return_trajectory=(n == 100))
-            out[f"W2@{n}"] = metrics.wasserstein2(sol.x, data["test"])
-        out["S"] = metrics.straightness(sol.trajectory)
-        out["NPE"] = metrics.normalized_path_energy(sol.trajectory, data["z"], data["test"])
-    return out
-
-
 def run_cell(task: str, seed: int, cfg: Config, log) -> list:
-    """All four methods on one task and seed; returns one row per method."""
+    """All four methods on one task and seed (lfm_core.compare, as notebook 03); returns one row per method."""
     data = make_data(task, seed, cfg)
-    line = paths.LinearPath(0.0)
-    kw = dict(steps=cfg.cfm_steps, batch_size=cfg.batch, lr=cfg.lr, lr_schedule="cosine", progress=False)
-    rows = []
-
-    def record(method, model, seconds, extra=None):
-        row = {"task": task, "seed": seed, "method": method, "seconds": seconds, **evaluate(model, data),
-               **(extra or {})}
-        rows.append(row)
-        log(f"  {task:10s} seed {seed} {method:8s} W2@1 {row['W2@1']:.3f} W2@2 {row['W2@2']:.3f} "
-            f"W2@100 {row['W2@100']:.3f} S {row['S']:.3f} NPE {row['NPE']:.3f} ({seconds:.0f} s)")
-
-    torch.manual_seed(seed)
-    icfm = nets.MLP(2, 64, 3)
-    r = training.train_cfm(icfm, line, gaussian, data["train"], seed=seed, **kw)
-    record("I-CFM", icfm, r.seconds)
-    icfm_seconds = r.seconds
-
-    torch.manual_seed(seed)
-    ot = nets.MLP(2, 64, 3)
-    r = training.train_cfm(ot, line, gaussian, data["train"], coupling="ot", seed=seed, **kw)
-    record("OT-CFM", ot, r.seconds)
-
-    start = time.perf_counter()
-    x0, x1 = training.reflow_pairs(icfm, gaussian, cfg.reflow_pairs, steps=100,
-                                   generator=torch.Generator().manual_seed(seed + 77))
-    torch.manual_seed(seed)
-    rf = nets.MLP(2, 64, 3)
-    r = training.train_cfm(rf, line, x0, x1, paired=True, seed=seed, **kw)
-    record("2-RF", rf, icfm_seconds + time.perf_counter() - start)
-
     torch.manual_seed(seed)
     interp = interpolants.GlowInterpolant(2, layers=3, hidden=32)
     fi = interpolants.fit_interpolant(interp, gaussian, data["train"], steps=cfg.interpolant_steps,
                                       lr=cfg.interpolant_lr, batch_size=cfg.interpolant_batch, n_reference=cfg.refs,
                                       t_max=cfg.t_max, grad_clip=cfg.grad_clip, seed=seed, progress=False)
     interp.requires_grad_(False)
-    torch.manual_seed(seed)
-    learned = nets.MLP(2, 64, 3)
-    r = training.train_cfm(learned, interp, gaussian, data["train"], seed=seed, **kw)
+    models, seconds = compare.train_methods(lambda: nets.MLP(2, 64, 3), gaussian, data["train"], steps=cfg.cfm_steps,
+                                            batch_size=cfg.batch, lr=cfg.lr, seed=seed, interpolant=interp,
+                                            interpolant_seconds=fi.seconds, reflow_pairs=cfg.reflow_pairs,
+                                            progress=False)
     n = max(1, len(fi.losses) // 10)
-    record("learned", learned, fi.seconds + r.seconds,
-           {"straightness_loss_first": statistics.mean(fi.losses[:n]),
-            "straightness_loss_last": statistics.mean(fi.losses[-n:])})
+    rows = []
+    for method in METHODS:
+        row = {"task": task, "seed": seed, "method": method, "seconds": seconds[method],
+               **compare.evaluate(models[method], data["z"], data["test"], steps=STEPS)}
+        if method == "learned":
+            row.update(straightness_loss_first=statistics.mean(fi.losses[:n]),
+                       straightness_loss_last=statistics.mean(fi.losses[-n:]))
+        rows.append(row)
+        log(f"  {task:10s} seed {seed} {method:8s} W2@1 {row['W2@1']:.3f} W2@2 {row['W2@2']:.3f} "
+            f"W2@100 {row['W2@100']:.3f} S {row['S']:.3f} NPE {row['NPE']:.3f} ({row['seconds']:.0f} s)")
     return rows
 
 
@@ -151,7 +118,7 @@ def summarise(rows: list) -> dict:
 
 
 def targets(summ: dict, task: str) -> dict:
-    """The issue's two targets for the learned interpolant on ``task`` (means over seeds)."""
+    """The two targets for the learned interpolant on ``task`` (means over seeds)."""
     learned, icfm = summ[(task, "learned")], summ[(task, "I-CFM")]
     one_step = learned["W2@1"][0] / icfm["W2@1"][0]
     two_step = learned["W2@2"][0] / learned["W2@100"][0]

@@ -1,15 +1,37 @@
 """lfm_core: the reusable parts of the latent flow matching notebooks.
 
-One concept per module; each depends only on third-party packages and :mod:`lfm_core.utils`
-(plus the sibling modules it names in its docstring), so it can be copied on its own.
+One concept per module. Each module's docstring ends with a ``Copy with:`` line naming the sibling modules
+it needs: copied together into one package folder of another project, they work there unchanged
+(``tests/test_copyable.py`` checks this for every module).
 
 Time convention: ``t = 0`` is the source (noise) ``x0``, ``t = 1`` the target (data) ``x1``,
 and ``u_t = d x_t / dt``. The LFM paper uses the flipped convention; map with ``t' = 1 - t``,
-``v' = -v``.
+``v' = -v``. A velocity is any callable ``v(x, t, **cond)`` with ``t`` of shape ``[B]`` that returns a
+tensor shaped like ``x``.
 """
 
-from . import couplings, data, metrics, mixtures, nets, paths, runtime, solvers, training, utils
+from . import (
+    autoencoders,
+    bounds,
+    compare,
+    conditioning,
+    couplings,
+    guidance,
+    hub,
+    images,
+    interpolants,
+    metrics,
+    mixtures,
+    nets,
+    paths,
+    runtime,
+    solvers,
+    toy,
+    training,
+    utils,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["couplings", "data", "metrics", "mixtures", "nets", "paths", "runtime", "solvers", "training", "utils"]
+__all__ = ["autoencoders", "bounds", "compare", "conditioning", "couplings", "guidance", "hub", "images",
+           "interpolants", "metrics", "mixtures", "nets", "paths", "runtime", "solvers", "toy", "training", "utils"]

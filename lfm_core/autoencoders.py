@@ -19,26 +19,31 @@ The offline autoencoder is a small ``AutoencoderKL`` (:func:`offline_config`) tr
 cache when there, else downloaded; when the hub cannot be reached the call fails within seconds and
 names the offline alternative.
 
-:func:`cached_latents` encodes a data set once and stores the latents with a manifest (autoencoder
-fingerprint, scale, image size, count, data set); the next call reuses them, and a cache made by another
-autoencoder is refused. Depends on ``torch``, ``diffusers``, ``safetensors`` and the sibling modules.
+:func:`cached_latents` encodes a data set once and keeps the latents on disk, keyed by the content of the
+images and of the autoencoder, so that they are reused exactly when both are the same.
+
+Copy with: utils, hub, images, training, couplings, runtime, solvers (the last four for :func:`fit_autoencoder`
+only; ``torch``, ``diffusers``, ``safetensors``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import uuid
+import warnings
 from pathlib import Path
 
 import torch
 
-from .data.images import ImageData, hub_reachable, offline_error
-from .utils import check_finite, check_positive_int, check_tensor
+from . import hub
+from .images import ImageData
+from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
 
 __all__ = ["LatentAutoencoder", "PRETRAINED", "OFFLINE_DIR", "OFFLINE", "load", "offline_config", "fit_autoencoder",
-           "cached_latents"]
+           "cached_latents", "content_key"]
 
 PRETRAINED = {
     "stabilityai/sd-vae-ft-mse": {"cls": "AutoencoderKL", "scale": 0.18215},
@@ -59,8 +64,13 @@ class LatentAutoencoder:
     """
 
     def __init__(self, model, scale: float, name: str, meta: dict | None = None):
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "encode") or not hasattr(model, "decode"):
+            raise TypeError(f"model must be a diffusers autoencoder (AutoencoderKL, AutoencoderTiny), got "
+                            f"{type(model).__name__}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
         self.model = model.eval()
-        self.scale = float(scale)
+        self.scale = check_nonnegative(scale, "scale", strict=True)
         self.name = name
         self.meta = dict(meta or {})
         self.kind = type(model).__name__
@@ -86,13 +96,15 @@ class LatentAutoencoder:
         return 2 ** (len(self.model.config.block_out_channels) - 1)
 
     def fingerprint(self) -> str:
-        """A hash of the weights and the scale: identifies the autoencoder in a latent cache's manifest."""
+        """A hash of the class, configuration, weights and scale: identifies the autoencoder in a latent cache."""
         if self._fingerprint is None:
-            h = hashlib.sha256(f"{self.kind}:{self.scale}".encode())
+            config = json.dumps({k: v for k, v in dict(getattr(self.model, "config", {})).items()
+                                 if not str(k).startswith("_")}, sort_keys=True, default=repr)
+            h = hashlib.sha256(f"{self.kind}:{self.scale!r}:{config}".encode())
             for k, v in sorted(self.model.state_dict().items()):
                 h.update(k.encode())
                 h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
+            self._fingerprint = h.hexdigest()
         return self._fingerprint
 
     def _check_images(self, x):
@@ -101,7 +113,7 @@ class LatentAutoencoder:
             raise ValueError(f"images must have shape [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(f"image height and width must be multiples of {self.factor}, got {tuple(x.shape[-2:])}")
-        check_finite(x, "images")
+        check_finite(x, "images", boundary=True)
         lo, hi = float(x.min()), float(x.max())
         if lo < -1.001 or hi > 1.001:
             raise ValueError(f"images must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]")
@@ -130,7 +142,7 @@ class LatentAutoencoder:
         check_tensor(latents, "latents", min_dim=4)
         if latents.dim() != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"latents must have shape [N, {self.latent_channels}, h, w], got {tuple(latents.shape)}")
-        check_finite(latents, "latents")
+        check_finite(latents, "latents", boundary=True)
         out = []
         for chunk in latents.split(check_positive_int(batch_size, "batch_size")):
             z = chunk.to(self.device, dtype=next(self.model.parameters()).dtype) / self.scale
@@ -221,60 +233,152 @@ def load(name_or_path: str = "offline", *, device="cpu", dtype=torch.float32, sc
     try:  # the local cache first: works offline when the weights were downloaded before
         model = cls.from_pretrained(name_or_path, torch_dtype=dtype, local_files_only=True)
     except (OSError, ValueError):
-        if not hub_reachable():
-            raise offline_error(f"The autoencoder {name_or_path!r}") from None
+        hub.require(f"The autoencoder {name_or_path!r}")
         model = cls.from_pretrained(name_or_path, torch_dtype=dtype)
     return LatentAutoencoder(model.to(device), spec["scale"] if scale is None else scale, name_or_path,
                              {"name": name_or_path})
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
+CACHE_FORMAT = "lfm_core.latents/1"
+
+
+def content_key(images: torch.Tensor, labels: torch.Tensor | None = None, *, chunk_rows: int = 256) -> str:
+    """SHA-256 of the images' values (as float32), their shape, and the labels: what a latent cache is keyed by."""
+    check_tensor(images, "images", min_dim=2)
+    h = hashlib.sha256(f"images{tuple(images.shape)}".encode())
+    for part in images.detach().split(chunk_rows):
+        h.update(part.to("cpu", torch.float32).contiguous().numpy().tobytes())
+    if labels is not None:
+        h.update(f"labels{tuple(labels.shape)}".encode())
+        h.update(labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _tensor_checksum(tensors: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        v = tensors[name]
+        h.update(f"{name}{tuple(v.shape)}{v.dtype}".encode())
+        h.update(v.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_entry(path: Path, key: str):
+    """``(latents, labels)`` of a cache file that verifies, else a str saying what is wrong with it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse error means the file is unusable
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    if meta.get("format") != CACHE_FORMAT:
+        return f"unknown format {meta.get('format')!r}"
+    if meta.get("key") != key:
+        return "its key does not match its name (the file was replaced)"
+    if "latents" not in tensors or _tensor_checksum(tensors) != meta.get("checksum"):
+        return "its contents do not match their checksum (truncated or corrupted)"
+    return tensors["latents"], tensors.get("labels")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_writes(cache_dir: Path) -> None:
+    """Delete temporary files of writes whose process is gone (killed mid-write); others may still be writing."""
+    for tmp in cache_dir.glob(".tmp-latents-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 2)[-2])
+        except (IndexError, ValueError):
+            pid = -1
+        if pid < 0 or not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _describe_entries(cache_dir: Path) -> str:
+    from safetensors import safe_open
+
+    lines = []
+    for p in sorted(cache_dir.glob("latents-*.safetensors")):
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                m = f.metadata() or {}
+            lines.append(f"{p.name}: {m.get('count')} images of {m.get('dataset')!r} by {m.get('autoencoder')!r}")
+        except Exception:  # noqa: BLE001
+            lines.append(f"{p.name}: unreadable")
+    return "; ".join(lines) or "none"
 
 
 def cached_latents(autoencoder: LatentAutoencoder, data: ImageData, cache_dir, *, batch_size: int = 64,
-                   overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Latents (and labels) of ``data``, encoded once and stored in ``cache_dir`` with a manifest.
+                   read_only: bool = False, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Latents (and labels) of ``data``, encoded once and kept in ``cache_dir``, keyed by content.
 
-    The manifest records the autoencoder's name and fingerprint, the scale, the image size, the count
-    and the data set. A matching cache is loaded instead of encoding again; a cache made by another
-    autoencoder (or of other data) raises ``ValueError`` unless ``overwrite=True``.
+    The key is a SHA-256 of the images and labels (:func:`content_key`) and of the autoencoder (class,
+    configuration, weights and scale: :meth:`LatentAutoencoder.fingerprint`). Each entry is one file,
+    ``latents-<key>.safetensors``, holding the latents, the labels, the key and a checksum of the tensors; it
+    is written under a temporary name and renamed when complete, so a killed write leaves no entry. A call
+    with the same images and autoencoder reads the entry back (and checks it); other images or another
+    autoencoder get another entry. A corrupt entry is never used: it is re-encoded with a warning, or, with
+    ``read_only=True`` (which never encodes), refused like a missing one, with a ``ValueError`` that lists what
+    the cache holds. ``overwrite=True`` encodes again even when a good entry exists.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
+    if not isinstance(autoencoder, LatentAutoencoder):
+        raise TypeError(f"autoencoder must be a LatentAutoencoder (autoencoders.load), got "
+                        f"{type(autoencoder).__name__}")
+    if not isinstance(data, ImageData):
+        raise TypeError(f"data must be an ImageData (lfm_core.images.load), got {type(data).__name__}")
+    check_positive_int(batch_size, "batch_size")
+    for flag, name in ((read_only, "read_only"), (overwrite, "overwrite")):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if read_only and overwrite:
+        raise ValueError("read_only=True and overwrite=True contradict each other")
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"autoencoder": autoencoder.name, "fingerprint": autoencoder.fingerprint(),
-                "scale": autoencoder.scale, "image_size": list(data.images.shape[1:]), "count": len(data),
-                "dataset": data.name, "source": data.source}
-    mpath, tpath = cache_dir / "manifest.json", cache_dir / "latents.safetensors"
-    if mpath.exists() and tpath.exists() and not overwrite:
-        old = json.loads(mpath.read_text())
-        if old == manifest:
-            tensors = load_file(tpath)
-            return tensors["latents"], tensors.get("labels")
-        diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
-        raise ValueError(f"the latent cache in {cache_dir} was made differently ({diff}): refusing to use it; "
-                         "pass overwrite=True or another cache_dir")
-    latents = autoencoder.encode(data.images, batch_size=batch_size)
-    tensors = {"latents": latents.contiguous()}
+    if not read_only:
+        _remove_stale_writes(cache_dir)
+    key = hashlib.sha256(f"{content_key(data.images, data.labels)}|{autoencoder.fingerprint()}".encode()).hexdigest()
+    path = cache_dir / f"latents-{key[:24]}.safetensors"
+    if path.exists() and not overwrite:
+        entry = _read_entry(path, key)
+        if not isinstance(entry, str):
+            return entry
+        if read_only:
+            raise ValueError(f"the latent cache entry {path} is corrupt ({entry}) and read_only=True forbids "
+                             "encoding again")
+        warnings.warn(f"the latent cache entry {path} is corrupt ({entry}); encoding again", RuntimeWarning,
+                      stacklevel=2)
+    elif read_only:
+        what = "found" if cache_dir.is_dir() else "(the folder does not exist)"
+        raise ValueError(f"no latents of these {len(data)} images ({data.name}) by {autoencoder.name!r} in {cache_dir} "
+                         f"{what}; it holds: {_describe_entries(cache_dir) if cache_dir.is_dir() else 'nothing'}. "
+                         "Call with read_only=False to encode them")
+    latents = autoencoder.encode(data.images, batch_size=batch_size).cpu().contiguous()
+    tensors = {"latents": latents}
     if data.labels is not None:
-        tensors["labels"] = data.labels.contiguous()
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".safetensors", delete=False) as tmp:
-        tmp_name = tmp.name
+        tensors["labels"] = data.labels.detach().cpu().to(torch.int64).contiguous()
+    meta = {"format": CACHE_FORMAT, "key": key, "checksum": _tensor_checksum(tensors), "autoencoder": autoencoder.name,
+            "fingerprint": autoencoder.fingerprint(), "scale": repr(autoencoder.scale), "count": str(len(data)),
+            "image_shape": json.dumps(list(data.images.shape[1:])), "dataset": data.name, "source": data.source}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        save_file(tensors, tmp_name)
-        os.replace(tmp_name, tpath)
+        save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    _atomic_write(mpath, (json.dumps(manifest, indent=1) + "\n").encode())
-    return latents, data.labels
+        if tmp.exists():
+            tmp.unlink()
+    return latents, tensors.get("labels")

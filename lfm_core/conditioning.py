@@ -19,7 +19,7 @@ Offline there are no segmentation labels, so :func:`intensity_segmentation` make
 rule that quantises a smoothed image into ``K`` intensity bands (dark hair and background, skin,
 highlights on faces). It is stated as a stand-in wherever it is used.
 
-Depends on ``torch`` and :mod:`lfm_core.utils`.
+Copy with: utils (``torch`` only).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import check_positive_int, check_tensor
+from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor, values_checked
 
 __all__ = ["check_masks", "rectangle_masks", "stroke_masks", "mask_images", "downsample_mask", "composite",
            "check_segmentation", "intensity_segmentation", "one_hot_maps", "SemanticEncoder",
@@ -38,16 +38,16 @@ __all__ = ["check_masks", "rectangle_masks", "stroke_masks", "mask_images", "dow
 
 
 # ------------------------------------------------------------------------------------------ masks
-def check_masks(masks: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+def check_masks(masks: torch.Tensor, images: torch.Tensor | None = None, name: str = "masks") -> torch.Tensor:
     """Check that ``masks`` is ``[N, 1, H, W]``, binary (0 known, 1 hole), and matches ``images`` if given."""
-    check_tensor(masks, "masks", min_dim=4, floating=False)
+    check_tensor(masks, name, min_dim=4, floating=False)
     if masks.dim() != 4 or masks.shape[1] != 1:
-        raise ValueError(f"masks must have shape [N, 1, H, W], got {tuple(masks.shape)}")
+        raise ValueError(f"{name} must have shape [N, 1, H, W], got {tuple(masks.shape)}")
     if images is not None and (masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[2:]):
-        raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: need "
+        raise ValueError(f"{name} {tuple(masks.shape)} do not match images {tuple(images.shape)}: need "
                          f"[{images.shape[0]}, 1, {images.shape[2]}, {images.shape[3]}]")
-    if not bool(((masks == 0) | (masks == 1)).all()):
-        raise ValueError("masks must be binary: 1 for the hole (to generate), 0 for known pixels")
+    if values_checked(masks) and not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError(f"{name} must be binary: 1 for the hole (to generate), 0 for known pixels")
     return masks.float()
 
 
@@ -56,6 +56,8 @@ def rectangle_masks(n: int, size: int, *, min_frac: float = 0.25, max_frac: floa
     """``n`` masks ``[n, 1, size, size]``, each one axis-aligned rectangle, sides in ``[min_frac, max_frac] * size``."""
     check_positive_int(n, "n")
     check_positive_int(size, "size")
+    min_frac = check_nonnegative(min_frac, "min_frac", strict=True)
+    max_frac = check_nonnegative(max_frac, "max_frac", strict=True)
     if not (0 < min_frac <= max_frac <= 1):
         raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
     masks = torch.zeros(n, 1, size, size)
@@ -75,6 +77,7 @@ def stroke_masks(n: int, size: int, *, strokes: int = 3, vertices: int = 4, widt
     check_positive_int(size, "size")
     check_positive_int(strokes, "strokes")
     check_positive_int(vertices, "vertices")
+    width_frac = check_nonnegative(width_frac, "width_frac", strict=True)
     ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
     pix = torch.stack([xs, ys], -1).reshape(-1, 2)  # pixel centres
     radius = max(1.0, width_frac * size / 2)
@@ -97,6 +100,8 @@ def stroke_masks(n: int, size: int, *, strokes: int = 3, vertices: int = 4, widt
 
 def mask_images(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """The images with their holes set to 0 (mid-grey): ``x * (1 - m)``."""
+    check_tensor(images, "images", min_dim=4)
+    check_finite(images, "images")
     masks = check_masks(masks, images)
     return images * (1 - masks.to(images))
 
@@ -110,6 +115,10 @@ def downsample_mask(masks: torch.Tensor, size: int) -> torch.Tensor:
 
 def composite(generated: torch.Tensor, original: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Generated pixels in the hole, the original pixels elsewhere: ``m x_gen + (1 - m) x``."""
+    check_tensor(generated, "generated", min_dim=4)
+    check_tensor(original, "original", min_dim=4)
+    check_finite(generated, "generated")
+    check_finite(original, "original")
     masks = check_masks(masks, original)
     if generated.shape != original.shape:
         raise ValueError(f"generated {tuple(generated.shape)} and original {tuple(original.shape)} differ in shape")
@@ -120,7 +129,14 @@ def composite(generated: torch.Tensor, original: torch.Tensor, masks: torch.Tens
 def region_psnr(reference: torch.Tensor, estimate: torch.Tensor, region: torch.Tensor, *,
                 data_range: float = 2.0) -> float:
     """PSNR (dB) over the pixels where ``region`` is 1 (all images pooled); ``inf`` when they agree exactly."""
-    region = check_masks(region, reference).to(reference).expand_as(reference)
+    check_tensor(reference, "reference", min_dim=4)
+    check_tensor(estimate, "estimate", min_dim=4)
+    if reference.shape != estimate.shape:
+        raise ValueError(f"reference {tuple(reference.shape)} and estimate {tuple(estimate.shape)} differ in shape")
+    check_finite(reference, "reference", boundary=True)
+    check_finite(estimate, "estimate", boundary=True)
+    data_range = check_nonnegative(data_range, "data_range", strict=True)
+    region = check_masks(region, reference, name="region").to(reference).expand_as(reference)
     n = float(region.sum())
     if n == 0:
         raise ValueError("the region is empty")
@@ -136,7 +152,7 @@ def check_segmentation(maps: torch.Tensor, num_classes: int) -> torch.Tensor:
         raise TypeError("segmentation maps must be an integer tensor [N, H, W]")
     if maps.dim() != 3:
         raise ValueError(f"segmentation maps must have shape [N, H, W], got {tuple(maps.shape)}")
-    if maps.numel() and (int(maps.min()) < 0 or int(maps.max()) >= num_classes):
+    if values_checked(maps) and maps.numel() and (int(maps.min()) < 0 or int(maps.max()) >= num_classes):
         raise ValueError(f"segmentation maps have classes in [{int(maps.min())}, {int(maps.max())}], but only "
                          f"0..{num_classes - 1} are known")
     return maps.long()
@@ -152,7 +168,9 @@ def intensity_segmentation(images: torch.Tensor, num_classes: int = 3, *, blur: 
     same rule can be applied to generated images.
     """
     check_tensor(images, "images", min_dim=4)
+    check_finite(images, "images")
     check_positive_int(num_classes, "num_classes")
+    check_positive_int(blur, "blur")
     x = images.mean(1, keepdim=True)
     if blur > 1:
         x = F.avg_pool2d(F.pad(x, (blur // 2, (blur - 1) // 2, blur // 2, (blur - 1) // 2), mode="replicate"),
@@ -184,6 +202,7 @@ class SemanticEncoder(nn.Module):
         self.num_classes = check_positive_int(num_classes, "num_classes")
         self.latent_size = check_positive_int(latent_size, "latent_size")
         self.proj = nn.Conv2d(num_classes, check_positive_int(out_channels, "out_channels"), kernel_size=1)
+        self.config = {"num_classes": num_classes, "latent_size": latent_size, "out_channels": out_channels}
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         oh = one_hot_maps(maps, self.num_classes, self.latent_size).to(self.proj.weight)
@@ -202,10 +221,17 @@ class ConditionedVelocity(nn.Module):
 
     def __init__(self, net: nn.Module, encoder: nn.Module):
         super().__init__()
+        for m, name in ((net, "net"), (encoder, "encoder")):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
+        if not getattr(net, "cond_channels", 0):
+            raise ValueError("net must be built with conditioning channels (e.g. UNetVelocity(..., cond_channels=4))")
         self.net, self.encoder = net, encoder
+        self.config = {"net": {"_class_name": type(net).__name__, **getattr(net, "config", {})},
+                       "encoder": {"_class_name": type(encoder).__name__, **getattr(encoder, "config", {})}}
 
     def forward(self, x, t, maps=None, *, keep: torch.Tensor | None = None):
-        channels = getattr(self.net, "cond_channels", None)
+        channels = self.net.cond_channels
         if maps is None:
             cond = torch.zeros(x.shape[0], channels, *x.shape[2:], device=x.device, dtype=x.dtype)
         else:

@@ -39,18 +39,17 @@ for one 512-point plan, 1.3 ms for a 128-point one), so four 128-blocks cost a f
 512-plan. The price is a coarser coupling, the one of batch ``block_size``; notebook 02 and
 ``benchmarks/ot_cfm_2d.py`` measure what it costs in straightness (NPE) and sample quality (W2).
 
-Depends on ``numpy``, ``POT`` (exact plans), ``torch`` and :mod:`lfm_core.utils`.
+Copy with: utils (``numpy``, ``POT`` for the exact plans, ``torch``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 
 from .utils import check_finite, check_nonnegative, check_positive_int, check_same_batch, check_tensor
 
-__all__ = ["METHODS", "pair", "pair_indices", "plan", "sinkhorn"]
+__all__ = ["METHODS", "ConvergenceError", "SINKHORN_MAX_POINTS", "pair", "pair_indices", "plan", "sinkhorn"]
 
 METHODS = ("independent", "ot", "sinkhorn")
 
@@ -77,6 +76,14 @@ def _logsumexp(x: torch.Tensor, dim: int, floor: float) -> torch.Tensor:
     return (x - m).clamp_(min=floor).exp_().sum(dim=dim, keepdim=True).log_() + m
 
 
+class ConvergenceError(RuntimeError):
+    """Sinkhorn did not reach its tolerance: the plan is not a coupling of the two batches."""
+
+
+#: the largest block Sinkhorn solves in one piece (larger ones take minutes on a CPU: use ``block_size``)
+SINKHORN_MAX_POINTS = 2048
+
+
 def sinkhorn(cost: torch.Tensor, reg: float, *, tol: float = 1e-6, max_iter: int = 10_000) -> torch.Tensor:
     r"""Entropic OT plans with uniform marginals for a batch of cost matrices ``[K, n, m]`` (or ``[n, m]``).
 
@@ -91,19 +98,36 @@ def sinkhorn(cost: torch.Tensor, reg: float, *, tol: float = 1e-6, max_iter: int
     log-sum-exp, so large ``C / reg`` cannot underflow. All ``K`` problems advance together (one
     tensor operation per half-iteration), which is what makes many small blocks cheap. Stops when
     every row sum is within a relative ``tol`` of ``1 / n`` (the columns are exact after each
-    ``g`` update), and warns with the error reached if ``max_iter`` iterations do not get there.
-    The iteration count grows roughly like ``max C / reg``.
+    ``g`` update).
 
-    Precision: the iterations run in float32 when ``tol >= 1e-3`` (about 4x faster here; enough
-    to pair points) and in float64 below that. The plans are returned in float64.
+    **When it cannot converge, it says so.** The iterations needed grow like ``max C / reg`` (measured on
+    2D Gaussian-to-8-Gaussians costs: about ``0.5 max C / reg``), so a ``reg`` with
+    ``max C / reg > 4 max_iter`` is refused at once (``ValueError``, naming the smallest ``reg`` that can
+    work); a run that ends above ``tol`` raises :class:`ConvergenceError` with the marginal error reached.
+
+    Precision: the iterations run in float32 when ``tol >= 1e-3`` and float32's rounding of
+    ``C / reg`` stays below ``tol / 10`` (about 4x faster here; enough to pair points), else in float64.
+    The plans are returned in float64.
     """
+    if not isinstance(cost, torch.Tensor):
+        raise TypeError(f"cost must be a torch.Tensor, got {type(cost).__name__}")
     squeeze = cost.dim() == 2
     c = cost[None] if squeeze else cost
     if c.dim() != 3:
         raise ValueError(f"cost must have shape [K, n, m] or [n, m], got {tuple(cost.shape)}")
+    check_tensor(c, "cost", min_dim=3)
+    check_finite(c, "cost", boundary=True)
     reg = check_nonnegative(reg, "reg", strict=True)
     tol = check_nonnegative(tol, "tol", strict=True)
-    dtype, floor = (torch.float32, -80.0) if tol >= 1e-3 else (torch.float64, -700.0)
+    check_positive_int(max_iter, "max_iter")
+    c = c.detach().cpu()
+    cmax = float(c.max()) - min(float(c.min()), 0.0)
+    if cmax / reg > 4 * max_iter:
+        raise ValueError(f"reg = {reg:g} is too small for costs up to {cmax:.3g}: Sinkhorn would need about "
+                         f"{0.5 * cmax / reg:.2g} iterations (max_iter = {max_iter}). Use reg >= "
+                         f"{cmax / (4 * max_iter):.3g}, raise max_iter, or the exact plan (method='ot')")
+    single_ok = tol >= 1e-3 and torch.finfo(torch.float32).eps * cmax / reg < tol / 10
+    dtype, floor = (torch.float32, -80.0) if single_ok else (torch.float64, -700.0)
     k, n, m = c.shape
     neg = (-c / reg).to(dtype)  # [K, n, m]; potentials below are in units of reg
     log_a, log_b = -float(np.log(n)), -float(np.log(m))
@@ -119,11 +143,9 @@ def sinkhorn(cost: torch.Tensor, reg: float, *, tol: float = 1e-6, max_iter: int
             if err < tol:
                 break
     else:
-        import warnings
-
-        warnings.warn(f"Sinkhorn stopped after {max_iter} iterations with a relative marginal error of {err:.2e} "
-                      f"> tol = {tol:g} (reg = {reg:g} is small for costs up to {float(c.max()):.3g})",
-                      RuntimeWarning, stacklevel=3)
+        raise ConvergenceError(f"Sinkhorn did not converge: after {max_iter} iterations the relative marginal error "
+                               f"is {err:.2e} > tol = {tol:g} (reg = {reg:g}, costs up to {cmax:.3g}); raise reg or "
+                               "max_iter, loosen tol, or use the exact plan (method='ot')")
     plans = (neg + f + g + log_a + log_b).double().exp()
     return plans[0] if squeeze else plans
 
@@ -146,6 +168,8 @@ def _plans(x0, x1, subsets, method, reg, tol) -> list:
     cost = _cost(x0, x1)
     out = [None] * len(subsets)
     if method == "ot":
+        import ot  # POT; imported here because it takes seconds to import (it loads scikit-learn)
+
         for i, (r, c) in enumerate(subsets):
             k = len(r)
             w = np.full(k, 1.0 / k)
@@ -154,6 +178,11 @@ def _plans(x0, x1, subsets, method, reg, tol) -> list:
         by_size = {}
         for i, (r, _) in enumerate(subsets):
             by_size.setdefault(len(r), []).append(i)
+        largest = max(len(r) for r, _ in subsets)
+        if largest > SINKHORN_MAX_POINTS:
+            raise ValueError(f"Sinkhorn on {largest} points at once takes minutes on a CPU ({largest}^2 entries per "
+                             f"iteration); pass block_size <= {SINKHORN_MAX_POINTS} (e.g. 512) to couple random "
+                             "sub-batches, or use method='ot'")
         for idx in by_size.values():
             blocks = torch.stack([cost[np.ix_(subsets[i][0], subsets[i][1])] for i in idx])
             for i, p in zip(idx, sinkhorn(blocks, reg, tol=tol).numpy(), strict=True):
@@ -176,8 +205,8 @@ def _check_inputs(x0, x1, method, reg, tol):
         raise ValueError(
             f"x0 and x1 must have the same point shape, got {tuple(x0.shape[1:])} and {tuple(x1.shape[1:])}"
         )
-    check_finite(x0, "x0")
-    check_finite(x1, "x1")
+    check_finite(x0, "x0", boundary=True)
+    check_finite(x1, "x1", boundary=True)
     check_nonnegative(reg, "reg", strict=True)
     check_nonnegative(tol, "tol", strict=True)
 

@@ -14,8 +14,9 @@ evaluates ``v_c`` and ``v_u`` in one batched forward pass of ``2B`` rows, and fo
 single conditional pass.
 
 Works with any velocity model whose ``forward`` takes ``(x, t, labels=..., cond=...)`` and that has
-``num_classes`` and ``null_label`` attributes (:class:`lfm_core.nets.ImageVelocity`). Depends on
-``torch`` and :mod:`lfm_core.utils`.
+``num_classes`` and ``null_label`` attributes (:class:`lfm_core.nets.ImageVelocity`).
+
+Copy with: utils (``torch`` only).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 
 import torch
 
-from .utils import as_time, check_tensor
+from .utils import as_time, check_finite, check_tensor
 
 __all__ = ["drop_labels", "check_labels", "guided_velocity"]
 
@@ -85,12 +86,14 @@ def guided_velocity(model, labels: torch.Tensor, scale: float = 1.0, *, cond: to
     labels = check_labels(labels, num_classes, allow_null=True)
     if cond is not None:
         check_tensor(cond, "cond", min_dim=2)
+        check_finite(cond, "cond", boundary=True)
         if cond.shape[0] != labels.shape[0]:
             raise ValueError(f"cond has {cond.shape[0]} rows but labels {labels.shape[0]}")
     w = float(scale)
     null = torch.full_like(labels, int(model.null_label))
 
     def velocity(x, t):
+        check_tensor(x, "x")
         if x.shape[0] != labels.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but {labels.shape[0]} labels were given")
         t = as_time(t, x.shape[0], like=x)

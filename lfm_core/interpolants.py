@@ -18,7 +18,7 @@ possible. This module holds the pieces:
   So ``phi_0 = x0`` and ``phi_1 = x1`` exactly, ``phi_t`` is invertible in ``x0`` for ``t < 1``, and its
   log-determinant is exact: ``d log(1 - t) + log|det d psi / d x0|``.
 * :func:`optimal_velocity`: the minimiser of the flow matching loss of an interpolant when the data
-  are a finite set ``{x1^i}`` (Proposition 1 of the paper):
+  are a finite set ``{x1^i}`` (Proposition 1 of the paper), as a velocity ``v*(x, t)``:
 
       ``v*(x, t) = sum_i w_i(x, t) u_t(x0^i; x1^i)``,  ``x0^i = phi_t^{-1}(x; x1^i)``,
       ``w_i ∝ p0(x0^i) |det d phi_t^{-1} / dx|``  (self-normalised over ``i``).
@@ -31,20 +31,31 @@ possible. This module holds the pieces:
   trajectories travelled at constant speed exactly when ``D v / Dt = 0``, and ``E |D v / Dt|^2`` is the
   straightness objective.
 
-Time runs from the source at ``t = 0`` to the data at ``t = 1``. Depends on ``torch`` and
-:mod:`lfm_core.utils`.
+Time runs from the source at ``t = 0`` to the data at ``t = 1``.
+
+Copy with: utils, training, couplings, runtime, solvers (the last four for :func:`fit_interpolant` and
+:func:`fit_straight_flow` only).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .utils import as_time, check_positive_int, check_same_batch, check_tensor, expand_like
+from .utils import (
+    as_time,
+    check_finite,
+    check_nonnegative,
+    check_positive_int,
+    check_same_batch,
+    check_tensor,
+    expand_like,
+)
 
-__all__ = ["BernsteinSchedule", "AffineInterpolant", "GlowInterpolant", "optimal_velocity",
+__all__ = ["BernsteinSchedule", "AffineSchedule", "AffineInterpolant", "GlowInterpolant", "optimal_velocity",
            "material_derivative", "straightness_loss", "fit_interpolant", "fit_straight_flow"]
 
 
@@ -106,6 +117,15 @@ class BernsteinSchedule(nn.Module):
         return s, ds
 
 
+class AffineSchedule(NamedTuple):
+    """The time functions of an :class:`AffineInterpolant` at times ``t``, each shaped like ``t``."""
+
+    h: torch.Tensor
+    d_h: torch.Tensor
+    g: torch.Tensor
+    d_g: torch.Tensor
+
+
 class AffineInterpolant(nn.Module):
     r"""``x_t = (1 - h(t)) x0 + g(t) x1``, ``u_t = -h'(t) x0 + g'(t) x1``, with learned monotone ``h``, ``g``.
 
@@ -116,12 +136,13 @@ class AffineInterpolant(nn.Module):
     def __init__(self, degree: int = 8):
         super().__init__()
         self.h, self.g = BernsteinSchedule(degree), BernsteinSchedule(degree)
+        self.config = {"degree": degree}
 
-    def coefficients(self, t: torch.Tensor):
-        """``(h, h', g, g')`` at times ``t``."""
+    def schedule(self, t: torch.Tensor) -> AffineSchedule:
+        """The :class:`AffineSchedule` ``(h, h', g, g')`` at times ``t``."""
         h, dh = self.h(t)
         g, dg = self.g(t)
-        return h, dh, g, dg
+        return AffineSchedule(h, dh, g, dg)
 
     def sample_time(self, n: int, *, generator=None, dtype=torch.float32) -> torch.Tensor:
         """Uniform times in ``[0, 1)`` (the interface of :mod:`lfm_core.paths`)."""
@@ -133,20 +154,22 @@ class AffineInterpolant(nn.Module):
         check_tensor(x0, "x0")
         check_tensor(x1, "x1")
         check_same_batch(x0, x1, "x0", "x1")
+        check_finite(x0, "x0")
+        check_finite(x1, "x1")
         t = as_time(t, x0.shape[0], like=x0)
-        h, dh, g, dg = (expand_like(c, x0) for c in self.coefficients(t))
+        h, dh, g, dg = (expand_like(c, x0) for c in self.schedule(t))
         return (1 - h) * x0 + g * x1, -dh * x0 + dg * x1
 
     def invert(self, x: torch.Tensor, x1: torch.Tensor, t: torch.Tensor):
         """``x0`` with ``phi_t(x0; x1) = x`` and ``log|det d x0 / d x|`` (``t < 1``); x1 and t broadcast against x."""
-        h, _, g, _ = self.coefficients(t)
+        h, _, g, _ = self.schedule(t)
         h, g = expand_like(h, x), expand_like(g, x)
         x0 = (x - g * x1) / (1 - h)
         d = x[0].numel() if x.dim() > 1 else 1
         return x0, -d * torch.log(1 - h).reshape(x.shape[0], -1)[:, 0]
 
     def conditional_velocity(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        _, dh, _, dg = (expand_like(c, x0) for c in self.coefficients(t))
+        _, dh, _, dg = (expand_like(c, x0) for c in self.schedule(t))
         return -dh * x0 + dg * x1
 
 
@@ -185,6 +208,7 @@ class GlowInterpolant(nn.Module):
         if dim < 2:
             raise ValueError("GlowInterpolant needs dim >= 2 (couplings split the coordinates)")
         self.layers = check_positive_int(layers, "layers")
+        self.config = {"dim": dim, "layers": layers, "hidden": check_positive_int(hidden, "hidden")}
         self.an_log = nn.Parameter(torch.zeros(layers, dim))
         self.an_bias = nn.Parameter(torch.zeros(layers, dim))
         self.l0 = nn.Parameter(torch.zeros(layers, dim, dim))
@@ -276,6 +300,8 @@ class GlowInterpolant(nn.Module):
         """``(x_t, u_t)`` with ``u_t = d phi_t / dt`` by one forward-mode JVP in ``t``."""
         _no_noise(noise)
         t = self._check(x0, x1, t)
+        check_finite(x0, "x0")
+        check_finite(x1, "x1")
         xt, ut = torch.func.jvp(lambda tt: self.forward(x0, x1, tt), (t,), (torch.ones_like(t),))
         return xt, ut
 
@@ -296,50 +322,79 @@ def _std_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * (x**2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
 
 
-def optimal_velocity(interpolant, x: torch.Tensor, t, data: torch.Tensor, *, source_log_prob=None,
-                     t_max: float = 1 - 1e-4, return_weights: bool = False, chunk: int = 4096,
-                     differentiable: bool = False):
-    r"""The optimal velocity of ``interpolant`` at points ``x`` ``[B, ...]`` and time ``t`` for the data set ``data``.
+def optimal_velocity(interpolant, data: torch.Tensor, *, source_log_prob=None, t_max: float = 1 - 1e-4,
+                     chunk: int = 4096, differentiable: bool = False):
+    r"""The optimal velocity ``v*(x, t)`` of ``interpolant`` for the data set ``data`` ``[N, ...]``, as a velocity.
 
     Proposition 1 of Shankar & Geffner: ``v*(x, t) = sum_i w_i u_t(x0^i; x1^i)`` with ``x0^i`` the preimage of
     ``x`` under ``phi_t(.; x1^i)`` and ``w_i ∝ p0(x0^i) |det d x0^i / dx|`` normalised over the ``N`` data
     points (a softmax in log space). ``source_log_prob`` defaults to the standard normal. Exact when
     ``data`` is the whole (finite) data set; with a minibatch it is a self-normalised estimate. ``t`` is
-    clamped to ``t_max`` (the preimage is singular at ``t = 1``). Costs ``B N`` interpolant inversions.
+    clamped to ``t_max`` (the preimage is singular at ``t = 1``). Each call costs ``B N`` interpolant
+    inversions, in chunks of about ``chunk`` rows.
 
-    With ``differentiable=True`` the result keeps its graph (in ``x``, ``t`` and the interpolant's
-    parameters) and works inside ``torch.func.jvp``: that is how :func:`fit_interpolant` minimises the
-    straightness of ``v*`` over the interpolant. Otherwise it runs without gradients.
+    Returns a callable ``v(x [B, ...], t) -> like x`` (the project's velocity convention, for solvers and
+    metrics) that also has ``v.weights(x, t) -> [B, N]``, the posterior weights ``w_i``. With
+    ``differentiable=True`` its result keeps its graph (in ``x``, ``t`` and the interpolant's parameters)
+    and works inside ``torch.func.jvp``: that is how :func:`fit_interpolant` minimises the straightness of
+    ``v*`` over the interpolant. Otherwise it runs without gradients.
     """
-    if not differentiable:
-        with torch.no_grad():
-            return _optimal_velocity(interpolant, x, t, data, source_log_prob, t_max, return_weights, chunk)
-    return _optimal_velocity(interpolant, x, t, data, source_log_prob, t_max, return_weights, chunk)
-
-
-def _optimal_velocity(interpolant, x, t, data, source_log_prob, t_max, return_weights, chunk):
-    check_tensor(x, "x", min_dim=2)
     check_tensor(data, "data", min_dim=2)
-    if data.shape[1:] != x.shape[1:]:
-        raise ValueError(f"data points {tuple(data.shape[1:])} and x {tuple(x.shape[1:])} must have the same shape")
-    logp = source_log_prob or _std_normal_log_prob
-    t = as_time(t, x.shape[0], like=x).clamp(max=t_max)
-    B, N = x.shape[0], data.shape[0]
-    rep = lambda a, n: a.repeat_interleave(n, dim=0)
-    til = lambda a, n: a.repeat(n, *([1] * (a.dim() - 1)))
-    logw, vel = [], []
-    rows = max(1, chunk // N)
-    for s in range(0, B, rows):
-        xb, tb = x[s:s + rows], t[s:s + rows]
-        b = xb.shape[0]
-        xx, tt, x1 = rep(xb, N), rep(tb, N), til(data, b)
-        x0, logdet = interpolant.invert(xx, x1, tt)
-        logw.append((logp(x0) + logdet).reshape(b, N))
-        # no .detach() anywhere: it would drop the forward-mode tangents of material_derivative
-        vel.append(interpolant.conditional_velocity(x0, x1, tt).reshape(b, N, *x.shape[1:]))
-    w = torch.softmax(torch.cat(logw), dim=1)
-    v = (w.reshape(B, N, *([1] * (x.dim() - 1))) * torch.cat(vel)).sum(1)
-    return (v, w) if return_weights else v
+    check_finite(data, "data")
+    t_max = check_nonnegative(t_max, "t_max", strict=True)
+    if t_max >= 1:
+        raise ValueError(f"t_max must be < 1 (the preimage is singular at t = 1), got {t_max}")
+    check_positive_int(chunk, "chunk")
+    if not (hasattr(interpolant, "invert") and hasattr(interpolant, "conditional_velocity")):
+        raise TypeError(f"interpolant must have invert and conditional_velocity (AffineInterpolant, GlowInterpolant), "
+                        f"got {type(interpolant).__name__}")
+    if source_log_prob is not None and not callable(source_log_prob):
+        raise TypeError(f"source_log_prob must be callable or None, got {type(source_log_prob).__name__}")
+    return _OptimalVelocity(interpolant, data, source_log_prob or _std_normal_log_prob, t_max, chunk, differentiable)
+
+
+class _OptimalVelocity:
+    def __init__(self, interpolant, data, logp, t_max, chunk, differentiable):
+        self.interpolant, self.data, self.logp = interpolant, data, logp
+        self.t_max, self.chunk, self.differentiable = t_max, chunk, differentiable
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self._run(x, t)[0]
+
+    def weights(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The posterior weights ``w_i(x, t)`` ``[B, N]`` of the data points."""
+        return self._run(x, t)[1]
+
+    def _run(self, x, t):
+        if not self.differentiable:
+            with torch.no_grad():
+                return self._compute(x, t)
+        return self._compute(x, t)
+
+    def _compute(self, x, t):
+        check_tensor(x, "x", min_dim=2)
+        data = self.data
+        if data.shape[1:] != x.shape[1:]:
+            raise ValueError(f"data points {tuple(data.shape[1:])} and x {tuple(x.shape[1:])} must have the same "
+                             "shape")
+        data = data.to(device=x.device, dtype=x.dtype)
+        t = as_time(t, x.shape[0], like=x).clamp(max=self.t_max)
+        B, N = x.shape[0], data.shape[0]
+        rep = lambda a, n: a.repeat_interleave(n, dim=0)  # noqa: E731
+        til = lambda a, n: a.repeat(n, *([1] * (a.dim() - 1)))  # noqa: E731
+        logw, vel = [], []
+        rows = max(1, self.chunk // N)
+        for s in range(0, B, rows):
+            xb, tb = x[s:s + rows], t[s:s + rows]
+            b = xb.shape[0]
+            xx, tt, x1 = rep(xb, N), rep(tb, N), til(data, b)
+            x0, logdet = self.interpolant.invert(xx, x1, tt)
+            logw.append((self.logp(x0) + logdet).reshape(b, N))
+            # no .detach() anywhere: it would drop the forward-mode tangents of material_derivative
+            vel.append(self.interpolant.conditional_velocity(x0, x1, tt).reshape(b, N, *x.shape[1:]))
+        w = torch.softmax(torch.cat(logw), dim=1)
+        v = (w.reshape(B, N, *([1] * (x.dim() - 1))) * torch.cat(vel)).sum(1)
+        return v, w
 
 
 # ------------------------------------------------------------------------------------- straightness
@@ -349,11 +404,15 @@ def material_derivative(velocity, x: torch.Tensor, t) -> tuple[torch.Tensor, tor
     The velocity is evaluated once without the tangent to get ``v`` (the direction), then once more inside
     ``torch.func.jvp``. Differentiable, so ``E |Dv/Dt|^2`` can be minimised.
     """
+    if not callable(velocity):
+        raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
     check_tensor(x, "x")
+    check_finite(x, "x")
     t = as_time(t, x.shape[0], like=x)
     v = velocity(x, t)
-    if v.shape != x.shape:
-        raise ValueError(f"the velocity must have the shape of x {tuple(x.shape)}, got {tuple(v.shape)}")
+    if not isinstance(v, torch.Tensor) or v.shape != x.shape:
+        raise ValueError(f"the velocity must return a tensor shaped like x {tuple(x.shape)}, got "
+                         f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
     _, dv = torch.func.jvp(velocity, (x, t), (v, torch.ones_like(t)))
     return v, dv
 
@@ -410,11 +469,18 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
 
     check_positive_int(batch_size, "batch_size")
     check_positive_int(n_reference, "n_reference")
-    if not (0 < t_max < 1):
+    t_max = check_nonnegative(t_max, "t_max", strict=True)
+    if t_max >= 1:
         raise ValueError(f"t_max must lie in (0, 1), got {t_max}")
-    if not (isinstance(weight_power, (int, float)) and math.isfinite(weight_power) and weight_power >= 0):
-        raise ValueError(f"weight_power must be a finite number >= 0, got {weight_power!r}")
+    weight_power = check_nonnegative(weight_power, "weight_power")
     check_tensor(data, "data", min_dim=2)
+    check_finite(data, "data")
+    if isinstance(source, torch.Tensor):
+        check_tensor(source, "source", min_dim=2)
+        check_finite(source, "source")
+    elif not callable(source):
+        raise TypeError(f"source must be a tensor of points or a callable (n, generator) -> points, got "
+                        f"{type(source).__name__}")
 
     def loss_fn(step, g):
         x0 = _draw(source, batch_size, g)
@@ -424,7 +490,7 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
         xt, _ = interpolant.sample(x0, x1, t)
 
         def v_star(x, tt):
-            return optimal_velocity(interpolant, x, tt, ref, differentiable=True, chunk=1 << 20)
+            return optimal_velocity(interpolant, ref, differentiable=True, chunk=1 << 20)(x, tt)
 
         if not weight_power:
             return straightness_loss(v_star, xt, t)
@@ -449,6 +515,8 @@ def fit_straight_flow(interpolant, model, source, data: torch.Tensor, *, levels:
     from .training import train_cfm
 
     check_positive_int(levels, "levels")
+    for name, value in (("interpolant_steps", interpolant_steps), ("model_steps", model_steps)):
+        check_positive_int(value, name)
     history = {"interpolant": [], "model": []}
     for level in range(levels):
         interpolant.requires_grad_(True)

@@ -24,7 +24,7 @@ Trajectories are tensors ``[T + 1, B, ...]`` (the ``trajectory`` of
 ``(x_{k+1} - x_k) / (t_{k+1} - t_k)``, which are the velocities the sampler actually used for
 Euler trajectories and a consistent approximation for the others.
 
-Depends on ``numpy``, ``POT``, ``torch`` and :mod:`lfm_core.utils`.
+Copy with: utils, hub (``numpy``, ``POT``, ``torch``; FID also ``torchmetrics`` and ``torch-fidelity``).
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import ot
 import torch
 
-from .utils import check_finite, check_tensor
+from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
 
 __all__ = ["wasserstein2", "path_energy", "normalized_path_energy", "straightness", "psnr",
            "nearest_neighbour_distance", "fid_status", "fid"]
@@ -48,7 +47,7 @@ def _as_points(x, name):
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     check_tensor(x, name)
-    check_finite(x, name)
+    check_finite(x, name, boundary=True)
     return x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64)
 
 
@@ -59,19 +58,27 @@ def wasserstein2(a, b) -> float:
     (``ot.emd2``); returns the square root of the optimal cost. ``O(N M)`` memory; a few
     thousand points per side take well under a second.
     """
+    import ot  # POT; imported here because it takes seconds to import (it loads scikit-learn)
+
     a, b = _as_points(a, "a"), _as_points(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must have points of the same dimension, got {a.shape[1]} and {b.shape[1]}")
+    # W2 is positively homogeneous: W2(a, b) = s W2(a / s, b / s). Dividing by the largest coordinate keeps
+    # the squared distances far from float64's overflow (|x| ~ 1e200 would square to inf) and underflow.
+    scale = float(max(a.abs().max(), b.abs().max()))
+    if scale == 0.0:
+        return 0.0
+    a, b = a / scale, b / scale
     # direct differences, not cdist's matrix-product shortcut, which loses precision near 0
     cost = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy()
     wa, wb = np.full(a.shape[0], 1.0 / a.shape[0]), np.full(b.shape[0], 1.0 / b.shape[0])
     w2sq = float(ot.emd2(wa, wb, cost, numItermax=max(100_000, 50 * a.shape[0] * b.shape[0])))
-    return math.sqrt(max(w2sq, 0.0))
+    return scale * math.sqrt(max(w2sq, 0.0))
 
 
 def _check_trajectory(trajectory, times):
     check_tensor(trajectory, "trajectory", min_dim=3)
-    check_finite(trajectory, "trajectory")
+    check_finite(trajectory, "trajectory", boundary=True)
     if trajectory.shape[0] < 2:
         raise ValueError(
             f"trajectory needs at least 2 time points [T + 1, B, ...], got shape {tuple(trajectory.shape)}"
@@ -80,7 +87,12 @@ def _check_trajectory(trajectory, times):
     if times is None:
         times = torch.linspace(0.0, 1.0, traj.shape[0], dtype=torch.float64)
     else:
-        times = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
+        try:
+            times = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"times must be a sequence or tensor of numbers, got {type(times).__name__}") from None
+        if not bool(torch.isfinite(times).all()):
+            raise ValueError("times contains non-finite values")
         if times.shape != (traj.shape[0],):
             raise ValueError(f"times must have shape [T + 1] = [{traj.shape[0]}], got {tuple(times.shape)}")
         if not bool((times[1:] > times[:-1]).all()):
@@ -124,7 +136,9 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor, *, data_range: float =
     if reference.shape != estimate.shape:
         raise ValueError(f"reference and estimate must have the same shape, got {tuple(reference.shape)} and "
                          f"{tuple(estimate.shape)}")
-    check_finite(estimate, "estimate")
+    check_finite(reference, "reference", boundary=True)
+    check_finite(estimate, "estimate", boundary=True)
+    data_range = check_nonnegative(data_range, "data_range", strict=True)
     mse = (reference.double() - estimate.double()).reshape(len(reference), -1).pow(2).mean(1).clamp_min(1e-20)
     return float((10 * torch.log10(data_range**2 / mse)).mean())
 
@@ -134,7 +148,8 @@ def nearest_neighbour_distance(samples: torch.Tensor, train: torch.Tensor) -> to
     a, b = _as_points(samples, "samples"), _as_points(train, "train")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"samples and train must have points of the same size, got {a.shape[1]} and {b.shape[1]}")
-    return torch.cdist(a, b).min(dim=1).values
+    scale = float(max(a.abs().max(), b.abs().max())) or 1.0  # homogeneous: no overflow for huge coordinates
+    return scale * torch.cdist(a / scale, b / scale, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
 
 
 def _fid_weights_cached() -> bool:
@@ -156,9 +171,9 @@ def fid_status() -> tuple[bool, str]:
     if missing:
         return False, f"{' and '.join(missing)} not installed ({FID_INSTALL}; torch-fidelity needs torchvision)"
     if not _fid_weights_cached():
-        from .data.images import hub_reachable
+        from . import hub
 
-        if not hub_reachable(FID_WEIGHTS_HOST):
+        if hub.probe(FID_WEIGHTS_HOST) is not None:
             return False, (f"the Inception weights are not cached in {torch.hub.get_dir()} and "
                            f"{FID_WEIGHTS_HOST} cannot be reached (offline)")
     return True, ""
@@ -172,11 +187,12 @@ def fid(real: torch.Tensor, fake: torch.Tensor, *, device=None, batch_size: int 
     counts; the papers use 50k (LFM: against the full CelebA-HQ data set). Raises ``RuntimeError``
     with the reason (see :func:`fid_status`) when it cannot run here.
     """
+    check_positive_int(batch_size, "batch_size")
     for x, name in ((real, "real"), (fake, "fake")):
         check_tensor(x, name, min_dim=4)
-        if x.shape[1] not in (1, 3):
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"{name} images must have 1 or 3 channels, got {x.shape[1]}")
-        check_finite(x, name)
+        check_finite(x, name, boundary=True)
         if x.min() < -1.0 - 1e-3 or x.max() > 1.0 + 1e-3:
             raise ValueError(f"{name} images must lie in [-1, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     ok, why = fid_status()

@@ -22,8 +22,9 @@ the posterior mean of ``u_t`` given ``x_t = x``; by Gaussian conditioning,
 
 This closed form is what makes the mixture useful for teaching and testing: the learned
 velocity can be compared with the true one, the flow's log-likelihood with the true density,
-and the irreducible part of the CFM loss computed. Depends on ``torch`` and
-:mod:`lfm_core.utils`.
+and the irreducible part of the CFM loss computed.
+
+Copy with: utils (``torch`` only).
 """
 
 from __future__ import annotations
@@ -32,9 +33,18 @@ import math
 
 import torch
 
-from .utils import as_time, check_finite, check_nonnegative, check_positive_int, check_tensor
+from .utils import as_time, check_finite, check_nonnegative, check_positive_int, check_tensor, values_checked
 
 __all__ = ["GaussianMixture"]
+
+
+def _as_f64(value, name: str) -> torch.Tensor:
+    if value is None or isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a tensor or a sequence of numbers, got {type(value).__name__}")
+    try:
+        return torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a tensor or a sequence of numbers ({exc})") from None
 
 
 class GaussianMixture:
@@ -48,12 +58,12 @@ class GaussianMixture:
     """
 
     def __init__(self, means, stds, weights=None):
-        means = torch.as_tensor(means, dtype=torch.float64)
-        if means.dim() != 2:
+        means = _as_f64(means, "means")
+        if means.dim() != 2 or means.shape[0] == 0 or means.shape[1] == 0:
             raise ValueError(f"means must have shape [K, D], got {tuple(means.shape)}")
         check_finite(means, "means")
         k = means.shape[0]
-        stds = torch.as_tensor(stds, dtype=torch.float64)
+        stds = _as_f64(stds, "stds")
         if stds.dim() == 0:
             stds = stds.expand(k).clone()
         if stds.shape not in ((k,), (k, means.shape[1])):
@@ -63,7 +73,7 @@ class GaussianMixture:
             raise ValueError("stds must be finite and > 0")
         if weights is None:
             weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        weights = torch.as_tensor(weights, dtype=torch.float64)
+        weights = _as_f64(weights, "weights")
         if weights.shape != (k,):
             raise ValueError(f"weights must have shape [K] = [{k}], got {tuple(weights.shape)}")
         if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
@@ -98,43 +108,46 @@ class GaussianMixture:
         x = (self.means[k] + self._var[k].sqrt() * z).to(dtype)
         return (x, k) if return_labels else x
 
-    def _component_log_prob(self, x, centers, var):
-        """``log pi_k + log N(x; centers_k, diag(var_k))`` as ``[B, K]`` (float64); centers, var ``[B or 1, K, D]``."""
-        z2 = ((x[:, None, :] - centers).pow(2) / var).sum(-1)
-        return self.weights.log() - 0.5 * z2 - 0.5 * torch.log(2 * math.pi * var).sum(-1)
-
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density of the mixture at ``x`` (``[B, D]``), returned as ``[B]`` in the dtype of ``x``."""
         self._check_x(x)
-        lp = self._component_log_prob(x.double(), self.means[None], self._var[None])
+        var, centers = self._var[None].to(x.device), self.means[None].to(x.device)
+        z2 = ((x.double()[:, None, :] - centers).pow(2) / var).sum(-1)
+        lp = self.weights.to(x.device).log() - 0.5 * z2 - 0.5 * torch.log(2 * math.pi * var).sum(-1)
         return torch.logsumexp(lp, dim=1).to(x.dtype)
 
-    def marginal_velocity(self, path, x: torch.Tensor, t, *, source_std: float = 1.0) -> torch.Tensor:
+    def velocity(self, path, *, source_std: float = 1.0):
         r"""The exact marginal velocity ``v*(x, t) = E[u_t | x_t = x]`` of ``path`` from ``N(0, source_std^2 I)``.
 
-        ``path`` is any :class:`lfm_core.paths.AffinePath`. See the module docstring for the formula.
-        Returns a tensor shaped and typed like ``x``.
+        ``path`` is any :class:`lfm_core.paths.AffinePath`. Returns a velocity in the project's convention,
+        ``v(x [B, D], t [B] or float) -> [B, D]`` (shaped and typed like ``x``), usable by every solver and
+        metric. See the module docstring for the formula.
         """
-        if not hasattr(path, "coefficients"):
+        if not hasattr(path, "schedule") or not hasattr(path, "validate_time"):
             raise TypeError(f"path must be an affine path from lfm_core.paths, got {type(path).__name__}")
         s0 = check_nonnegative(source_std, "source_std", strict=True)
-        self._check_x(x)
-        t = as_time(t, x.shape[0], like=x)
-        path.validate_time(t)
-        t = t.double()
-        a, b, g, da, db, dg = (c[:, None, None] for c in path.coefficients(t))  # [B, 1, 1] each
-        s2 = self._var[None]  # [1, K, D]
-        var = a**2 * s0**2 + b**2 * s2 + g**2  # [B, K, D]
-        cov = a * da * s0**2 + b * db * s2 + g * dg  # [B, K, D]
-        if bool((var <= 0).any()):
-            raise ValueError(
-                "the path has zero variance at some t (a point mass): the marginal velocity is undefined there"
-            )
-        xd = x.double()
-        centers = b * self.means[None]  # [B, K, D]
-        w = torch.softmax(self._component_log_prob(xd, centers, var), dim=1)  # [B, K]
-        comp = db * self.means[None] + (cov / var) * (xd[:, None, :] - centers)
-        return (w[:, :, None] * comp).sum(1).to(x.dtype)
+
+        def velocity(x: torch.Tensor, t) -> torch.Tensor:
+            self._check_x(x)
+            t = as_time(t, x.shape[0], like=x)
+            path.validate_time(t)
+            a, b, g, da, db, dg = (c.double()[:, None, None] for c in path.schedule(t))  # [B, 1, 1] each
+            s2 = self._var[None].to(x.device)  # [1, K, D]
+            means = self.means.to(x.device)
+            var = a**2 * s0**2 + b**2 * s2 + g**2  # [B, K, D]
+            cov = a * da * s0**2 + b * db * s2 + g * dg  # [B, K, D]
+            if values_checked(var) and bool((var <= 0).any()):
+                raise ValueError("the path has zero variance at some t (a point mass): the marginal velocity is "
+                                 "undefined there")
+            xd = x.double()
+            centers = b * means[None]  # [B, K, D]
+            z2 = ((xd[:, None, :] - centers).pow(2) / var).sum(-1)
+            logw = self.weights.to(x.device).log() - 0.5 * z2 - 0.5 * torch.log(2 * math.pi * var).sum(-1)
+            w = torch.softmax(logw, dim=1)  # [B, K]
+            comp = db * means[None] + (cov / var) * (xd[:, None, :] - centers)
+            return (w[:, :, None] * comp).sum(1).to(x.dtype)
+
+        return velocity
 
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.means.shape[0]}, D={self.dim})"

@@ -4,14 +4,19 @@ r"""Velocity networks ``v(x, t)``.
 arXiv 2302.00482, App. E): the time is appended to the input, ``[x, t] -> R^dim``, through
 ``depth`` hidden layers of width ``hidden`` with SELU activations.
 
-:class:`MLPEnsemble` evaluates ``M`` such networks in one batched pass (``torch.baddbmm``): the same
-functions, so training it with a loss summed over members trains ``M`` independent models (AdamW acts
-elementwise), but at the cost of about one, because tiny networks are dominated by per-call overhead.
+:class:`MLPEnsemble` evaluates ``M`` such networks in one batched pass (``torch.baddbmm``), the members' points
+one after the other in the batch: training it with a loss summed over members trains ``M`` independent
+models (AdamW acts elementwise) at the cost of about one, because tiny networks are dominated by per-call
+overhead.
 
 :class:`UNetVelocity` and :class:`DiTVelocity` wrap diffusers' ``UNet2DModel`` (ADM-like) and
 ``DiTTransformer2DModel`` for images and latents (:class:`ImageVelocity` explains the interface).
 
-Depends on ``torch`` and :mod:`lfm_core.utils`; the image networks import ``diffusers`` when built.
+Every network is a velocity in the project's one convention: ``v(x, t, **cond)`` with ``t`` of shape ``[B]``
+(a float is broadcast), returning a tensor shaped like ``x``; each carries a ``config`` dict that checkpoints
+store (:func:`lfm_core.training.model_config`).
+
+Copy with: utils (``torch``; the image networks import ``diffusers`` when built).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .utils import as_time, check_positive_int, check_tensor
+from .utils import as_time, check_finite, check_positive_int, check_tensor, values_checked
 
 __all__ = ["MLP", "MLPEnsemble", "AffineVelocity", "ImageVelocity", "UNetVelocity", "DiTVelocity", "ACTIVATIONS",
            "UNET_PRESETS", "DIT_PRESETS"]
@@ -59,24 +64,29 @@ class MLP(nn.Module):
         check_tensor(x, "x", min_dim=2)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
-        t = as_time(t, x.shape[0], like=x, check_range=False)
+        check_finite(x, "x")
+        t = as_time(t, x.shape[0], like=x)
         return self.net(torch.cat([x, t[:, None]], dim=1))
 
 
 class MLPEnsemble(nn.Module):
-    """``M`` independent :class:`MLP` s evaluated together: ``forward(x [M, B, dim], t [M, B]) -> [M, B, dim]``.
+    """``M`` independent :class:`MLP` s evaluated together, called like any velocity: ``forward(x, t) -> like x``.
 
-    Build it from existing networks with :meth:`from_models` (so that each member starts exactly
-    like the corresponding ``MLP``), and take a member back out with :meth:`member`.
+    The batch holds the members' points one after the other: rows ``[m B, (m + 1) B)`` of ``x`` (``[M B, dim]``)
+    and ``t`` (``[M B]``) belong to member ``m``. So a solver integrates all members at once, and
+    :func:`lfm_core.training.train_cfm` trains them as ``M`` separate models (each with its own batches; the
+    loss is the sum of the members' losses, so each gets exactly the gradient it would get alone). Build it
+    from existing networks with :meth:`from_models` (each member then starts exactly like the corresponding
+    ``MLP``), and take a member back out with :meth:`member`.
     """
 
-    def __init__(self, n_models: int, dim: int, hidden: int = 64, depth: int = 3, activation: str = "selu"):
+    def __init__(self, n_members: int, dim: int, hidden: int = 64, depth: int = 3, activation: str = "selu"):
         super().__init__()
-        self.n_models = check_positive_int(n_models, "n_models")
+        self.n_members = check_positive_int(n_members, "n_members")
         template = MLP(dim, hidden, depth, activation)  # validates the configuration
-        self.config = dict(template.config)
+        self.config = {"n_members": n_members, **template.config}
         self.dim = dim
-        members = [template] + [MLP(dim, hidden, depth, activation) for _ in range(n_models - 1)]
+        members = [template] + [MLP(dim, hidden, depth, activation) for _ in range(n_members - 1)]
         self._load(members)
 
     def _load(self, members):
@@ -92,19 +102,21 @@ class MLPEnsemble(nn.Module):
     @classmethod
     def from_models(cls, models: list) -> MLPEnsemble:
         """An ensemble whose members are copies of ``models`` (all :class:`MLP` with one configuration)."""
-        if not models or not all(isinstance(m, MLP) for m in models):
+        if not isinstance(models, (list, tuple)) or not models or not all(isinstance(m, MLP) for m in models):
             raise TypeError("models must be a non-empty list of lfm_core.nets.MLP")
         if any(m.config != models[0].config for m in models):
             raise ValueError("all models must share one configuration (dim, hidden, depth, activation)")
         c = models[0].config
         ens = cls(len(models), c["dim"], c["hidden"], c["depth"], c["activation"])
         ens._load(models)
-        return ens
+        return ens.to(models[0].net[0].weight.device)
 
     def member(self, i: int) -> MLP:
         """Member ``i`` as a stand-alone :class:`MLP` (a copy of its current weights)."""
-        if not 0 <= i < self.n_models:
-            raise ValueError(f"member index must be in [0, {self.n_models}), got {i}")
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"i must be an int, got {type(i).__name__}")
+        if not 0 <= i < self.n_members:
+            raise ValueError(f"i (the member index) must be in [0, {self.n_members}), got {i}")
         c = self.config
         mlp = MLP(c["dim"], c["hidden"], c["depth"], c["activation"])
         linears = [m for m in mlp.net if isinstance(m, nn.Linear)]
@@ -114,20 +126,22 @@ class MLPEnsemble(nn.Module):
                 lin.bias.copy_(b[i, 0])
         return mlp.to(self.weights[0].device)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x", min_dim=3)
-        if x.dim() != 3 or x.shape[0] != self.n_models or x.shape[2] != self.dim:
-            raise ValueError(f"x must have shape [M, B, dim] = [{self.n_models}, B, {self.dim}], got {tuple(x.shape)}")
-        if not isinstance(t, torch.Tensor) or t.shape != x.shape[:2]:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"t must be a tensor of shape [M, B] = {tuple(x.shape[:2])}, got {got}")
-        h = torch.cat([x, t[..., None].to(x.dtype)], dim=-1)
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        check_tensor(x, "x", min_dim=2)
+        m = self.n_members
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape [M B, {self.dim}] (members one after the other), got {tuple(x.shape)}")
+        if x.shape[0] % m:
+            raise ValueError(f"x has {x.shape[0]} rows, not a multiple of the {m} members (each gets B rows)")
+        check_finite(x, "x")
+        t = as_time(t, x.shape[0], like=x)
+        h = torch.cat([x, t[:, None]], dim=1).reshape(m, x.shape[0] // m, self.dim + 1)
         last = len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             h = torch.baddbmm(b, h, w)
             if k < last:
                 h = self.act(h)
-        return h
+        return h.reshape(x.shape[0], self.dim)
 
 
 class AffineVelocity(nn.Module):
@@ -144,6 +158,7 @@ class AffineVelocity(nn.Module):
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         check_positive_int(hidden, "hidden")
+        self.config = {"dim": dim, "hidden": hidden}
         self.net = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                  nn.Linear(hidden, dim * dim + dim))
 
@@ -151,22 +166,28 @@ class AffineVelocity(nn.Module):
         out = self.net(t[:, None])
         return out[:, : self.dim**2].reshape(-1, self.dim, self.dim), out[:, self.dim**2:]
 
-    def coefficients(self, t: float):
-        """``(A(t), b(t))`` for a float ``t``."""
-        a, b = self._coeffs(torch.tensor([float(t)], dtype=self.net[0].weight.dtype))
+    def affine_map(self, t: float):
+        """``(A(t), b(t))`` for a float ``t`` in ``[0, 1]``."""
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+            raise ValueError(f"t must be a float in [0, 1], got {t!r}")
+        w = self.net[0].weight
+        a, b = self._coeffs(torch.tensor([float(t)], dtype=w.dtype, device=w.device))
         return a[0], b[0]
 
     def lipschitz(self, n_times: int = 201) -> float:
         """``max ||A(t)||_2`` over ``n_times`` evenly spaced times in ``[0, 1]``: the Lipschitz constant in ``x``."""
+        check_positive_int(n_times, "n_times")
+        w = self.net[0].weight
         with torch.no_grad():
-            a, _ = self._coeffs(torch.linspace(0, 1, n_times, dtype=self.net[0].weight.dtype))
+            a, _ = self._coeffs(torch.linspace(0, 1, n_times, dtype=w.dtype, device=w.device))
             return float(torch.linalg.matrix_norm(a.double(), ord=2).max())
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         check_tensor(x, "x", min_dim=2)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
-        t = as_time(t, x.shape[0], like=x, check_range=False)
+        check_finite(x, "x")
+        t = as_time(t, x.shape[0], like=x)
         a, b = self._coeffs(t)
         return torch.bmm(a, x[:, :, None])[:, :, 0] + b
 
@@ -213,6 +234,8 @@ class ImageVelocity(nn.Module):
         if isinstance(cond_channels, bool) or not isinstance(cond_channels, int) or cond_channels < 0:
             raise ValueError(f"cond_channels must be an int >= 0, got {cond_channels!r}")
         self.num_classes, self.cond_channels = num_classes, cond_channels
+        self.config = {"channels": channels, "sample_size": sample_size, "num_classes": num_classes,
+                       "cond_channels": cond_channels}
 
     @property
     def null_label(self) -> int:
@@ -222,6 +245,7 @@ class ImageVelocity(nn.Module):
         check_tensor(x, "x", min_dim=4)
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"x must have shape [B, {self.channels}, H, W], got {tuple(x.shape)}")
+        check_finite(x, "x")
         t = as_time(t, x.shape[0], like=x)
         if self.cond_channels:
             if cond is None:
@@ -242,7 +266,7 @@ class ImageVelocity(nn.Module):
                 raise TypeError("labels must be an integer tensor of shape [B]")
             if labels.shape != (x.shape[0],):
                 raise ValueError(f"labels must have shape [B] = [{x.shape[0]}], got {tuple(labels.shape)}")
-            if bool((labels < 0).any()) or bool((labels > self.num_classes).any()):
+            if values_checked(labels) and (bool((labels < 0).any()) or bool((labels > self.num_classes).any())):
                 raise ValueError(f"labels must lie in [0, {self.num_classes}] ({self.num_classes} is the null label), "
                                  f"got values in [{int(labels.min())}, {int(labels.max())}]")
             labels = labels.to(x.device, torch.long)
@@ -269,6 +293,7 @@ class UNetVelocity(ImageVelocity):
             norm_num_groups=p["norm_num_groups"],
             num_class_embeds=None if num_classes is None else num_classes + 1)  # + the null label
         self.preset = preset
+        self.config["preset"] = preset
 
     def forward(self, x, t, labels=None, cond=None):
         x_in, timestep, labels = self._inputs(x, t, labels, cond)
@@ -302,6 +327,7 @@ class DiTVelocity(ImageVelocity):
             if isinstance(m, LabelEmbedding):
                 m.dropout_prob = 0.0
         self.preset = preset
+        self.config["preset"] = preset
 
     @property
     def null_label(self) -> int:

@@ -22,12 +22,13 @@ The LFM paper (Dao et al. 2023) and its code use the flipped convention (data at
 ``t' = 0``, noise at ``t' = 1``). To read their equations here, substitute
 ``t' = 1 - t`` and ``v' = -v``.
 
-Depends on ``torch`` and :mod:`lfm_core.utils` only.
+Copy with: utils (``torch`` only).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -35,27 +36,41 @@ from .utils import (
     as_time,
     check_finite,
     check_nonnegative,
+    check_positive_int,
     check_same_batch,
     check_tensor,
     draw_device,
     expand_like,
     randn_like,
+    values_checked,
 )
 
-__all__ = ["AffinePath", "LinearPath", "TargetPath", "VPPath", "BridgePath"]
+__all__ = ["Schedule", "AffinePath", "LinearPath", "TargetPath", "VPPath", "BridgePath"]
+
+
+class Schedule(NamedTuple):
+    """The time functions of an affine path at times ``t``: ``x_t = alpha x0 + beta x1 + gamma eps`` and their
+    derivatives in ``t``; each entry is shaped like ``t``."""
+
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    gamma: torch.Tensor
+    d_alpha: torch.Tensor
+    d_beta: torch.Tensor
+    d_gamma: torch.Tensor
 
 
 class AffinePath:
-    r"""Base class of the affine Gaussian paths ``x_t = a_t x0 + b_t x1 + g_t eps``.
+    r"""Base class of the affine Gaussian paths ``x_t = alpha_t x0 + beta_t x1 + gamma_t eps``.
 
-    Subclasses implement :meth:`coefficients`. ``sample`` and ``sample_time`` are shared.
+    Subclasses implement :meth:`schedule`. ``sample`` and ``sample_time`` are shared.
     """
 
     #: True when the path is only a valid probability path from a standard normal source.
     gaussian_source_only: bool = False
 
-    def coefficients(self, t: torch.Tensor):
-        """Return ``(alpha, beta, gamma, d_alpha, d_beta, d_gamma)``, each shaped like ``t``."""
+    def schedule(self, t: torch.Tensor) -> Schedule:
+        """The :class:`Schedule` ``(alpha, beta, gamma, d_alpha, d_beta, d_gamma)`` at times ``t``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ checks
@@ -84,7 +99,7 @@ class AffinePath:
         self.validate_time(t)
         check_finite(x0, "x0")
         check_finite(x1, "x1")
-        a, b, g, da, db, dg = (expand_like(c, x0) for c in self.coefficients(t))
+        a, b, g, da, db, dg = (expand_like(c, x0) for c in self.schedule(t))
         xt = a * x0 + b * x1
         ut = da * x0 + db * x1
         if self.has_noise:
@@ -96,6 +111,9 @@ class AffinePath:
                 check_finite(noise, "noise")
             xt = xt + g * noise
             ut = ut + dg * noise
+        if values_checked(xt) and not (bool(torch.isfinite(xt).all()) and bool(torch.isfinite(ut).all())):
+            raise ValueError(f"x_t or u_t overflowed to non-finite values in {x0.dtype}: the inputs x0, x1, noise or "
+                             f"the path's parameters ({self!r}) are too large")
         return xt, ut
 
     @property
@@ -105,6 +123,7 @@ class AffinePath:
     def sample_time(self, n: int, *, generator: torch.Generator | None = None, device=None,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Draw training times ``t ~ U[0, 1)`` of shape ``[n]`` (on the generator's device, then ``device``)."""
+        check_positive_int(n, "n")
         t = torch.rand(n, generator=generator, device=draw_device(generator, device), dtype=dtype)
         return t if device is None else t.to(device)
 
@@ -130,9 +149,9 @@ class LinearPath(AffinePath):
     def has_noise(self) -> bool:
         return self.sigma > 0
 
-    def coefficients(self, t):
+    def schedule(self, t):
         one, zero = torch.ones_like(t), torch.zeros_like(t)
-        return 1 - t, t, self.sigma * one, -one, one, zero
+        return Schedule(1 - t, t, self.sigma * one, -one, one, zero)
 
 
 class TargetPath(AffinePath):
@@ -154,10 +173,10 @@ class TargetPath(AffinePath):
         if self.sigma_min >= 1:
             raise ValueError(f"sigma_min must be < 1, got {self.sigma_min}")
 
-    def coefficients(self, t):
+    def schedule(self, t):
         one, zero = torch.ones_like(t), torch.zeros_like(t)
         k = 1.0 - self.sigma_min
-        return 1 - k * t, t, zero, -k * one, one, zero
+        return Schedule(1 - k * t, t, zero, -k * one, one, zero)
 
 
 class VPPath(AffinePath):
@@ -174,11 +193,11 @@ class VPPath(AffinePath):
     def has_noise(self) -> bool:
         return self.sigma > 0
 
-    def coefficients(self, t):
+    def schedule(self, t):
         h = 0.5 * math.pi
         c, s = torch.cos(h * t), torch.sin(h * t)
         zero = torch.zeros_like(t)
-        return c, s, self.sigma * torch.ones_like(t), -h * s, h * c, zero
+        return Schedule(c, s, self.sigma * torch.ones_like(t), -h * s, h * c, zero)
 
 
 class BridgePath(AffinePath):
@@ -206,23 +225,24 @@ class BridgePath(AffinePath):
         return self.sigma > 0
 
     def validate_time(self, t):
-        if self.sigma > 0 and bool(((t <= 0) | (t >= 1)).any()):
+        if self.sigma > 0 and values_checked(t) and bool(((t <= 0) | (t >= 1)).any()):
             raise ValueError(
                 "t must lie in the open interval (0, 1) for BridgePath with sigma > 0: its conditional "
                 "velocity is unbounded at t = 0 and t = 1; draw times with BridgePath.sample_time"
             )
 
-    def coefficients(self, t):
+    def schedule(self, t):
         one = torch.ones_like(t)
         s = torch.sqrt((t * (1 - t)).clamp_min(0))
         if self.sigma > 0:
             dg = self.sigma * (1 - 2 * t) / (2 * s)
         else:
             dg = torch.zeros_like(t)
-        return 1 - t, t, self.sigma * s, -one, one, dg
+        return Schedule(1 - t, t, self.sigma * s, -one, one, dg)
 
     def sample_time(self, n, *, generator=None, device=None, dtype=torch.float32):
         """Draw ``t ~ U[t_min, 1 - t_min)`` of shape ``[n]``."""
+        check_positive_int(n, "n")
         u = torch.rand(n, generator=generator, device=draw_device(generator, device), dtype=dtype)
         u = u if device is None else u.to(device)
         return self.t_min + (1 - 2 * self.t_min) * u

@@ -7,6 +7,8 @@
 * Progress bars: ``LFM_PROGRESS`` (same spellings) turns them on or off; by default they are on.
   The test command turns them off so that logs stay short.
 * :func:`pick` chooses a value by mode: ``steps = pick(quick=500, full=20_000)``.
+
+Copy with: nothing else (``torch``, ``numpy``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,14 @@ def in_colab() -> bool:
 def get_device(prefer: str | None = None) -> torch.device:
     """The device to use: ``prefer`` if given (and available), else CUDA, then Apple MPS, then CPU."""
     if prefer is not None:
-        dev = torch.device(prefer)
+        if not isinstance(prefer, (str, torch.device)):
+            raise TypeError(f"prefer must be a device name such as 'cpu' or 'cuda', got {type(prefer).__name__}")
+        try:
+            dev = torch.device(prefer)
+        except RuntimeError as exc:
+            raise ValueError(f"prefer={prefer!r} is not a device ({exc})") from None
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"prefer={prefer!r}: this project runs on 'cpu', 'cuda' or 'mps'")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("prefer='cuda' but no CUDA device is available")
         if dev.type == "mps" and not torch.backends.mps.is_available():

@@ -20,7 +20,12 @@ backward pass per dimension) or Hutchinson's estimate ``E[eps^T (dv/dx) eps]`` w
 Time convention: ``t = 0`` source (noise), ``t = 1`` target (data). The velocity is any callable
 ``velocity(x, t, **cond)`` that takes ``t`` as a tensor of shape ``[B]``.
 
-Depends on ``torch``, ``torchdiffeq`` and :mod:`lfm_core.utils`.
+A velocity that returns NaN or infinite values stops the integration with a ``FloatingPointError`` naming
+the time ``t`` of the first such evaluation: at once for adaptive methods (whose step control would
+otherwise shrink the step to zero) and for CPU tensors; on a GPU, fixed-step methods record it without
+synchronising and report it at the end. Adaptive methods also stop after ``max_nfe`` evaluations.
+
+Copy with: utils (``torch``; ``torchdiffeq`` for the adaptive methods).
 """
 
 from __future__ import annotations
@@ -59,19 +64,41 @@ class Solution:
 
 
 class _Counted:
-    """Wraps the velocity: counts calls, broadcasts ``t`` to ``[B]``, checks the output."""
+    """Wraps the velocity: counts calls, broadcasts ``t`` to ``[B]``, checks the output's shape and values."""
 
-    def __init__(self, velocity, cond):
+    def __init__(self, velocity, cond, eager: bool, max_nfe: int | None):
         self.velocity, self.cond, self.nfe = velocity, cond, 0
+        self.eager, self.max_nfe, self.flags = eager, max_nfe, []
 
     def __call__(self, t, x):
         self.nfe += 1
+        if self.max_nfe is not None and self.nfe > self.max_nfe:
+            raise RuntimeError(f"the adaptive solver made more than max_nfe = {self.max_nfe} velocity evaluations "
+                               f"(now at t = {float(t):.6g}): the flow is too stiff for these tolerances; loosen "
+                               "atol / rtol, raise max_nfe, or use a fixed-step method")
         tb = t.reshape(1).expand(x.shape[0]).to(x.dtype)
         v = self.velocity(x, tb, **self.cond)
         if not isinstance(v, torch.Tensor) or v.shape != x.shape:
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"velocity(x, t) must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+        if self.eager:
+            if not bool(torch.isfinite(v).all()):
+                raise FloatingPointError(_nonfinite_message(float(t), self.nfe))
+        else:
+            self.flags.append((t.detach(), torch.isfinite(v).all()))
         return v
+
+    def first_bad(self):
+        """``(t, nfe)`` of the first non-finite evaluation recorded lazily, or None."""
+        for k, (t, ok) in enumerate(self.flags):
+            if not bool(ok):
+                return float(t), k + 1
+        return None
+
+
+def _nonfinite_message(t: float, nfe: int) -> str:
+    return (f"the velocity returned non-finite values (NaN or inf) at t = {t:.6g} (evaluation {nfe}); the "
+            "model may be diverging there: check its weights and inputs, or train with a smaller learning rate")
 
 
 def _step(f, method, t, x, h):
@@ -106,7 +133,7 @@ def _check_t_span(t_span):
 
 def integrate(velocity, x: torch.Tensor, *, t_span=(0.0, 1.0), method: str = "euler", steps: int = 100,
               atol: float = 1e-5, rtol: float = 1e-5, return_trajectory: bool = False, cond: dict | None = None,
-              enable_grad: bool = False) -> Solution:
+              enable_grad: bool = False, max_nfe: int | None = 100_000) -> Solution:
     """Integrate ``dx/dt = velocity(x, t, **cond)`` from ``t_span[0]`` to ``t_span[1]``.
 
     Args:
@@ -120,6 +147,7 @@ def integrate(velocity, x: torch.Tensor, *, t_span=(0.0, 1.0), method: str = "eu
         return_trajectory: also return the states at the ``steps + 1`` evenly spaced times.
         cond: keyword arguments passed on to ``velocity`` (labels, conditioning images).
         enable_grad: keep the autograd graph (off by default: sampling needs no gradients).
+        max_nfe: adaptive methods stop with an error after this many evaluations (``None``: no limit).
 
     Returns:
         a :class:`Solution` with ``x``, the exact ``nfe``, and ``t`` / ``trajectory`` if asked.
@@ -127,7 +155,7 @@ def integrate(velocity, x: torch.Tensor, *, t_span=(0.0, 1.0), method: str = "eu
     if not callable(velocity):
         raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
     check_tensor(x, "x")
-    check_finite(x, "x")
+    check_finite(x, "x", boundary=True)
     t0, t1 = _check_t_span(t_span)
     if not isinstance(method, str) or (method not in FIXED_STEP and method not in ADAPTIVE):
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join([*FIXED_STEP, *ADAPTIVE])}")
@@ -136,7 +164,10 @@ def integrate(velocity, x: torch.Tensor, *, t_span=(0.0, 1.0), method: str = "eu
     check_nonnegative(rtol, "rtol", strict=True)
     if cond is not None and not isinstance(cond, dict):
         raise TypeError(f"cond must be a dict of keyword arguments, got {type(cond).__name__}")
-    f = _Counted(velocity, cond or {})
+    if max_nfe is not None:
+        check_positive_int(max_nfe, "max_nfe")
+    adaptive = method in ADAPTIVE
+    f = _Counted(velocity, cond or {}, eager=adaptive or x.device.type == "cpu", max_nfe=max_nfe if adaptive else None)
     times = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
     with torch.set_grad_enabled(enable_grad):
         if method in FIXED_STEP:
@@ -155,8 +186,15 @@ def integrate(velocity, x: torch.Tensor, *, t_span=(0.0, 1.0), method: str = "eu
             grid = grid.to(device=x.device, dtype=x.dtype if x.dtype == torch.float64 else torch.float32)
             # step_t: steps stop at t1 instead of overshooting it and interpolating back, so the
             # velocity is never evaluated outside t_span (torchdiffeq's default overshoots).
-            out = odeint(f, x, grid, method=method, atol=atol, rtol=rtol, options={"step_t": grid[-1:]})
+            try:
+                out = odeint(f, x, grid, method=method, atol=atol, rtol=rtol, options={"step_t": grid[-1:]})
+            except AssertionError as exc:  # torchdiffeq's step-size underflow
+                raise FloatingPointError(f"the adaptive solver failed after {f.nfe} evaluations ({exc}): the step "
+                                         "size underflowed; the flow is too stiff or diverging") from None
             x, traj = out[-1], (out if return_trajectory else None)
+    bad = f.first_bad()
+    if bad is not None:
+        raise FloatingPointError(_nonfinite_message(*bad))
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(
             f"the ODE solution has non-finite values after {f.nfe} evaluations (method={method}); "
@@ -212,8 +250,10 @@ def log_likelihood(velocity, x: torch.Tensor, source_log_prob=standard_normal_lo
         raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
     if not callable(source_log_prob):
         raise TypeError(f"source_log_prob must be callable, got {type(source_log_prob).__name__}")
+    if not callable(velocity):
+        raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
     check_tensor(x, "x")
-    check_finite(x, "x")
+    check_finite(x, "x", boundary=True)
     shape, b = x.shape, x.shape[0]
     d = x[0].numel()
     eps = None
@@ -234,5 +274,8 @@ def log_likelihood(velocity, x: torch.Tensor, source_log_prob=standard_normal_lo
     z1 = torch.cat([x.detach().reshape(b, d), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], dim=1)
     sol = integrate(augmented, z1, t_span=(1.0, 0.0), method=method, steps=steps, atol=atol, rtol=rtol)
     x0 = sol.x[:, :d].reshape(shape)
-    logp = source_log_prob(x0) + sol.x[:, d]
+    base = source_log_prob(x0)
+    if not isinstance(base, torch.Tensor) or base.shape != (b,):
+        raise ValueError(f"source_log_prob(x0) must return a tensor of shape [B] = [{b}]")
+    logp = base + sol.x[:, d]
     return (logp, sol.nfe) if return_nfe else logp

@@ -5,13 +5,22 @@ Conventions (see DESIGN.md): tensors are batch first; time ``t`` has shape ``[B]
 ``t = 1`` the target (data). Bad input raises ``ValueError`` / ``TypeError``
 naming the argument, before any work is done.
 
-This file depends on torch only, so a module of ``lfm_core`` can be copied into
-another project together with it.
+**Checks on values and the GPU.** A check of a tensor's *values* (finite, in range) reads a
+result back to the host; on a GPU that synchronisation stalls the pipeline, so inside loops it
+would cost more than the work it guards. :func:`check_finite` and the range check of
+:func:`as_time` therefore inspect CPU tensors always, and accelerator tensors only at the
+boundaries of the library (``boundary=True``: once per call of a solver, an encoder, a
+metric) or when the debug switch is on (``LFM_DEBUG=1``, or :func:`debug_checks`). Shape,
+dtype and device checks cost nothing and always run.
+
+Copy with: nothing else (depends on ``torch`` only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from numbers import Real
 
 import torch
@@ -21,30 +30,65 @@ __all__ = [
     "check_finite",
     "check_same_batch",
     "check_positive_int",
+    "check_nonnegative_int",
     "check_nonnegative",
+    "check_probability",
     "as_time",
     "expand_like",
     "randn_like",
     "draw_device",
+    "debug_checks",
+    "values_checked",
 ]
+
+_DEBUG = [None]  # None: follow LFM_DEBUG; True / False: set by debug_checks
+
+
+def _debug_on() -> bool:
+    if _DEBUG[0] is not None:
+        return _DEBUG[0]
+    return os.environ.get("LFM_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def debug_checks(enabled: bool = True):
+    """Within the block, check the values of accelerator tensors everywhere (or, with ``False``, only at boundaries)."""
+    old = _DEBUG[0]
+    _DEBUG[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _DEBUG[0] = old
+
+
+def values_checked(x: torch.Tensor, boundary: bool = False) -> bool:
+    """Whether a value check of ``x`` runs: always on the CPU; on an accelerator at a boundary or in debug mode."""
+    return x.device.type == "cpu" or boundary or _debug_on()
 
 
 def check_tensor(x, name: str, *, min_dim: int = 1, floating: bool = True) -> torch.Tensor:
-    """Return ``x`` if it is a tensor with at least ``min_dim`` dimensions and a non-empty batch."""
+    """Return ``x`` if it is a tensor with at least ``min_dim`` dimensions and a non-empty batch.
+
+    Tensors without storage (the ``meta`` device) are refused: nothing can be computed from them.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device (shape only, no values): move it to 'cpu' or 'cuda' first")
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s) [B, ...], got shape {tuple(x.shape)}")
     if x.dim() > 0 and x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if x.numel() == 0:
+        raise ValueError(f"{name} has no elements (shape {tuple(x.shape)})")
     if floating and not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     return x
 
 
-def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise ``ValueError`` if ``x`` holds NaN or infinite values."""
-    if not bool(torch.isfinite(x).all()):
+def check_finite(x: torch.Tensor, name: str, *, boundary: bool = False) -> torch.Tensor:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinite values (see the module docstring for the GPU)."""
+    if values_checked(x, boundary) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
     return x
@@ -67,6 +111,15 @@ def check_positive_int(value, name: str) -> int:
     return value
 
 
+def check_nonnegative_int(value, name: str) -> int:
+    """Return ``value`` as an int if it is an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
 def check_nonnegative(value, name: str, *, strict: bool = False) -> float:
     """Return ``value`` as a float if it is a finite real number >= 0 (> 0 when ``strict``)."""
     if isinstance(value, bool) or not isinstance(value, Real):
@@ -81,30 +134,51 @@ def check_nonnegative(value, name: str, *, strict: bool = False) -> float:
     return value
 
 
-def as_time(t, batch: int, *, like: torch.Tensor, name: str = "t", check_range: bool = True) -> torch.Tensor:
+def check_probability(value, name: str) -> float:
+    """Return ``value`` as a float if it is a real number in ``[0, 1]``."""
+    value = check_nonnegative(value, name)
+    if value > 1:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+    return value
+
+
+def as_time(t, batch: int, *, like: torch.Tensor, name: str = "t", check_range: bool = True,
+            boundary: bool = False) -> torch.Tensor:
     """Validate a time argument and return it as a tensor of shape ``[batch]``.
 
     ``t`` may be a Python number (broadcast to the batch), a 0-d tensor, or a tensor of
     shape ``[batch]``. The result has the dtype and device of ``like``. With
-    ``check_range`` the values must lie in ``[0, 1]``.
+    ``check_range`` the values must lie in ``[0, 1]`` (value checks on accelerators: see the
+    module docstring).
     """
     if isinstance(t, bool):
         raise TypeError(f"{name} must be a float or a tensor of shape [B], got bool")
     if isinstance(t, Real):
-        t = torch.full((batch,), float(t), dtype=like.dtype, device=like.device)
-    elif isinstance(t, torch.Tensor):
-        if t.dim() == 0:
-            t = t.reshape(1).expand(batch)
-        elif t.dim() != 1 or t.shape[0] != batch:
-            raise ValueError(f"{name} must have shape [B] = [{batch}] (or be a scalar), got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            t = t.to(like.dtype)
-        t = t.to(device=like.device, dtype=like.dtype)
-    else:
+        value = float(t)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} is non-finite ({value}): times must be finite")
+        if check_range and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value:.4g}")
+        return torch.full((batch,), value, dtype=like.dtype, device=like.device)
+    if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a float or a tensor of shape [B], got {type(t).__name__}")
-    check_finite(t, name)
-    if check_range and (bool((t < 0).any()) or bool((t > 1).any())):
-        raise ValueError(f"{name} must lie in [0, 1], got values in [{float(t.min()):.4g}, {float(t.max()):.4g}]")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device (shape only, no values)")
+    if t.dim() == 0:
+        t = t.reshape(1).expand(batch)
+    elif t.dim() != 1 or t.shape[0] != batch:
+        raise ValueError(f"{name} must have shape [B] = [{batch}] (or be a scalar), got shape {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    if t.dtype != like.dtype or t.device != like.device:
+        t = t.to(device=like.device, dtype=like.dtype)
+    if values_checked(t, boundary):
+        lo, hi = torch.aminmax(t.detach())
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            check_finite(t, name, boundary=True)
+        if check_range and (lo < 0 or hi > 1):
+            raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
     return t
 
 

@@ -19,8 +19,7 @@ import time
 import torch
 
 from lfm_core import interpolants as I
-from lfm_core import metrics, nets, paths, solvers, training
-from lfm_core.data import toy
+from lfm_core import metrics, nets, paths, solvers, toy, training
 
 
 def main(argv=None) -> int:
@@ -71,7 +70,7 @@ def main(argv=None) -> int:
         def straightness():
             with torch.no_grad():
                 xt, _ = interp.sample(z, train[:512], tt)
-                return float(I.straightness_loss(lambda x, t: I.optimal_velocity(interp, x, t, train[:1024]), xt, tt))
+                return float(I.straightness_loss(I.optimal_velocity(interp, train[:1024]), xt, tt))
 
         before = straightness()
         I.fit_interpolant(interp, src, train, steps=a.steps, lr=a.lr, t_max=a.t_max, batch_size=a.batch,

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lfm_core import autoencoders, metrics, runtime
-from lfm_core.data import images
+from lfm_core import autoencoders, images, metrics, runtime
 
 DATA = {
     "lfw_faces": dict(name="offline", size=32, heldout=20, flip=True,

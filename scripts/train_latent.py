@@ -12,8 +12,9 @@ network (``unet-<preset>`` or a DiT preset) is trained by conditional flow match
 from N(0, I) to the latents (``lfm_core.paths.LinearPath``; this project's time runs from noise at t = 0 to
 data at t = 1, the reverse of the LFM paper's). Class labels, when the data has them and ``--classes``
 is given, are dropped into the null label with probability ``--label-dropout`` for classifier-free
-guidance. Checkpoints (``--checkpoint-every``) allow an interrupted run to resume with the same command;
-sample grids are written every ``--sample-every`` steps.
+guidance. Training is ``lfm_core.training.train_cfm`` (the Trainer): checkpoints (``--checkpoint-every``) let
+an interrupted run resume with the same command, and a run with other settings is refused unless
+``--override``; sample grids are written every ``--sample-every`` steps.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lfm_core import autoencoders, nets, paths, runtime, solvers
-from lfm_core.data import images
-from lfm_core.training import Trainer, TrainerConfig, init_distributed
+from lfm_core import autoencoders, images, nets, paths, runtime, solvers, training
 
 
 def build_model(name: str, channels: int, size: int, num_classes: int | None):
@@ -55,11 +54,15 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=training.PRECISIONS,
+                   help="auto: bf16 on GPUs that have it, else fp16 with a gradient scaler; fp32 on a CPU")
+    p.add_argument("--override", action="store_true",
+                   help="resume a run whose checkpoints used other settings, applying the new ones")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache", type=Path)
     args = p.parse_args(argv)
 
-    rank, world = init_distributed()
+    rank, world = training.init_distributed()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     runtime.seed_everything(args.seed)
@@ -73,42 +76,33 @@ def main(argv=None) -> int:
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
-        latents, labels = autoencoders.cached_latents(ae, data, cache)
+        latents, labels = autoencoders.cached_latents(ae, data, cache, read_only=True)
     num_classes = data.num_classes if args.classes else None
     if num_classes and labels is None:
         p.error(f"--classes: the data set {args.data} has no labels")
     c, h = latents.shape[1], latents.shape[-1]
     model = build_model(args.model, c, h, num_classes).to(device)
-    path = paths.LinearPath(0.0)
-    n = len(latents)
 
-    def batch_fn(step, g):
-        b = args.batch
-        out = {"x1": latents[torch.randint(0, n, (b,), generator=g)], "x0": torch.randn(b, c, h, h, generator=g),
-               "t": torch.rand(b, generator=g)}
-        if num_classes:
-            idx = torch.randint(0, n, (b,), generator=g)
-            out["x1"], y = latents[idx], labels[idx]
-            drop = torch.rand(b, generator=g) < args.label_dropout
-            out["labels"] = torch.where(drop, torch.full_like(y, model.null_label), y)
-        return out
-
-    def loss_fn(m, x0, x1, t, labels=None):
-        xt, ut = path.sample(x0, x1, t)
-        return (m(xt, t, labels=labels) - ut).pow(2).mean()
+    def noise(n, g):
+        return torch.randn(n, c, h, h, generator=g)
 
     @torch.no_grad()
     def sample_fn(ema):
         z0 = torch.randn(16, c, h, h, generator=torch.Generator().manual_seed(0)).to(device)
-        z1 = solvers.integrate(ema, z0, method="euler", steps=50).x
+        y = (torch.arange(16, device=device) % num_classes) if num_classes else None
+        z1 = solvers.integrate(ema, z0, method="euler", steps=50, cond={"labels": y} if num_classes else None).x
         return ae.decode(z1)
 
-    cfg = TrainerConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=args.warmup, ema_decay=args.ema,
-                        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed)
-    trainer = Trainer(model, batch_fn, loss_fn, cfg, out_dir=args.out, sample_fn=sample_fn, device=device)
-    result = trainer.fit()
+    result = training.train_cfm(model, paths.LinearPath(0.0), noise, latents.to(device),
+                                labels=labels.to(device) if num_classes else None,
+                                label_dropout=args.label_dropout if num_classes else 0.0, steps=args.steps,
+                                batch_size=args.batch, lr=args.lr, warmup=args.warmup, ema_decay=args.ema,
+                                grad_clip=1.0, precision=args.precision, seed=args.seed, device=device,
+                                out_dir=args.out, checkpoint_every=args.checkpoint_every, sample_fn=sample_fn,
+                                sample_every=args.sample_every, override=args.override)
     if rank == 0:
-        summary = {"steps": trainer.step, "final_loss": sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
+        recent = result.losses[-50:]
+        summary = {"steps": len(result.losses), "final_loss": sum(recent) / max(1, len(recent)),
                    "world_size": world, "autoencoder": ae.name, "data": data.source, "model": args.model,
                    "latent_shape": [c, h, h], "command": "scripts/train_latent.py " + " ".join(sys.argv[1:])}
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

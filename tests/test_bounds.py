@@ -58,7 +58,7 @@ def test_gaussian_w2_formula(gen):
     assert math.isfinite(gaussian_w2(m1, line, m2, c2))
     with pytest.raises(ValueError, match="positive semi-definite"):
         gaussian_w2(m1, torch.tensor([[1.0, 2.0], [2.0, 1.0]]), m2, c2)
-    with pytest.raises(ValueError, match="covariances"):
+    with pytest.raises(ValueError, match=r"c1 must have shape \[2, 2\]"):
         gaussian_w2(m1, torch.eye(3), m2, c2)
 
 
@@ -108,9 +108,9 @@ def test_affine_velocity(gen):
     x, t = torch.randn(6, 3, generator=gen), torch.rand(6, generator=gen)
     out = v(x, t)
     for i in range(6):
-        a, b = v.coefficients(float(t[i]))
+        a, b = v.affine_map(float(t[i]))
         torch.testing.assert_close(out[i], a @ x[i] + b, rtol=1e-5, atol=1e-6)
-    grid_max = max(spectral_norm(v.coefficients(s)[0]) for s in torch.linspace(0, 1, 201).tolist())
+    grid_max = max(spectral_norm(v.affine_map(s)[0]) for s in torch.linspace(0, 1, 201).tolist())
     assert v.lipschitz() == pytest.approx(grid_max, rel=1e-5)
     with pytest.raises(ValueError, match=r"x must have shape \[B, 3\]"):
         v(torch.randn(4, 2), 0.5)

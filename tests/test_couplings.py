@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import ot
 import pytest
@@ -206,11 +208,38 @@ def test_sinkhorn_matches_pot_and_solves_batches(gen):
     assert torch.isfinite(big).all() and abs(float(big.sum()) - 1) < 1e-3
 
 
-def test_sinkhorn_warns_when_it_stops_early(gen):
-    from lfm_core.couplings import sinkhorn
+def test_sinkhorn_that_stops_early_raises_with_its_marginal_error(gen):
+    from lfm_core.couplings import ConvergenceError, sinkhorn
 
     cost = torch.cdist(torch.randn(30, 2, generator=gen), torch.randn(30, 2, generator=gen)).pow(2)
-    with pytest.warns(RuntimeWarning, match="Sinkhorn stopped after 20 iterations"):
-        sinkhorn(cost, 1e-3, tol=1e-12, max_iter=20)
+    with pytest.raises(ConvergenceError, match=r"after 20 iterations the relative marginal error is \d"):
+        sinkhorn(cost, 1.0, tol=1e-12, max_iter=20)
     with pytest.raises(ValueError, match="cost must have shape"):
         sinkhorn(torch.zeros(2, 2, 2, 2), 1.0)
+
+
+def test_sinkhorn_refuses_a_reg_it_cannot_converge_at(gen):
+    """reg = 1e-6 on 8-Gaussian costs: it used to return a plan no better than random with only a warning."""
+    from lfm_core import couplings, toy
+
+    x0, x1 = toy.sample("gaussian", 64, generator=gen), toy.sample("8gaussians", 64, generator=gen)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"reg = 1e-06 is too small .* Use reg >= "):
+        couplings.pair(x0, x1, "sinkhorn", reg=1e-6)
+    assert time.perf_counter() - start < 1.0  # refused before iterating
+    # the smallest reg it names does work (up to max_iter iterations)
+    cmax = float(couplings._cost(x0, x1).max())
+    plan = couplings.sinkhorn(couplings._cost(x0, x1), cmax / 1000, tol=1e-3)
+    assert abs(float(plan.sum()) - 1) < 1e-3
+
+
+def test_sinkhorn_on_a_huge_block_asks_for_block_size(gen):
+    from lfm_core import couplings
+
+    x = torch.randn(couplings.SINKHORN_MAX_POINTS + 1, 2, generator=gen)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="block_size"):
+        couplings.pair(x, x + 1, "sinkhorn")
+    assert time.perf_counter() - start < 2.0
+    i0, _ = couplings.pair_indices(x, x + 1, "sinkhorn", reg=0.5, block_size=512)  # what it suggests works
+    assert sorted(i0.tolist()) == list(range(x.shape[0]))

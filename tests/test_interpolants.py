@@ -143,7 +143,7 @@ def test_optimal_velocity_matches_a_monte_carlo_regression(kind):
         interp = _randomise(I.AffineInterpolant(4), scale=1.0).double()
     else:
         interp = _randomise(I.GlowInterpolant(2, layers=2, hidden=8), scale=0.3).double()
-    v_star = lambda x, t: I.optimal_velocity(interp, x, t, data, chunk=1 << 16)
+    v_star = I.optimal_velocity(interp, data, chunk=1 << 16)
     good = _orthogonality(interp, data, v_star, n=60_000 if kind == "glow" else 200_000)
     bad = _orthogonality(interp, data, lambda x, t: torch.zeros_like(x), n=60_000)
     assert good < 0.015 and bad > 0.03  # 0.9 v* scores about 0.04-0.09 here
@@ -153,13 +153,14 @@ def test_optimal_velocity_affine_is_a_softmax_over_data():
     data = torch.randn(5, 2, dtype=torch.float64)
     interp = I.AffineInterpolant(3).double()  # fresh: the straight line h = g = t
     x, t = torch.randn(4, 2, dtype=torch.float64), torch.full((4,), 0.3, dtype=torch.float64)
-    v, w = I.optimal_velocity(interp, x, t, data, return_weights=True)
+    v_star = I.optimal_velocity(interp, data)
+    v, w = v_star(x, t), v_star.weights(x, t)
     logits = -((x[:, None, :] - 0.3 * data[None]) ** 2).sum(-1) / (2 * 0.7**2)
     torch.testing.assert_close(w, torch.softmax(logits, 1))
     expected = (w[:, :, None] * (data[None] - (x[:, None, :] - 0.3 * data[None]) / 0.7)).sum(1)
     torch.testing.assert_close(v, expected)
     with pytest.raises(ValueError, match="same shape"):
-        I.optimal_velocity(interp, x, t, torch.randn(5, 3))
+        I.optimal_velocity(interp, torch.randn(5, 3))(x, t)
 
 
 # --------------------------------------------------------------------------------------- straightness
@@ -181,7 +182,7 @@ def test_material_derivative_against_finite_differences():
 
 
 def test_material_derivative_shape_error():
-    with pytest.raises(ValueError, match="shape of x"):
+    with pytest.raises(ValueError, match="shaped like x"):
         I.material_derivative(lambda x, t: x.sum(1), torch.randn(3, 2), torch.rand(3))
 
 
@@ -198,7 +199,7 @@ def test_fit_interpolant_straightens_a_bent_schedule():
 
     def measure():
         xt, _ = interp.sample(x0, data.expand(256, 2), t)
-        return float(I.straightness_loss(lambda x, tt: I.optimal_velocity(interp, x, tt, data), xt.detach(), t))
+        return float(I.straightness_loss(I.optimal_velocity(interp, data), xt.detach(), t))
 
     before = measure()
     assert before > 1e-2  # bent schedules are not straight (and the measurement sees it)
@@ -210,7 +211,7 @@ def test_fit_interpolant_straightens_a_bent_schedule():
     with pytest.raises(ValueError, match="t_max"):
         I.fit_interpolant(interp, torch.randn(4, 2), data, steps=1, t_max=1.0)
     for bad in [-1.0, float("nan"), "2"]:
-        with pytest.raises(ValueError, match="weight_power"):
+        with pytest.raises((ValueError, TypeError), match="weight_power"):
             I.fit_interpolant(interp, torch.randn(4, 2), data, steps=1, weight_power=bad)
     weighted = I.fit_interpolant(interp, torch.randn(64, 2), data, steps=3, weight_power=2.0, n_reference=1,
                                  progress=False)
@@ -235,11 +236,11 @@ def test_glow_material_derivative_of_v_star_with_and_without_grad():
     data = torch.randn(8, 2, dtype=torch.float64)
     x, t = torch.randn(4, 2, dtype=torch.float64), torch.rand(4, dtype=torch.float64) * 0.8
     with torch.no_grad():
-        v, dv = I.material_derivative(lambda a, b: I.optimal_velocity(interp, a, b, data), x, t)
-    v2, dv2 = I.material_derivative(lambda a, b: I.optimal_velocity(interp, a, b, data, differentiable=True), x, t)
+        v, dv = I.material_derivative(I.optimal_velocity(interp, data), x, t)
+    v2, dv2 = I.material_derivative(I.optimal_velocity(interp, data, differentiable=True), x, t)
     torch.testing.assert_close(dv, dv2.detach())
     eps = 1e-5
-    f = lambda a, b: I.optimal_velocity(interp, a, b, data)
+    f = I.optimal_velocity(interp, data)
     fd = (f(x + eps * v, t + eps) - f(x - eps * v, t - eps)) / (2 * eps)
     torch.testing.assert_close(dv, fd, atol=1e-6, rtol=1e-5)
 
@@ -252,7 +253,8 @@ def test_glow_linear_map_matches_its_matrix_and_inverts_in_higher_dimensions():
     for b in range(5):
         w = (eye + t[b] * l0) @ (t[b] * u0 + torch.diag(torch.exp(t[b] * interp.log_diag[0])))
         torch.testing.assert_close(interp._apply_linear(0, x, t)[b], w @ x[b])
-        assert float(torch.linalg.slogdet(w)[1]) == pytest.approx(float(t[b] * interp.log_diag[0].sum()))
+        expected = float(t[b] * interp.log_diag[0].sum().detach())
+        assert float(torch.linalg.slogdet(w.detach())[1]) == pytest.approx(expected)
     torch.testing.assert_close(interp._solve_linear(0, interp._apply_linear(0, x, t), t), x)
     # and the whole map in 7 dimensions: psi_inverse(psi(x)) = x with opposite log-determinants
     x1 = torch.randn(5, 7, dtype=torch.float64)

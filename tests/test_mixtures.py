@@ -32,13 +32,13 @@ def test_sample_statistics(gmm, gen):
 @pytest.mark.parametrize("path", [LinearPath(0.0), LinearPath(0.3), VPPath(0.1), BridgePath(1.0), TargetPath(0.05)],
                          ids=repr)
 @pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
-def test_marginal_velocity_is_the_conditional_mean(path, t, gmm, gen):
+def test_velocity_is_the_conditional_mean(path, t, gmm, gen):
     """v*(x_t) = E[u_t | x_t]: the residual u_t - v*(x_t) has mean 0 and is uncorrelated with any g(x_t)."""
     n = 400_000
     x0 = torch.randn(n, 2, generator=gen, dtype=torch.float64)
     x1 = gmm.sample(n, generator=gen, dtype=torch.float64)
     xt, ut = path.sample(x0, x1, t, generator=gen)
-    r = ut - gmm.marginal_velocity(path, xt, t)
+    r = ut - gmm.velocity(path)(xt, t)
     feats = torch.stack([torch.ones(n, dtype=torch.float64), xt[:, 0], xt[:, 1], torch.tanh(xt[:, 0] * xt[:, 1])], 1)
     moments = feats.T @ r / n  # [4, 2]
     scale = (feats.pow(2).mean(0).sqrt()[:, None] * r.pow(2).mean(0).sqrt()[None]) / math.sqrt(n)  # MC std
@@ -47,12 +47,12 @@ def test_marginal_velocity_is_the_conditional_mean(path, t, gmm, gen):
     assert float(r.pow(2).mean()) > 0.01
 
 
-def test_marginal_velocity_moves_mass_from_source_to_target(gen):
+def test_velocity_moves_mass_from_source_to_target(gen):
     """A single Gaussian target: v* is affine, and its flow maps N(0, I) exactly onto N(m, s^2 I)."""
     g = GaussianMixture(torch.tensor([[1.0, -2.0]]), 0.5)
     x = torch.zeros(1, 2, dtype=torch.float64)
     # at the mean of x_t the velocity is the mean's rate of change, m (linear path)
-    torch.testing.assert_close(g.marginal_velocity(LinearPath(), x + 0.5 * g.means, 0.5),
+    torch.testing.assert_close(g.velocity(LinearPath())(x + 0.5 * g.means, 0.5),
                                g.means.to(torch.float64))
 
 
@@ -70,13 +70,13 @@ def test_bad_inputs(gmm):
     with pytest.raises(ValueError, match="non-finite"):
         gmm.log_prob(torch.full((4, 2), float("nan")))
     with pytest.raises(TypeError, match="path"):
-        gmm.marginal_velocity("linear", torch.zeros(4, 2), 0.5)
+        gmm.velocity("linear")
     with pytest.raises(ValueError, match="open interval"):
-        gmm.marginal_velocity(BridgePath(1.0), torch.zeros(4, 2), 0.0)
+        gmm.velocity(BridgePath(1.0))(torch.zeros(4, 2), 0.0)
     with pytest.raises(ValueError, match="source_std"):
-        gmm.marginal_velocity(LinearPath(), torch.zeros(4, 2), 0.5, source_std=0.0)
+        gmm.velocity(LinearPath(), source_std=0.0)
     with pytest.raises(ValueError, match="point mass"):  # std^2 underflows to 0: x_1 is a point mass at t = 1
-        GaussianMixture(torch.zeros(1, 2), 1e-200).marginal_velocity(TargetPath(0.0), torch.zeros(4, 2), 1.0)
+        GaussianMixture(torch.zeros(1, 2), 1e-200).velocity(TargetPath(0.0))(torch.zeros(4, 2), 1.0)
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_diagonal_covariance_and_velocity(diag_gmm, gen):
     path, t = LinearPath(0.2), 0.4
     x0 = torch.randn(300_000, 3, generator=gen, dtype=torch.float64)
     xt, ut = path.sample(x0, x, t, generator=gen)
-    r = ut - diag_gmm.marginal_velocity(path, xt, t)
+    r = ut - diag_gmm.velocity(path)(xt, t)
     feats = torch.cat([torch.ones(len(r), 1, dtype=torch.float64), xt], 1)
     moments = feats.T @ r / len(r)
     scale = feats.pow(2).mean(0).sqrt()[:, None] * r.pow(2).mean(0).sqrt()[None] / math.sqrt(len(r))

@@ -55,7 +55,7 @@ def test_cfm_loss_matches_its_definition(gen):
     x0, x1 = torch.randn(32, 2, generator=gen), torch.randn(32, 2, generator=gen)
     t, noise = torch.rand(32, generator=gen), torch.randn(32, 2, generator=gen)
     xt = (1 - t[:, None]) * x0 + t[:, None] * x1 + 0.1 * noise
-    expected = (model(xt, t) - (x1 - x0)).pow(2).sum(1).mean()
+    expected = (model(xt, t) - (x1 - x0)).pow(2).mean()  # the mean over every element: one scaling everywhere
     torch.testing.assert_close(cfm_loss(model, path, x0, x1, t=t, noise=noise), expected)
 
 
@@ -73,7 +73,7 @@ def test_train_cfm_reaches_the_loss_floor_and_is_reproducible():
     assert runs[0][1].losses == runs[1][1].losses  # same seed, same run
     g = torch.Generator().manual_seed(2)
     x0, x1 = src(20_000, g), tgt(20_000, g)
-    exact = lambda x, t: target.marginal_velocity(LinearPath(), x, t)  # noqa: E731
+    exact = target.velocity(LinearPath())
     with torch.no_grad():  # same t draws for both (same seed)
         floor = float(cfm_loss(exact, LinearPath(), x0, x1, generator=torch.Generator().manual_seed(3)))
         learned = float(cfm_loss(runs[0][0], LinearPath(), x0, x1, generator=torch.Generator().manual_seed(3)))
@@ -182,34 +182,70 @@ def test_ensemble_matches_its_members_and_trains_like_them():
     torch.manual_seed(0)
     models = [MLP(2, hidden=8, depth=2) for _ in range(3)]
     ens = MLPEnsemble.from_models(models)
-    x, t = torch.randn(3, 5, 2), torch.rand(3, 5)
+    x, t = torch.randn(15, 2), torch.rand(15)  # member m owns rows [5 m, 5 m + 5)
     out = ens(x, t)
+    assert out.shape == x.shape
     for i, m in enumerate(models):
-        torch.testing.assert_close(out[i], m(x[i], t[i]))
-        torch.testing.assert_close(ens.member(i)(x[i], t[i]), m(x[i], t[i]))
+        rows = slice(5 * i, 5 * i + 5)
+        torch.testing.assert_close(out[rows], m(x[rows], t[rows]))
+        torch.testing.assert_close(ens.member(i)(x[rows], t[rows]), m(x[rows], t[rows]))
+    torch.testing.assert_close(ens(x, 0.3), torch.cat([m(x[5 * i:5 * i + 5], 0.3) for i, m in enumerate(models)]))
     # one AdamW step on the summed loss equals one step on each member alone
     opt = torch.optim.AdamW(ens.parameters(), lr=0.1, weight_decay=0.01)
     (ens(x, t) ** 2).sum().backward()
     opt.step()
     for i, m in enumerate(models):
+        rows = slice(5 * i, 5 * i + 5)
         o = torch.optim.AdamW(m.parameters(), lr=0.1, weight_decay=0.01)
-        (m(x[i], t[i]) ** 2).sum().backward()
+        (m(x[rows], t[rows]) ** 2).sum().backward()
         o.step()
-        torch.testing.assert_close(ens.member(i)(x[i], t[i]), m(x[i], t[i]))
+        torch.testing.assert_close(ens.member(i)(x[rows], t[rows]), m(x[rows], t[rows]))
+
+
+def test_ensemble_trained_by_train_cfm_equals_members_trained_alone():
+    """train_cfm on an ensemble = each member trained alone on its own batches (the loss sums the members')."""
+    torch.manual_seed(0)
+    models = [MLP(2, hidden=8, depth=2) for _ in range(2)]
+    ens = MLPEnsemble.from_models(models)
+    data = [torch.randn(64, 2, generator=torch.Generator().manual_seed(k)) + 3 for k in range(2)]
+    train_cfm(ens, LinearPath(0.1), lambda n, g: torch.randn(n, 2, generator=g), data, steps=5, batch_size=16,
+              coupling="ot", progress=False)
+    # the same batches, member by member: rows of member m of each step's ensemble batch
+    from lfm_core.training import CFMBatches
+
+    batches = CFMBatches(LinearPath(0.1), [lambda n, g: torch.randn(n, 2, generator=g)] * 2, data, 16,
+                          coupling="ot", coupling_kwargs=None, prefetch=0, seed=0, paired=False, labels=None,
+                          label_dropout=0.0, null_label=None, sampling="replacement")
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.0) for m in models]
+    for step in range(5):
+        b = batches(step)
+        for i, (m, o) in enumerate(zip(models, opts, strict=True)):
+            rows = slice(16 * i, 16 * i + 16)
+            loss = cfm_loss(m, LinearPath(0.1), b["x0"][rows], b["x1"][rows], t=b["t"][rows], noise=b["noise"][rows])
+            o.zero_grad()
+            loss.backward()
+            o.step()
+    for i, m in enumerate(models):
+        for a, b in zip(ens.member(i).parameters(), m.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_ensemble_bad_inputs():
     ens = MLPEnsemble(2, 3)
-    with pytest.raises(ValueError, match=r"x must have shape \[M, B, dim\]"):
-        ens(torch.randn(3, 4, 3), torch.rand(3, 4))
-    with pytest.raises(ValueError, match="t must be a tensor of shape"):
-        ens(torch.randn(2, 4, 3), torch.rand(2))
+    with pytest.raises(ValueError, match=r"x must have shape \[M B, 3\]"):
+        ens(torch.randn(4, 2), torch.rand(4))
+    with pytest.raises(ValueError, match="multiple of the 2 members"):
+        ens(torch.randn(5, 3), torch.rand(5))
+    with pytest.raises(ValueError, match="t must have shape"):
+        ens(torch.randn(4, 3), torch.rand(2))
     with pytest.raises(ValueError, match="member index"):
         ens.member(2)
     with pytest.raises(TypeError, match="non-empty list"):
         MLPEnsemble.from_models([])
     with pytest.raises(ValueError, match="one configuration"):
         MLPEnsemble.from_models([MLP(2, hidden=8), MLP(2, hidden=16)])
+    with pytest.raises(ValueError, match="one per ensemble member"):
+        train_cfm(ens, LinearPath(), torch.randn(8, 3), [torch.randn(8, 3)] * 3, steps=1, progress=False)
 
 
 def test_prefetch_does_not_change_the_run():
@@ -224,20 +260,42 @@ def test_prefetch_does_not_change_the_run():
     assert runs[0] == runs[1]
 
 
-def test_paired_batches_are_coupled_and_bad_prefetch_is_rejected():
-    from lfm_core.training import paired_batches
+def test_cfm_batches_are_coupled_and_bad_prefetch_is_rejected():
+    from lfm_core.training import CFMBatches
 
-    g = torch.Generator().manual_seed(0)
-    it = paired_batches(lambda n, g: torch.randn(n, 2, generator=g), lambda n, g: torch.randn(n, 2, generator=g) + 5,
-                        32, g, coupling="ot", prefetch=1)
-    x0, x1 = next(it)
-    it.close()
+    batches = CFMBatches(LinearPath(), [lambda n, g: torch.randn(n, 2, generator=g)],
+                          [lambda n, g: torch.randn(n, 2, generator=g) + 5], 32, coupling="ot", coupling_kwargs=None,
+                          prefetch=1, seed=0, paired=False, labels=None, label_dropout=0.0, null_label=None,
+                          sampling="replacement")
+    b = batches(0)
+    again = batches(0)  # a jump back (as on resume) redraws the same batch
+    batches.close()
+    assert torch.equal(b["x0"], again["x0"]) and torch.equal(b["t"], again["t"])
+    x0, x1 = b["x0"], b["x1"]
     indep = float((x0[torch.randperm(32)] - x1).pow(2).sum(1).mean())
     assert float((x0 - x1).pow(2).sum(1).mean()) < indep
     with pytest.raises(ValueError, match="prefetch"):
-        next(paired_batches(lambda n, g: torch.zeros(n, 2), lambda n, g: torch.zeros(n, 2), 4, g, prefetch=-1))
+        train_cfm(MLP(2), LinearPath(), torch.zeros(4, 2), torch.zeros(4, 2), steps=1, prefetch=-1)
     with pytest.raises(ValueError, match="unknown coupling"):
         train_cfm(MLP(2), LinearPath(), torch.zeros(4, 2), torch.zeros(4, 2), steps=1, coupling="emd")
+
+
+def test_epoch_sampling_visits_every_row_once_per_epoch():
+    data = torch.arange(40, dtype=torch.float32)[:, None].repeat(1, 2)
+    seen = []
+    model = MLP(2, hidden=8)
+
+    def spy(m, x0, x1, t, noise=None, labels=None):
+        seen.append(x1[:, 0].long().tolist())
+        return m(x1, t).pow(2).mean()
+
+    from lfm_core.training import CFMBatches, Trainer, TrainerConfig
+
+    batches = CFMBatches(LinearPath(), [lambda n, g: torch.randn(n, 2, generator=g)], [data], 16, seed=3,
+                         sampling="epochs")
+    Trainer(model, batches, spy, TrainerConfig(steps=4, batch_size=16, ema_decay=None), progress=False).fit()
+    first, second = seen[0] + seen[1], seen[2] + seen[3]  # 40 rows, batch 16: 2 batches per epoch, 8 rows dropped
+    assert len(set(first)) == 32 and len(set(second)) == 32 and first != second
 
 
 def test_grad_clip_bounds_the_step_and_is_validated():
@@ -259,7 +317,7 @@ def test_grad_clip_bounds_the_step_and_is_validated():
     assert norms[:2] == pytest.approx([0.5, 0.5], rel=1e-5)
     assert norms[2] > 1000
     for bad in (0, -1.0, float("inf"), "1"):
-        with pytest.raises(ValueError, match="grad_clip"):
+        with pytest.raises((ValueError, TypeError), match="grad_clip"):
             fit(m, lambda s, g: m(torch.ones(1, 2)).sum(), steps=1, grad_clip=bad)
 
 

@@ -103,7 +103,7 @@ def test_log_likelihood_gaussian_to_gaussian():
     """The exact marginal velocity from N(0, I) to N(m, s^2 I) gives back the analytic density."""
     target = GaussianMixture(torch.tensor([[2.0, -1.0]]), 0.6)
     path = LinearPath()
-    v = lambda x, t: target.marginal_velocity(path, x, t)  # noqa: E731
+    v = target.velocity(path)
     x = target.sample(32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ll, nfe = log_likelihood(v, x, atol=1e-7, rtol=1e-7, return_nfe=True)
     torch.testing.assert_close(ll, target.log_prob(x), atol=1e-4, rtol=0)
@@ -152,3 +152,36 @@ def test_log_likelihood_bad_inputs():
         log_likelihood(lambda x, t: x, torch.ones(2, 2), source_log_prob=None)
     with pytest.raises(ValueError, match="x contains"):
         log_likelihood(lambda x, t: x, torch.full((2, 2), float("inf")))
+
+
+def _turns_nan_after(t_bad):
+    def v(x, t):
+        return torch.where((t > t_bad)[:, None], torch.full_like(x, float("nan")), -x)
+
+    return v
+
+
+@pytest.mark.parametrize("method", ["dopri5", "euler", "rk4"])
+def test_a_velocity_that_turns_nan_is_reported_with_its_time(method):
+    """dopri5 used to raise 'AssertionError: underflow in dt 0.0' here (and to hang under python -O)."""
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(FloatingPointError, match=r"non-finite values \(NaN or inf\) at t = 0\.[5-9]"):
+        integrate(_turns_nan_after(0.5), x, method=method, steps=20)
+
+
+def test_adaptive_solver_stops_at_max_nfe():
+    stiff = lambda x, t: -1e5 * (x - torch.cos(50 * t)[:, None])  # noqa: E731
+    with pytest.raises(RuntimeError, match="max_nfe = 200"):
+        integrate(stiff, torch.ones(2, 1), method="dopri5", max_nfe=200)
+
+
+def test_nan_velocity_under_python_optimisations_does_not_hang():
+    import subprocess
+    import sys
+
+    code = ("import torch; from lfm_core.solvers import integrate\n"
+            "v = lambda x, t: torch.where((t > 0.5)[:, None], torch.full_like(x, float('nan')), -x)\n"
+            "try:\n    integrate(v, torch.ones(4, 2), method='dopri5')\n"
+            "except FloatingPointError as e:\n    print('stopped:', e)\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "stopped: the velocity returned non-finite values" in out.stdout, out.stderr[-2000:]

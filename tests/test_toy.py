@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lfm_core.data import toy
+from lfm_core import toy
 
 
 @pytest.mark.parametrize("name", toy.NAMES)
@@ -58,12 +58,12 @@ def test_gaussian_mixture_objects():
     assert g.means.shape == (8, 2)
     torch.testing.assert_close(g.means.norm(dim=1), torch.full((8,), 5.0, dtype=torch.float64))
     assert toy.gaussian_mixture("twodim_8gaussians").stds[0] == 1.5
-    with pytest.raises(ValueError, match="not a Gaussian mixture"):
+    with pytest.raises(ValueError, match="name must be one of the Gaussian mixtures"):
         toy.gaussian_mixture("moons")
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="unknown toy data set 'spirals'"):
+    with pytest.raises(ValueError, match="unknown toy data set name 'spirals'"):
         toy.sample("spirals", 10)
     with pytest.raises(TypeError, match="name"):
         toy.sample(3, 10)

@@ -28,6 +28,8 @@ minibatches drawn independently are then truly independent), and the standardisa
 ``twodim_moons`` uses the population mean and std (computed in closed form below) rather than
 those of each sample, so the distribution does not depend on ``n``. Everything is drawn with
 ``torch`` from the given generator, so a seed fixes the sample.
+
+Copy with: mixtures, utils (``torch`` only).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ import math
 
 import torch
 
-from ..mixtures import GaussianMixture
-from ..utils import check_positive_int
+from .mixtures import GaussianMixture
+from .utils import check_positive_int
 
 __all__ = ["NAMES", "sample", "gaussian_mixture"]
 
@@ -63,7 +65,7 @@ def gaussian_mixture(name: str) -> GaussianMixture:
     if name == "twodim_8gaussians":
         return _ring(12.0, 1.5)
     raise ValueError(
-        f"{name!r} is not a Gaussian mixture; the mixtures are 'gaussian', '8gaussians', 'twodim_8gaussians'"
+        f"name must be one of the Gaussian mixtures 'gaussian', '8gaussians', 'twodim_8gaussians', got {name!r}"
     )
 
 
@@ -115,7 +117,7 @@ def sample(name: str, n: int, *, generator: torch.Generator | None = None) -> to
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if name not in NAMES:
-        raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(NAMES)}")
+        raise ValueError(f"unknown toy data set name {name!r}; choose one of {', '.join(NAMES)}")
     check_positive_int(n, "n")
     if name in ("gaussian", "8gaussians", "twodim_8gaussians"):
         x = gaussian_mixture(name).sample(n, generator=generator, dtype=torch.float64)

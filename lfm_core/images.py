@@ -17,16 +17,17 @@ name             source                                                         
                  (default mirror ``mattymchen/celeba-hq``; labels 0 female, 1 male)
 ================ ======================================================================== ========
 
-Images are resized with antialiased bilinear interpolation. Hub data sets check the network first
-and fail within seconds when it cannot be reached (or ``HF_HUB_OFFLINE=1``), naming the offline
+Images are resized with antialiased bilinear interpolation. Hub data sets ask :mod:`lfm_core.hub` first
+and fail within its deadline when the hub cannot be reached (or ``HF_HUB_OFFLINE=1``), naming the offline
 alternatives. Sources and licences: ``data/README.md``.
+
+Copy with: hub, utils (``torch``, ``numpy``; ``scikit-image`` / ``scikit-learn`` for the offline sets).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..utils import check_positive_int
+from . import hub
+from .utils import check_positive_int
 
 __all__ = ["ImageData", "NAMES", "OFFLINE", "load", "resize", "FASHION_MNIST_DIR", "CELEBA_HQ_REPO"]
 
@@ -133,28 +135,8 @@ def _fashion_mnist():
             f"Fashion-MNIST IDX files in {d} (Debian package dataset-fashion-mnist)")
 
 
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub can be reached (False at once when ``HF_HUB_OFFLINE`` is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def offline_error(what: str) -> RuntimeError:
-    return RuntimeError(
-        f"{what} needs the Hugging Face hub, which cannot be reached from here (or HF_HUB_OFFLINE is set). "
-        f"Offline alternatives: the data sets {', '.join(repr(n) for n in OFFLINE)} "
-        "(lfm_core.data.images.load), and the project's small autoencoder (lfm_core.autoencoders.load('offline'))."
-    )
-
-
 def _celeba_hq(limit: int | None, repo: str):
-    if not hub_reachable():
-        raise offline_error(f"The data set 'celeba_hq' ({repo})")
+    hub.require(f"The data set 'celeba_hq' ({repo})")
     try:
         import datasets
     except ImportError as exc:
@@ -176,7 +158,7 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, repo: 
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if name not in NAMES:
-        raise ValueError(f"unknown image data set {name!r}; choose one of {', '.join(NAMES)}")
+        raise ValueError(f"unknown image data set name {name!r}; choose one of {', '.join(NAMES)}")
     if size is not None:
         check_positive_int(size, "size")
     if limit is not None:

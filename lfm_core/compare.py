@@ -1,0 +1,110 @@
+r"""Few-step generation compared: one velocity network trained by several flow matching methods, judged by sampling.
+
+Straight flows need few integration steps. The methods here differ only in what they regress on (Tong et al.,
+arXiv 2302.00482; Liu et al., arXiv 2209.03003; Shankar & Geffner, arXiv 2503.20719), all by
+:func:`lfm_core.training.train_cfm` with the same network, budget and seed:
+
+* ``"I-CFM"``: straight lines between independent pairs (rectified flow's first flow);
+* ``"OT-CFM"``: straight lines between the pairs of each minibatch's exact OT plan;
+* ``"2-RF"``: straight lines between the pairs ``(x0, Z_1(x0))`` of the I-CFM flow (one reflow), so its time
+  includes the I-CFM run it starts from;
+* ``"learned"``: the conditional paths of a learned interpolant (:mod:`lfm_core.interpolants`), fitted
+  beforehand; its time includes that fit.
+
+:func:`evaluate` measures what a sampler with ``n`` Euler steps gets: the exact W2 between the images of
+held-out source points and held-out data after ``n`` steps, and Rectified Flow's straightness ``S`` and the
+normalised path energy of the finest trajectory. Notebook 03 and ``benchmarks/straight_flows.py`` both use
+these two functions.
+
+Copy with: utils, metrics, paths, solvers, training, couplings, runtime, hub (``torch``, ``numpy``, ``POT``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from . import metrics, solvers, training
+from .utils import check_finite, check_positive_int, check_tensor
+
+__all__ = ["METHODS", "train_methods", "evaluate"]
+
+METHODS = ("I-CFM", "OT-CFM", "2-RF", "learned")
+
+
+def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, steps: int, batch_size: int = 256,
+                  lr: float = 1e-3, seed: int = 0, interpolant=None, interpolant_seconds: float = 0.0,
+                  reflow_pairs: int | None = None, progress: bool | None = None) -> tuple[dict, dict]:
+    """Train a fresh network ``make_model()`` by each of ``methods`` from ``source`` to ``data``.
+
+    ``source`` is a tensor of points or ``(n, generator) -> points``; ``data`` a tensor. Every method uses the
+    straight line without noise (``sigma = 0``), AdamW with a cosine decay, ``steps`` steps of ``batch_size``,
+    and ``torch.manual_seed(seed)`` before building its network, so all start from the same weights.
+    ``"2-RF"`` reflows ``reflow_pairs`` fresh source points (default: as many as ``data`` has) with 100 Euler
+    steps of the I-CFM model (trained first if asked for). ``"learned"`` needs ``interpolant``, fitted and
+    frozen; ``interpolant_seconds`` (its fitting time) is added to its seconds. Returns
+    ``(models, seconds)``, dicts keyed by method.
+    """
+    from .paths import LinearPath
+
+    if not callable(make_model):
+        raise TypeError(f"make_model must be a callable that builds a fresh network, got {type(make_model).__name__}")
+    if isinstance(methods, str) or not all(m in METHODS for m in methods):
+        raise ValueError(f"methods must be a sequence of names from {', '.join(METHODS)}, got {methods!r}")
+    check_tensor(data, "data", min_dim=2)
+    check_finite(data, "data", boundary=True)
+    if "learned" in methods and interpolant is None:
+        raise ValueError("the 'learned' method needs interpolant= (fitted with interpolants.fit_interpolant)")
+    line = LinearPath(0.0)
+    kw = dict(steps=steps, batch_size=batch_size, lr=lr, lr_schedule="cosine", seed=seed, progress=progress)
+    order = [m for m in METHODS if m in methods or (m == "I-CFM" and "2-RF" in methods)]
+    models, seconds = {}, {}
+    for name in order:
+        torch.manual_seed(seed)
+        model = make_model()
+        start = time.perf_counter()
+        if name == "I-CFM":
+            training.train_cfm(model, line, source, data, **kw)
+        elif name == "OT-CFM":
+            training.train_cfm(model, line, source, data, coupling="ot", **kw)
+        elif name == "2-RF":
+            n = reflow_pairs if reflow_pairs is not None else data.shape[0]
+            x0, x1 = training.reflow_pairs(models["I-CFM"], source, n, steps=100,
+                                           generator=torch.Generator().manual_seed(seed + 77))
+            training.train_cfm(model, line, x0, x1, paired=True, **kw)
+        else:
+            training.train_cfm(model, interpolant, source, data, **kw)
+        seconds[name] = time.perf_counter() - start
+        models[name] = model.eval()
+    if "2-RF" in seconds:
+        seconds["2-RF"] += seconds["I-CFM"]  # reflow starts from the I-CFM model
+    if "learned" in seconds:
+        seconds["learned"] += float(interpolant_seconds)  # and the learned path had to be fitted first
+    keep = [m for m in order if m in methods]
+    return {m: models[m] for m in keep}, {m: seconds[m] for m in keep}
+
+
+@torch.no_grad()
+def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8, 100)) -> dict:
+    """``W2@n`` for each ``n`` in ``steps`` (Euler from the source points ``z`` to held-out ``target``), and ``S``
+    and ``NPE`` of the trajectory with the most steps."""
+    for v, name in ((z, "z"), (target, "target")):
+        check_tensor(v, name, min_dim=2)
+        check_finite(v, name, boundary=True)
+    if z.shape[1:] != target.shape[1:]:
+        raise ValueError(f"z and target must hold points of one shape, got {tuple(z.shape[1:])} and "
+                         f"{tuple(target.shape[1:])}")
+    if isinstance(steps, int) or not steps:
+        raise TypeError(f"steps must be a non-empty sequence of step counts, got {steps!r}")
+    steps = [check_positive_int(n, "steps") for n in steps]
+    finest = max(steps)
+    out = {}
+    for n in steps:
+        sol = solvers.integrate(model, z, method="euler", steps=n, return_trajectory=n == finest)
+        out[f"W2@{n}"] = metrics.wasserstein2(sol.x, target)
+        if n == finest:
+            traj = sol.trajectory
+    out["S"] = metrics.straightness(traj)
+    out["NPE"] = metrics.normalized_path_energy(traj, z, target)
+    return out

@@ -1,0 +1,173 @@
+"""One door to the network: every download of the project (Hugging Face hub, FID weights) asks here first.
+
+:func:`probe` decides within a **total deadline** (5 s by default, ``LFM_HUB_DEADLINE`` to change it)
+whether a host answers HTTPS: the name lookup, the TCP connection, the TLS handshake and the first
+line of an HTTP reply all count against the same clock, so a slow DNS server or a captive proxy that
+accepts connections and never answers cost at most the deadline instead of minutes. A proxy in
+``HTTPS_PROXY`` is used the way download libraries use it (an HTTP ``CONNECT`` tunnel).
+``HF_HUB_OFFLINE=1`` makes every probe of the hub fail at once.
+
+:func:`require` turns a failed probe into :class:`HubUnavailable`, an error that says what needed
+the network, why it could not be reached, and the offline alternatives. Failed probes are
+remembered for a minute, so a notebook that asks several times waits once.
+
+Copy with: nothing else (standard library only).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+import time
+from urllib.parse import urlparse
+
+__all__ = ["HF_HOST", "DEFAULT_DEADLINE", "OFFLINE_ALTERNATIVES", "HubUnavailable", "probe", "require",
+           "deadline_seconds", "forget"]
+
+HF_HOST = "huggingface.co"
+DEFAULT_DEADLINE = 5.0
+OFFLINE_ALTERNATIVES = (
+    "Offline alternatives: the data sets 'lfw_faces', 'digits' and 'fashion_mnist' (lfm_core.images.load), a local "
+    "CelebA-HQ folder (lfm_core.images.load('celeba_hq', root=...)), the project's autoencoders "
+    "(lfm_core.autoencoders.load('offline') or 'offline-digits') and any local diffusers folder "
+    "(lfm_core.autoencoders.load('/path/to/folder'))."
+)
+_FAILED: dict = {}  # host -> (time of failure, reason)
+_REMEMBER_S = 60.0
+
+
+class HubUnavailable(RuntimeError):
+    """A download was asked for and the host cannot be reached (offline, blocked, or too slow)."""
+
+
+def deadline_seconds() -> float:
+    """The default total deadline of a probe: ``LFM_HUB_DEADLINE`` seconds if set, else 5."""
+    raw = os.environ.get("LFM_HUB_DEADLINE")
+    if raw is None or not raw.strip():
+        return DEFAULT_DEADLINE
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable LFM_HUB_DEADLINE={raw!r} is not a number of seconds") from None
+    if not (0 < value < float("inf")):
+        raise ValueError(f"environment variable LFM_HUB_DEADLINE must be > 0 seconds, got {raw!r}")
+    return value
+
+
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _resolve(host: str, port: int, timeout: float):
+    """getaddrinfo in a helper thread, abandoned after ``timeout`` (the C call itself cannot be interrupted)."""
+    box = {}
+
+    def work():
+        try:
+            box["out"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            box["err"] = exc
+
+    th = threading.Thread(target=work, name=f"dns-{host}", daemon=True)
+    th.start()
+    th.join(timeout)
+    if th.is_alive():
+        raise TimeoutError(f"the name lookup of {host} took longer than {timeout:.1f} s")
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+def _proxy_for(host: str):
+    no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
+    if any(h.strip() and (host == h.strip().lstrip(".") or host.endswith("." + h.strip().lstrip(".")))
+           for h in no_proxy.split(",")) or no_proxy.strip() == "*":
+        return None
+    url = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if not url:
+        return None
+    parsed = urlparse(url if "://" in url else "http://" + url)
+    return parsed.hostname, parsed.port or 3128
+
+
+def _read_until(sock, marker: bytes, remaining) -> bytes:
+    """Bytes from ``sock`` up to and including ``marker`` (or the connection's end), within the deadline."""
+    data = b""
+    while marker not in data and len(data) < 65536:
+        sock.settimeout(max(remaining(), 1e-3))
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _https_answers(host: str, deadline: float) -> None:
+    start = time.monotonic()
+
+    def remaining():
+        left = deadline - (time.monotonic() - start)
+        if left <= 0:
+            raise TimeoutError(f"no answer from {host} within {deadline:.1f} s")
+        return left
+
+    proxy = _proxy_for(host)
+    target_host, target_port = proxy if proxy else (host, 443)
+    infos = _resolve(target_host, target_port, remaining())
+    family, kind, proto, _, addr = infos[0]
+    raw = socket.socket(family, kind, proto)
+    try:
+        raw.settimeout(remaining())
+        raw.connect(addr)
+        if proxy:
+            raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+            status = _read_until(raw, b"\r\n\r\n", remaining).split(b"\r\n", 1)[0]
+            if b" 200" not in status:
+                raise ConnectionError(f"the proxy {target_host}:{target_port} refused the tunnel ({status[:80]!r})")
+        raw.settimeout(remaining())
+        tls = ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+        tls.settimeout(remaining())
+        tls.sendall(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        line = _read_until(tls, b"\n", remaining).split(b"\n", 1)[0].strip()
+        if not line.startswith(b"HTTP/"):
+            raise ConnectionError(f"{host} did not answer HTTP ({line[:80]!r})")
+        tls.close()
+    finally:
+        raw.close()
+
+
+def probe(host: str = HF_HOST, deadline: float | None = None) -> str | None:
+    """``None`` when ``host`` answers HTTPS within ``deadline`` seconds, else the reason it does not (a str)."""
+    if not isinstance(host, str) or not host:
+        raise TypeError(f"host must be a non-empty str, got {host!r}")
+    deadline = deadline_seconds() if deadline is None else deadline
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < float("inf"):
+        raise ValueError(f"deadline must be a number of seconds > 0, got {deadline!r}")
+    if host == HF_HOST and _hf_offline():
+        return "HF_HUB_OFFLINE is set"
+    failed = _FAILED.get(host)
+    if failed is not None and time.monotonic() - failed[0] < _REMEMBER_S:
+        return failed[1]
+    try:
+        _https_answers(host, float(deadline))
+    except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        _FAILED[host] = (time.monotonic(), reason)
+        return reason
+    _FAILED.pop(host, None)
+    return None
+
+
+def forget() -> None:
+    """Forget remembered failures (the next probe asks the network again)."""
+    _FAILED.clear()
+
+
+def require(what: str, *, host: str = HF_HOST, deadline: float | None = None,
+            alternatives: str = OFFLINE_ALTERNATIVES) -> None:
+    """Return if ``host`` answers within the deadline; else raise :class:`HubUnavailable` naming ``what`` and why."""
+    reason = probe(host, deadline)
+    if reason is not None:
+        raise HubUnavailable(f"{what} needs {host}, which cannot be reached from here ({reason}). {alternatives}")

@@ -1,0 +1,126 @@
+"""Each module of lfm_core can be copied into another project: the module and the siblings its docstring's
+``Copy with:`` line names, put in an empty package folder, import there and do their job.
+
+This is what "copy one module" means in this project (README, "Reusing a module"): one folder of your
+project that is a package (it has an ``__init__.py``), holding the module and the files it lists. A sibling
+missing from the list, or a stale one, shows here as an import error in the copied package.
+"""
+
+import importlib
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lfm_core
+
+PACKAGE = Path(lfm_core.__file__).resolve().parent
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+
+
+def copy_with(module: str) -> list[str]:
+    """The sibling modules named on the ``Copy with:`` line of ``module``'s docstring."""
+    doc = importlib.import_module(f"lfm_core.{module}").__doc__ or ""
+    m = re.search(r"Copy with:(.*?)(?:\n\s*\n|\Z)", doc, re.S)
+    assert m, f"lfm_core/{module}.py: its docstring needs a 'Copy with:' line"
+    names = set(re.findall(r"\b([a-z_]+)\b", m.group(1))) & set(MODULES)
+    return sorted(names)
+
+
+def test_every_module_names_what_it_needs():
+    for module in MODULES:
+        names = copy_with(module)
+        source = (PACKAGE / f"{module}.py").read_text()
+        imported = set(re.findall(r"from \.(\w+) import|from \. import ([\w, ]+)", source))
+        needed = set()
+        for a, b in imported:
+            needed |= {a} if a else {n.strip() for n in b.split(",")}
+        assert needed <= set(names), f"{module} imports {sorted(needed - set(names))} but does not list them"
+        assert "lfm_core" not in re.sub(r'""".*?"""|#.*', "", source, flags=re.S).replace("lfm_core.", ""), module
+
+
+def _use(module: str, mod, tmp_path: Path):
+    """A small use of the copied module ``mod`` that reaches its lazily imported siblings too."""
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    if module == "utils":
+        assert mod.as_time(0.5, 3, like=x).shape == (3,)
+    elif module == "runtime":
+        assert mod.pick(quick=1, full=2) in (1, 2)
+    elif module == "hub":
+        assert mod.probe("localhost", deadline=0.5) is not None or True
+    elif module == "paths":
+        xt, ut = mod.LinearPath(0.1).sample(x, x + 1, 0.5)
+        assert xt.shape == ut.shape == x.shape
+    elif module == "couplings":
+        i0, _ = mod.pair_indices(x, x + 1, "ot")
+        assert sorted(i0.tolist()) == list(range(16))
+    elif module == "mixtures":
+        assert mod.GaussianMixture(torch.zeros(1, 2), 1.0).velocity(type("P", (), {
+            "schedule": lambda self, t: (1 - t, t, 0 * t, -1 + 0 * t, 1 + 0 * t, 0 * t),
+            "validate_time": lambda self, t: None})())(x, 0.5).shape == x.shape
+    elif module == "toy":
+        assert mod.sample("moons", 10).shape == (10, 2)
+    elif module == "nets":
+        assert mod.MLP(2)(x, 0.3).shape == x.shape
+    elif module == "solvers":
+        assert torch.allclose(mod.integrate(lambda z, t: -z, x, steps=10).x, x * 0.9**10)
+    elif module == "metrics":
+        assert mod.wasserstein2(x, x) == 0.0
+    elif module == "training":
+        lin = torch.nn.Linear(2, 2)
+        res = mod.fit(lin, lambda step, g: lin(x).pow(2).mean(), steps=3, progress=False,
+                      out_dir=tmp_path / "ckpt")
+        assert len(res.losses) == 3 and (tmp_path / "ckpt" / "latest").exists()
+    elif module == "interpolants":
+        interp = mod.AffineInterpolant(3)
+        res = mod.fit_interpolant(interp, x, x + 2, steps=2, batch_size=4, n_reference=4, progress=False)
+        assert len(res.losses) == 2
+    elif module == "guidance":
+        assert mod.drop_labels(torch.arange(4), 10, p=1.0).tolist() == [10] * 4
+    elif module == "conditioning":
+        m = mod.rectangle_masks(2, 8)
+        assert mod.composite(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8), m).shape == (2, 1, 8, 8)
+    elif module == "bounds":
+        assert mod.w2_bound(0.1, 1.0, 0.5, 0.01)["sum_form"] > 0.1
+    elif module == "images":
+        assert mod.load("digits", limit=3).images.shape == (3, 1, 8, 8)
+    elif module == "autoencoders":
+        from diffusers import AutoencoderKL
+
+        torch.manual_seed(0)
+        model = AutoencoderKL(**mod.offline_config(1, channels=(16, 16)))
+        ae = mod.LatentAutoencoder(model, 0.5, "copied")
+        data = sys.modules[mod.__name__.rsplit(".", 1)[0] + ".images"].load("digits", size=8, limit=4)
+        z, _ = mod.cached_latents(ae, data, tmp_path / "cache")
+        assert z.shape == (4, 4, 4, 4)
+        assert len(mod.fit_autoencoder(model, data.images, steps=1, batch_size=2, progress=False).losses) == 1
+    elif module == "compare":
+        from lfm_core.nets import MLP  # the network is the caller's; the comparison is what is copied
+
+        models, seconds = mod.train_methods(lambda: MLP(2, 8, 1), x, x + 3, methods=("I-CFM", "2-RF"), steps=2,
+                                            batch_size=4, reflow_pairs=8, progress=False)
+        assert set(models) == {"I-CFM", "2-RF"}
+        assert "W2@1" in mod.evaluate(models["I-CFM"], x, x + 3, steps=(1, 2))
+    else:
+        raise AssertionError(f"no small use written for lfm_core.{module}: add one here")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_works_when_copied_alone(module, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pkg = f"copied_{module}"
+    folder = tmp_path / "src" / pkg
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    for name in [module, *copy_with(module)]:  # exactly what the docstring says, nothing more
+        shutil.copy(PACKAGE / f"{name}.py", folder / f"{name}.py")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    try:
+        mod = importlib.import_module(f"{pkg}.{module}")
+        _use(module, mod, tmp_path)
+    finally:
+        for name in [k for k in sys.modules if k == pkg or k.startswith(pkg + ".")]:
+            del sys.modules[name]

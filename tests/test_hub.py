@@ -1,0 +1,129 @@
+"""The hub helper: every way of not reaching the network ends within the deadline, with a message that helps."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from lfm_core import autoencoders, hub, images
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch):
+    hub.forget()
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "LFM_HUB_DEADLINE"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    hub.forget()
+
+
+class SilentServer:
+    """Accepts TCP connections and never answers (a captive proxy); or answers a CONNECT and then goes silent."""
+
+    def __init__(self, answer_connect: bool = False):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.answer, self.conns, self.stop = answer_connect, [], False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        self.sock.settimeout(0.1)
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)
+            if self.answer:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+    def close(self):
+        self.stop = True
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def test_offline_flag_answers_at_once(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    assert hub.probe() == "HF_HUB_OFFLINE is set"
+    assert time.perf_counter() - start < 0.1
+
+
+@pytest.mark.parametrize("answer_connect", [False, True], ids=["silent proxy", "silent after CONNECT"])
+def test_a_host_that_never_answers_costs_the_deadline_only(monkeypatch, answer_connect):
+    """The old probe hung past 240 s behind a proxy that accepts connections and never answers."""
+    server = SilentServer(answer_connect)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.port}")
+    try:
+        start = time.perf_counter()
+        reason = hub.probe(deadline=1.0)
+        elapsed = time.perf_counter() - start
+    finally:
+        server.close()
+    assert reason is not None and ("1.0 s" in reason or "timed out" in reason), reason
+    assert 0.8 < elapsed < 2.0, elapsed
+
+
+def test_slow_name_lookup_is_cut_off_at_the_deadline(monkeypatch):
+    """The old probe's timeout did not cover DNS: a slow resolver cost 40 s."""
+    def slow(*args, **kwargs):
+        time.sleep(30)
+        raise OSError("too late")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    start = time.perf_counter()
+    reason = hub.probe("huggingface.co", deadline=1.0)
+    assert time.perf_counter() - start < 1.5
+    assert "name lookup of huggingface.co took longer than 1.0 s" in reason
+
+
+def test_refused_connection_and_remembered_failure():
+    start = time.perf_counter()
+    reason = hub.probe("127.0.0.1", deadline=2.0)  # nothing listens on port 443 here
+    assert reason is not None and time.perf_counter() - start < 2.5
+    start = time.perf_counter()
+    assert hub.probe("127.0.0.1", deadline=2.0) == reason  # remembered: no second wait
+    assert time.perf_counter() - start < 0.05
+
+
+def test_require_names_what_why_and_the_alternatives(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(hub.HubUnavailable, match=r"The thing needs huggingface.co.*HF_HUB_OFFLINE.*'lfw_faces'"):
+        hub.require("The thing")
+    with pytest.raises(RuntimeError, match="local diffusers folder"):  # HubUnavailable is a RuntimeError
+        hub.require("The thing")
+
+
+def test_every_hub_path_goes_through_the_helper(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(hub, "probe", lambda host=hub.HF_HOST, deadline=None: calls.append(host) or "blocked")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached locally
+    with pytest.raises(hub.HubUnavailable, match="celeba_hq"):
+        images.load("celeba_hq", limit=2)
+    with pytest.raises(hub.HubUnavailable, match="sd-vae-ft-mse"):
+        autoencoders.load("stabilityai/sd-vae-ft-mse")
+    from lfm_core import metrics
+
+    monkeypatch.setattr(metrics, "_fid_weights_cached", lambda: False)
+    ok, why = metrics.fid_status()
+    assert not ok
+    if "not installed" not in why:
+        assert "github.com" in calls
+    assert calls.count("huggingface.co") == 2
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1"])
+def test_bad_deadlines(monkeypatch, value):
+    monkeypatch.setenv("LFM_HUB_DEADLINE", value)
+    with pytest.raises(ValueError, match="LFM_HUB_DEADLINE"):
+        hub.probe()
+    with pytest.raises(ValueError, match="deadline"):
+        hub.probe(deadline=-1.0)
+    with pytest.raises(TypeError, match="host"):
+        hub.probe("")

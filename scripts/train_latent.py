@@ -93,13 +93,18 @@ def main(argv=None) -> int:
         z1 = solvers.integrate(ema, z0, method="euler", steps=50, cond={"labels": y} if num_classes else None).x
         return ae.decode(z1)
 
-    result = training.train_cfm(model, paths.LinearPath(0.0), noise, latents.to(device),
-                                labels=labels.to(device) if num_classes else None,
-                                label_dropout=args.label_dropout if num_classes else 0.0, steps=args.steps,
-                                batch_size=args.batch, lr=args.lr, warmup=args.warmup, ema_decay=args.ema,
-                                grad_clip=1.0, precision=args.precision, seed=args.seed, device=device,
-                                out_dir=args.out, checkpoint_every=args.checkpoint_every, sample_fn=sample_fn,
-                                sample_every=args.sample_every, override=args.override)
+    try:
+        result = training.train_cfm(model, paths.LinearPath(0.0), noise, latents.to(device),
+                                    labels=labels.to(device) if num_classes else None,
+                                    label_dropout=args.label_dropout if num_classes else 0.0, steps=args.steps,
+                                    batch_size=args.batch, lr=args.lr, warmup=args.warmup, ema_decay=args.ema,
+                                    grad_clip=1.0, precision=args.precision, seed=args.seed, device=device,
+                                    out_dir=args.out, checkpoint_every=args.checkpoint_every, sample_fn=sample_fn,
+                                    sample_every=args.sample_every, override=args.override)
+    except ValueError as err:
+        if "override=True" not in str(err):
+            raise
+        p.error(f"{err} (on the command line: --override)")
     if rank == 0:
         recent = result.losses[-50:]
         summary = {"steps": len(result.losses), "final_loss": sum(recent) / max(1, len(recent)),

@@ -298,3 +298,26 @@ def test_offline_digits_autoencoder_reconstructs_held_out_digits():
     assert z.shape[1:] == (4, 4, 4)
     assert metrics.psnr(held.images, ae.decode(z)) > 34.0
     assert 0.7 < float(z.std()) < 1.3
+
+
+def test_train_latent_script_trains_resumes_and_refuses_changed_settings(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("train_latent", Path(__file__).parents[1] / "scripts" /
+                                                  "train_latent.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--data", "digits", "--size", "16", "--autoencoder", "offline-digits", "--classes", "--limit", "64",
+            "--batch", "8", "--warmup", "1", "--checkpoint-every", "2", "--sample-every", "2", "--out", str(tmp_path)]
+    assert script.main([*args, "--steps", "2"]) == 0
+    assert (tmp_path / "ckpt-00000002").is_dir() and (tmp_path / "samples" / "step-00000002.png").exists()
+    assert script.main([*args, "--steps", "4"]) == 0  # resumes from step 2
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
+    with pytest.raises(SystemExit):
+        script.main([*args, "--steps", "6", "--lr", "1e-3"])
+    assert "--override" in capsys.readouterr().err
+    assert script.main([*args, "--steps", "6", "--lr", "1e-3", "--override"]) == 0
+    cfg = json.loads((tmp_path / "ckpt-00000006" / "config.json").read_text())
+    assert cfg["training"]["lr"] == 1e-3 and cfg["history"][0]["step"] == 4

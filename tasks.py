@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The project's two jobs, each setting up what it needs and safe to run again.
 
-    python3 tasks.py run     # execute every notebook headless in quick mode -> build/
-    python3 tasks.py test    # lint, unit tests, and every notebook through nbval (quick mode)
-    python3 tasks.py peer    # also install the peer libraries the benchmarks compare against (torchcfm)
+    python3 tasks.py run       # execute every notebook headless in quick mode -> build/
+    python3 tasks.py test      # lint, unit tests, and every notebook through nbval (quick mode)
+    python3 tasks.py rehearse  # notebooks 04 and 05 in full-mode configuration, short, offline -> build/rehearsal/
+    python3 tasks.py colab OWNER/REPO   # point every Open-in-Colab badge and setup cell at github.com/OWNER/REPO
+    python3 tasks.py peer      # also install the peer libraries the benchmarks compare against (torchcfm)
 
 Both create a virtual environment in .venv (once), install torch into it if it has none, and
 install this project with its notebook and dev extras (again only when pyproject.toml changed).
@@ -13,6 +15,9 @@ Options:
     run --full            execute in full mode instead (GPU sizes; slow on a CPU)
     run NAME ...          execute only the notebooks whose file name contains NAME
     test -- ARGS          pass ARGS on to pytest (e.g. `python3 tasks.py test -- tests -k paths`)
+
+    rehearse --celeba DIR the CelebA-HQ folder to rehearse with (default $LFM_CELEBA_HQ_DIR, else
+                          ../shared/data/celeba_hq_sample when it exists)
 
 Environment:
     LFM_TORCH_SPEC        the torch requirement installed into a fresh .venv (default torch==2.13.0,
@@ -24,9 +29,12 @@ Environment:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -96,6 +104,71 @@ def test(args: list[str]) -> None:
           f"--nbval-cell-timeout={CELL_TIMEOUT}", "--durations=15"], env=env, cwd=ROOT)
 
 
+REHEARSAL_NOTEBOOKS = ("04", "05")
+SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "celeba_hq_sample"
+
+
+def rehearse(args: list[str]) -> None:
+    """Notebooks 04 and 05 in their full-mode configuration with short lengths, on local stand-ins (offline).
+
+    The CelebA-HQ images come from --celeba, $LFM_CELEBA_HQ_DIR or ../shared/data/celeba_hq_sample; the
+    autoencoder is sd-vae-ft-mse's architecture with random weights (scripts/make_standin_autoencoder.py,
+    written once to data/cache/). Executed notebooks and figures go to build/rehearsal/.
+    """
+    setup()
+    celeba = None
+    if "--celeba" in args:
+        i = args.index("--celeba")
+        if i + 1 >= len(args):
+            sys.exit("--celeba needs a folder")
+        celeba = args[i + 1]
+        args = args[:i] + args[i + 2:]
+    celeba = celeba or os.environ.get("LFM_CELEBA_HQ_DIR") or (str(SHARED_SAMPLE) if SHARED_SAMPLE.is_dir() else None)
+    if not celeba or not Path(celeba).is_dir():
+        sys.exit("the rehearsal needs CelebA-HQ images in the StarGAN v2 layout: pass --celeba DIR or set "
+                 "LFM_CELEBA_HQ_DIR (the shared sample is ../shared/data/celeba_hq_sample)")
+    standin = ROOT / "data" / "cache" / "standin-sd-vae-ft-mse"
+    if not (standin / "config.json").exists():
+        _run([_python(), ROOT / "scripts" / "make_standin_autoencoder.py", "--out", standin], cwd=ROOT)
+    env = _env(quick=False)
+    env.update(LFM_REHEARSAL="1", LFM_CELEBA_HQ_DIR=str(Path(celeba).resolve()), LFM_SD_VAE=str(standin),
+               HF_HUB_OFFLINE="1", LFM_PROGRESS=env.get("LFM_PROGRESS", "0"))
+    names = args or list(REHEARSAL_NOTEBOOKS)
+    start = time.perf_counter()
+    _run([_python(), ROOT / "scripts" / "run_notebooks.py", "--out", ROOT / "build" / "rehearsal", "--memory",
+          *names], env=env, cwd=ROOT)
+    print(f"rehearsal passed in {time.perf_counter() - start:.0f} s (details: build/rehearsal/summary.json)")
+
+
+def colab(args: list[str], root: Path = ROOT) -> None:
+    """Point the repository URL ([project.urls] in pyproject.toml), every notebook's Open-in-Colab badge and every
+    setup cell at github.com/OWNER/REPO (a fork). Standard library only."""
+    if len(args) != 1 or not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", args[0]):
+        sys.exit("usage: python3 tasks.py colab OWNER/REPO  (the GitHub repository that holds this project)")
+    new = args[0]
+    pyproject = root / "pyproject.toml"
+    text = pyproject.read_text()
+    m = re.search(r'^Repository = "https://github.com/([^"]+)"', text, re.M)
+    if not m:
+        sys.exit("pyproject.toml has no [project.urls] Repository = \"https://github.com/OWNER/REPO\"")
+    old = m.group(1)
+    pyproject.write_text(text.replace(f'Repository = "https://github.com/{old}"',
+                                      f'Repository = "https://github.com/{new}"'))
+    changed = 0
+    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            src = "".join(cell["source"])
+            out = src.replace(f"colab.research.google.com/github/{old}/", f"colab.research.google.com/github/{new}/")
+            out = out.replace(f'REPO = "{old}"', f'REPO = "{new}"')
+            if out != src:
+                lines = out.split("\n")
+                cell["source"] = [ln + "\n" for ln in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+                changed += 1
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    print(f"pointed pyproject.toml and {changed} notebook cells at github.com/{new} (was {old})")
+
+
 def peer(args: list[str]) -> None:
     """Install torchcfm for `benchmarks/ot_cfm_2d.py --peer torchcfm`.
 
@@ -107,7 +180,8 @@ def peer(args: list[str]) -> None:
 
 
 def main() -> None:
-    jobs = {"run": run, "test": test, "peer": peer, "setup": lambda _args: setup()}
+    jobs = {"run": run, "test": test, "rehearse": rehearse, "colab": colab, "peer": peer,
+            "setup": lambda _args: setup()}
     if len(sys.argv) < 2 or sys.argv[1] not in jobs:
         sys.exit(__doc__)
     try:

@@ -39,15 +39,22 @@ from pathlib import Path
 import torch
 
 from . import hub
-from .images import ImageData
+from .images import ImageData, ImageFiles
 from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
 
-__all__ = ["LatentAutoencoder", "PRETRAINED", "OFFLINE_DIR", "OFFLINE", "load", "offline_config", "fit_autoencoder",
-           "cached_latents", "content_key"]
+__all__ = ["LatentAutoencoder", "PRETRAINED", "SD_VAE_FT_MSE_CONFIG", "OFFLINE_DIR", "OFFLINE", "load",
+           "offline_config", "fit_autoencoder", "write_standin", "cached_latents"]
 
 PRETRAINED = {
     "stabilityai/sd-vae-ft-mse": {"cls": "AutoencoderKL", "scale": 0.18215},
     "madebyollin/taesd": {"cls": "AutoencoderTiny", "scale": 1.0},
+}
+#: the configuration of ``stabilityai/sd-vae-ft-mse`` as published in its ``config.json`` (83.7 M parameters, x8
+#: downsampling, 4 latent channels): with random weights, the real architecture, shapes, speed and memory
+SD_VAE_FT_MSE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "act_fn": "silu", "layers_per_block": 2,
+    "block_out_channels": [128, 256, 512, 512], "norm_num_groups": 32, "sample_size": 256,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
 OFFLINE_DIR = Path(__file__).resolve().parent / "assets" / "autoencoder_lfw32"
 # the offline autoencoders shipped with the package: name -> folder (made by scripts/train_autoencoder.py)
@@ -198,10 +205,36 @@ def _from_folder(folder: Path, device, dtype, scale: float | None):
     cls = AutoencoderTiny if cfg.get("_class_name") == "AutoencoderTiny" else AutoencoderKL
     model = cls.from_pretrained(folder, torch_dtype=dtype).to(device)
     if scale is None:
-        if "scale" not in meta:
-            raise ValueError(f"{folder} has no {META_FILE} with a latent scale: pass scale=...")
-        scale = meta["scale"]
+        scale = meta.get("scale", cfg.get("scaling_factor"))
+        if scale is None and cls is AutoencoderKL and all(cfg.get(k) == v for k, v in SD_VAE_FT_MSE_CONFIG.items()
+                                                          if k != "sample_size"):
+            scale = PRETRAINED["stabilityai/sd-vae-ft-mse"]["scale"]  # a local copy of sd-vae-ft-mse (its config
+            # predates diffusers' scaling_factor field); the Stable Diffusion scale, as the LFM paper uses
+        if scale is None:
+            raise ValueError(f"{folder} says nothing of its latent scale (no {META_FILE}, no scaling_factor in "
+                             "config.json): pass scale=...")
     return LatentAutoencoder(model, scale, meta.get("name", str(folder)), meta)
+
+
+def write_standin(folder, *, seed: int = 0) -> Path:
+    """Write an ``AutoencoderKL`` with sd-vae-ft-mse's configuration and random weights to ``folder``.
+
+    The real architecture, shapes, speed and memory of the LFM paper's autoencoder, without the download: what
+    the dress rehearsal (``python3 tasks.py rehearse``) and the tests load where the hub is out of reach. Its
+    reconstructions are noise; ``lfm_autoencoder.json`` says so (``"standin": true``). Returns ``folder``.
+    """
+    from diffusers import AutoencoderKL
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    model = AutoencoderKL(**SD_VAE_FT_MSE_CONFIG)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    meta = {"name": "sd-vae-ft-mse stand-in (random weights)", "scale": PRETRAINED["stabilityai/sd-vae-ft-mse"][
+        "scale"], "standin": True, "seed": seed,
+        "note": "stabilityai/sd-vae-ft-mse's configuration with random weights: shapes and cost, not quality"}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    return folder
 
 
 def load(name_or_path: str = "offline", *, device="cpu", dtype=torch.float32, scale: float | None = None):
@@ -240,18 +273,6 @@ def load(name_or_path: str = "offline", *, device="cpu", dtype=torch.float32, sc
 
 
 CACHE_FORMAT = "lfm_core.latents/1"
-
-
-def content_key(images: torch.Tensor, labels: torch.Tensor | None = None, *, chunk_rows: int = 256) -> str:
-    """SHA-256 of the images' values (as float32), their shape, and the labels: what a latent cache is keyed by."""
-    check_tensor(images, "images", min_dim=2)
-    h = hashlib.sha256(f"images{tuple(images.shape)}".encode())
-    for part in images.detach().split(chunk_rows):
-        h.update(part.to("cpu", torch.float32).contiguous().numpy().tobytes())
-    if labels is not None:
-        h.update(f"labels{tuple(labels.shape)}".encode())
-        h.update(labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _tensor_checksum(tensors: dict) -> str:
@@ -319,11 +340,15 @@ def _describe_entries(cache_dir: Path) -> str:
     return "; ".join(lines) or "none"
 
 
-def cached_latents(autoencoder: LatentAutoencoder, data: ImageData, cache_dir, *, batch_size: int = 64,
+def cached_latents(autoencoder: LatentAutoencoder, data: ImageData | ImageFiles, cache_dir, *, batch_size: int = 64,
                    read_only: bool = False, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Latents (and labels) of ``data``, encoded once and kept in ``cache_dir``, keyed by content.
 
-    The key is a SHA-256 of the images and labels (:func:`content_key`) and of the autoencoder (class,
+    ``data`` is an :class:`~lfm_core.images.ImageData` (in memory) or an :class:`~lfm_core.images.ImageFiles`
+    (read from disk a chunk of ``batch_size`` images at a time: decoded, resized and encoded straight into the
+    cache; peak memory is the latents of all images, ``N x 4 x (S/8)^2`` floats (0.5 GB for the 30 000
+    CelebA-HQ images at 256 px), plus one chunk and the autoencoder's activations for it).
+    The key is a SHA-256 of the images and labels (``data.content_key()``) and of the autoencoder (class,
     configuration, weights and scale: :meth:`LatentAutoencoder.fingerprint`). Each entry is one file,
     ``latents-<key>.safetensors``, holding the latents, the labels, the key and a checksum of the tensors; it
     is written under a temporary name and renamed when complete, so a killed write leaves no entry. A call
@@ -337,8 +362,9 @@ def cached_latents(autoencoder: LatentAutoencoder, data: ImageData, cache_dir, *
     if not isinstance(autoencoder, LatentAutoencoder):
         raise TypeError(f"autoencoder must be a LatentAutoencoder (autoencoders.load), got "
                         f"{type(autoencoder).__name__}")
-    if not isinstance(data, ImageData):
-        raise TypeError(f"data must be an ImageData (lfm_core.images.load), got {type(data).__name__}")
+    if not isinstance(data, (ImageData, ImageFiles)):
+        raise TypeError(f"data must be an ImageData or ImageFiles (lfm_core.images.load or .stream), got "
+                        f"{type(data).__name__}")
     check_positive_int(batch_size, "batch_size")
     for flag, name in ((read_only, "read_only"), (overwrite, "overwrite")):
         if not isinstance(flag, bool):
@@ -348,7 +374,7 @@ def cached_latents(autoencoder: LatentAutoencoder, data: ImageData, cache_dir, *
     cache_dir = Path(cache_dir)
     if not read_only:
         _remove_stale_writes(cache_dir)
-    key = hashlib.sha256(f"{content_key(data.images, data.labels)}|{autoencoder.fingerprint()}".encode()).hexdigest()
+    key = hashlib.sha256(f"{data.content_key()}|{autoencoder.fingerprint()}".encode()).hexdigest()
     path = cache_dir / f"latents-{key[:24]}.safetensors"
     if path.exists() and not overwrite:
         entry = _read_entry(path, key)
@@ -364,13 +390,23 @@ def cached_latents(autoencoder: LatentAutoencoder, data: ImageData, cache_dir, *
         raise ValueError(f"no latents of these {len(data)} images ({data.name}) by {autoencoder.name!r} in {cache_dir} "
                          f"{what}; it holds: {_describe_entries(cache_dir) if cache_dir.is_dir() else 'nothing'}. "
                          "Call with read_only=False to encode them")
-    latents = autoencoder.encode(data.images, batch_size=batch_size).cpu().contiguous()
+    latents, shape, done = None, None, 0
+    for chunk in data.chunks(batch_size):
+        z = autoencoder.encode(chunk, batch_size=batch_size).cpu()
+        if latents is None:
+            shape = list(chunk.shape[1:])
+            latents = torch.empty((len(data), *z.shape[1:]), dtype=z.dtype)
+        latents[done:done + len(z)] = z
+        done += len(z)
+    if done != len(data):
+        raise RuntimeError(f"data yielded {done} images but has {len(data)}")
+    latents = latents.contiguous()
     tensors = {"latents": latents}
     if data.labels is not None:
         tensors["labels"] = data.labels.detach().cpu().to(torch.int64).contiguous()
     meta = {"format": CACHE_FORMAT, "key": key, "checksum": _tensor_checksum(tensors), "autoencoder": autoencoder.name,
             "fingerprint": autoencoder.fingerprint(), "scale": repr(autoencoder.scale), "count": str(len(data)),
-            "image_shape": json.dumps(list(data.images.shape[1:])), "dataset": data.name, "source": data.source}
+            "image_shape": json.dumps(shape), "dataset": data.name, "source": data.source}
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

@@ -11,10 +11,10 @@ r"""Sample-based metrics of generative flows.
 * :func:`nearest_neighbour_distance`: distance of each generated sample to its nearest training sample
   (a memorisation check: copies of training images sit at distance ~0).
 * :func:`fid_status` / :func:`fid`: the Frechet Inception distance through ``torchmetrics`` (with
-  ``torch-fidelity``'s Inception weights). Optional: neither package is a dependency (``torch-fidelity``
-  needs ``torchvision``), and the weights are downloaded on first use; ``fid_status`` says, within
-  seconds, whether FID can be computed here and why not, so that a notebook can skip it and report the
-  proxies above instead.
+  ``torch-fidelity``'s Inception weights, the extra ``fid``: ``torch-fidelity`` needs ``torchvision``, and the
+  weights are downloaded on first use); ``fid_status`` says, within seconds, whether FID can be computed here
+  and why not. :class:`StandinFeatures` runs the same computation with a fixed random feature extractor
+  where Inception cannot be had (the dress rehearsal), giving a number of no meaning but exercising the path.
 * :func:`straightness`: ``S = int_0^1 E |(x_1 - x_0) - v(x_t, t)|^2 dt`` (Liu et al. 2023,
   Rectified Flow, Def. 3.5): 0 exactly when every trajectory is a straight line travelled at
   constant speed, so that one Euler step is exact.
@@ -37,9 +37,9 @@ import torch
 from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
 
 __all__ = ["wasserstein2", "path_energy", "normalized_path_energy", "straightness", "psnr",
-           "nearest_neighbour_distance", "fid_status", "fid"]
+           "nearest_neighbour_distance", "fid_status", "fid", "StandinFeatures"]
 
-FID_INSTALL = "pip install torchmetrics torch-fidelity"
+FID_INSTALL = "pip install torch-fidelity, or lfm-core[fid]"
 FID_WEIGHTS_HOST = "github.com"  # torch-fidelity downloads its Inception weights from GitHub releases
 
 
@@ -159,35 +159,71 @@ def _fid_weights_cached() -> bool:
     return any(hub.glob("*inception*")) if hub.is_dir() else False
 
 
-def fid_status() -> tuple[bool, str]:
+def fid_status(feature_extractor=None) -> tuple[bool, str]:
     """``(True, "")`` when :func:`fid` can run here, else ``(False, why)``; never downloads anything.
 
-    FID needs ``torchmetrics`` and ``torch-fidelity`` installed and the Inception weights either in
-    torch's hub cache or downloadable (GitHub reachable within 3 s).
+    FID with Inception-v3 needs ``torchmetrics`` and ``torch-fidelity`` installed and the Inception weights
+    either in torch's hub cache or downloadable (GitHub reachable, :mod:`lfm_core.hub`). With a
+    ``feature_extractor`` of one's own, ``torchmetrics`` alone.
     """
     import importlib.util
 
-    missing = [m for m in ("torchmetrics", "torch_fidelity") if importlib.util.find_spec(m) is None]
+    needed = ("torchmetrics",) if feature_extractor is not None else ("torchmetrics", "torch_fidelity")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         return False, f"{' and '.join(missing)} not installed ({FID_INSTALL}; torch-fidelity needs torchvision)"
-    if not _fid_weights_cached():
+    if feature_extractor is None and not _fid_weights_cached():
         from . import hub
 
-        if hub.probe(FID_WEIGHTS_HOST) is not None:
-            return False, (f"the Inception weights are not cached in {torch.hub.get_dir()} and "
-                           f"{FID_WEIGHTS_HOST} cannot be reached (offline)")
+        reason = hub.probe(FID_WEIGHTS_HOST)
+        if reason is not None:
+            return False, (f"the Inception weights are not cached in {torch.hub.get_dir()} and {FID_WEIGHTS_HOST} "
+                           f"cannot be reached ({reason})")
     return True, ""
 
 
-def fid(real: torch.Tensor, fake: torch.Tensor, *, device=None, batch_size: int = 64) -> float:
+class StandinFeatures(torch.nn.Module):
+    """A fixed, randomly initialised convolutional feature extractor: FID's computation without Inception's weights.
+
+    Maps images ``[N, 3, H, W]`` in ``[0, 1]`` to ``dim`` features (three strided convolutions with ReLU, global
+    average pooling). The FID it gives is a number of no meaning; it lets the dress rehearsal and the tests run
+    :func:`fid`'s exact code path (torchmetrics' custom-feature hook) where the Inception weights cannot be
+    downloaded.
+    """
+
+    def __init__(self, dim: int = 64, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(check_positive_int(seed + 1, "seed") - 1)
+        self.num_features = check_positive_int(dim, "dim")
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(a, b, 4, stride=4) for a, b in ((3, 16), (16, 32), (32, dim)))
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) / conv.weight[0].numel() ** 0.5)
+                conv.bias.zero_()
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        for conv in self.convs:
+            h = torch.relu(conv(h))
+        return h.mean((2, 3))
+
+
+def fid(real: torch.Tensor, fake: torch.Tensor, *, device=None, batch_size: int = 64,
+        feature_extractor: torch.nn.Module | None = None) -> float:
     """Frechet Inception distance between two sets of images ``[N, C, H, W]`` in ``[-1, 1]`` (1 or 3 channels).
 
-    ``torchmetrics.image.fid.FrechetInceptionDistance`` (2048 features of Inception-v3, images resized to
-    299 x 299 inside). FID on a few hundred images is biased upwards and only comparable at equal
-    counts; the papers use 50k (LFM: against the full CelebA-HQ data set). Raises ``RuntimeError``
-    with the reason (see :func:`fid_status`) when it cannot run here.
+    ``torchmetrics.image.fid.FrechetInceptionDistance``: the Frechet distance between Gaussians fitted to the
+    features of the two sets, ``|m_r - m_f|^2 + tr(C_r + C_f - 2 (C_r C_f)^{1/2})`` (Heusel et al. 2017), with
+    the 2048 features of Inception-v3 (images resized to 299 x 299 inside). FID on a few hundred images is
+    biased upwards and only comparable at equal counts; the papers use 50k (LFM: against the full CelebA-HQ
+    data set). ``feature_extractor``: another module mapping images in ``[0, 1]`` to features (e.g.
+    :class:`StandinFeatures`), through the same computation. Raises ``RuntimeError`` with the reason (see
+    :func:`fid_status`) when it cannot run here.
     """
     check_positive_int(batch_size, "batch_size")
+    if feature_extractor is not None and not isinstance(feature_extractor, torch.nn.Module):
+        raise TypeError(f"feature_extractor must be a torch.nn.Module or None, got {type(feature_extractor).__name__}")
     for x, name in ((real, "real"), (fake, "fake")):
         check_tensor(x, name, min_dim=4)
         if x.dim() != 4 or x.shape[1] not in (1, 3):
@@ -195,16 +231,26 @@ def fid(real: torch.Tensor, fake: torch.Tensor, *, device=None, batch_size: int 
         check_finite(x, name, boundary=True)
         if x.min() < -1.0 - 1e-3 or x.max() > 1.0 + 1e-3:
             raise ValueError(f"{name} images must lie in [-1, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
-    ok, why = fid_status()
+        if len(x) < 2:
+            raise ValueError(f"{name} needs at least 2 images (FID fits a covariance), got {len(x)}")
+    if real.shape[1:] != fake.shape[1:]:
+        raise ValueError(f"real and fake images must have one shape, got {tuple(real.shape[1:])} and "
+                         f"{tuple(fake.shape[1:])}")
+    ok, why = fid_status(feature_extractor)
     if not ok:
         raise RuntimeError(f"FID cannot be computed here: {why}")
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     device = torch.device(device) if device is not None else real.device
-    metric = FrechetInceptionDistance(feature=2048, normalize=True).to(device)
+    if feature_extractor is None:
+        metric = FrechetInceptionDistance(feature=2048, normalize=True)
+    else:
+        metric = FrechetInceptionDistance(feature=feature_extractor.eval(), normalize=True,
+                                          input_img_size=(3, *real.shape[2:]))
+    metric = metric.to(device)
     for x, is_real in ((real, True), (fake, False)):
         for i in range(0, len(x), batch_size):
             b = x[i:i + batch_size].to(device).float().clamp(-1, 1)
             b = b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
             metric.update((b + 1) / 2, real=is_real)
-    return float(metric.compute())
+    return max(float(metric.compute()), 0.0)  # rounding can leave -1e-8 for identical sets

@@ -7,6 +7,9 @@
 * Progress bars: ``LFM_PROGRESS`` (same spellings) turns them on or off; by default they are on.
   The test command turns them off so that logs stay short.
 * :func:`pick` chooses a value by mode: ``steps = pick(quick=500, full=20_000)``.
+* Rehearsal: ``LFM_REHEARSAL=1`` runs the full-mode configuration (sizes, architectures, data path) with
+  only its lengths shortened (steps, images, samples: ``pick(..., rehearsal=...)``), on local stand-ins of
+  the downloads; ``python3 tasks.py rehearse`` sets it. It cannot be combined with quick mode.
 
 Copy with: nothing else (``torch``, ``numpy``).
 """
@@ -20,7 +23,8 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["is_quick", "mode", "pick", "get_device", "seed_everything", "show_progress", "in_colab", "describe"]
+__all__ = ["is_quick", "is_rehearsal", "mode", "pick", "get_device", "seed_everything", "show_progress", "in_colab",
+           "describe"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -43,14 +47,29 @@ def is_quick() -> bool:
     return _flag("LFM_QUICK", False)
 
 
+def is_rehearsal() -> bool:
+    """True in a dress rehearsal (``LFM_REHEARSAL=1``): full-mode sizes, short lengths, local stand-ins."""
+    rehearsal = _flag("LFM_REHEARSAL", False)
+    if rehearsal and is_quick():
+        raise ValueError("LFM_REHEARSAL=1 rehearses full mode: unset LFM_QUICK (or set it to 0)")
+    return rehearsal
+
+
 def mode() -> str:
-    """``"quick"`` or ``"full"``."""
-    return "quick" if is_quick() else "full"
+    """``"quick"``, ``"full"`` or ``"rehearsal"``."""
+    return "rehearsal" if is_rehearsal() else "quick" if is_quick() else "full"
 
 
-def pick(*, quick, full):
-    """Return ``quick`` in quick mode and ``full`` otherwise."""
-    return quick if is_quick() else full
+_UNSET = object()
+
+
+def pick(*, quick, full, rehearsal=_UNSET):
+    """``quick`` in quick mode, ``rehearsal`` (when given) in a rehearsal, else ``full``."""
+    if is_quick():
+        return quick
+    if rehearsal is not _UNSET and is_rehearsal():
+        return rehearsal
+    return full
 
 
 def show_progress() -> bool:
@@ -106,7 +125,8 @@ def describe(**sizes) -> str:
     """One-paragraph description of the run (mode, device, versions, sizes), for a notebook's config cell."""
     dev = get_device()
     lines = [
-        f"mode     : {mode()}  (LFM_QUICK={os.environ.get('LFM_QUICK', '')!r})",
+        f"mode     : {mode()}  (LFM_QUICK={os.environ.get('LFM_QUICK', '')!r}, "
+        f"LFM_REHEARSAL={os.environ.get('LFM_REHEARSAL', '')!r})",
         f"device   : {dev}" + (f" ({torch.cuda.get_device_name(0)})" if dev.type == "cuda" else ""),
         f"torch    : {torch.__version__}, {torch.get_num_threads()} CPU threads, Python {platform.python_version()}",
     ]

@@ -88,3 +88,12 @@ def test_straight_flows_targets_and_bad_arguments(tmp_path, capsys):
         with pytest.raises(SystemExit):
             sf.main(["--quick", "--out", str(tmp_path), *bad])
         assert msg in capsys.readouterr().err
+
+
+def test_celeba_stream_memory_quick_run(tmp_path):
+    bench = load("celeba_stream_memory")
+    assert bench.main(["--quick", "--sizes", "40", "120", "--work", str(tmp_path / "work"), "--out",
+                       str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "celeba_stream_memory_quick.json").read_text())
+    assert [r["images"] for r in data["rows"]] == [40, 120]
+    assert all(r["rss_peak_mib"] >= r["rss_before_mib"] > 0 and r["latents_mib"] > 0 for r in data["rows"])

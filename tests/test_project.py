@@ -44,7 +44,7 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
         declared += extra
     assert sorted(map(_split, _environment_pip_requirements())) == sorted(map(_split, declared))
     env = (ROOT / "environment.yml").read_text()
-    assert "- -e .[notebooks,hub,dev]" in env
+    assert "- -e .[notebooks,fid,dev]" in env
     assert f"python{project['requires-python']}" in env
 
 

@@ -3,7 +3,6 @@ cache, and every bad input a clear error. Uses the real 56-image sample when LFM
 sets it when ../shared/data/celeba_hq_sample exists), else a small generated folder in the same layout."""
 
 import io
-import os
 import time
 from pathlib import Path
 
@@ -36,10 +35,9 @@ def make_stargan(root: Path, counts=None, side=96, seed=0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def celeba_dir(tmp_path_factory):
-    shared = os.environ.get("LFM_CELEBA_HQ_DIR")
-    if shared and Path(shared).is_dir():
-        return Path(shared)
+def celeba_dir(tmp_path_factory, shared_celeba_hq):
+    if shared_celeba_hq is not None:
+        return shared_celeba_hq
     return make_stargan(tmp_path_factory.mktemp("celeba"))
 
 
@@ -74,6 +72,27 @@ def test_stargan_folder_streams_and_loads(celeba_dir):
     assert len(val) >= 2 and set(val.labels.tolist()) == {0, 1}
     head = src.head(2)
     assert len(head) == 2 and torch.equal(head.load().images, data.images[:2])
+
+
+def test_spread_and_subset_keep_both_classes_and_name_bad_rows(celeba_dir):
+    src = images.stream("celeba_hq", size=32, root=celeba_dir)
+    data = src.load()
+    n_female = int((src.labels == 0).sum())
+    assert set(src.head(n_female).labels.tolist()) == {0}   # the folder lists the female images first
+    four = src.spread(4)
+    rows = (torch.arange(4) * len(src)) // 4
+    assert set(four.labels.tolist()) == {0, 1} and torch.equal(four.load().images, data.images[rows])
+    assert torch.equal(four.labels, data.labels[rows])
+    assert src.spread(None) is src and src.spread(len(src) + 5) is src
+    assert four.content_key() == src.subset(rows).content_key() != src.subset(rows.flip(0)).content_key()
+    rows = [len(src) - 1, 1]
+    some = src.subset(torch.tensor(rows))
+    assert torch.equal(some.load().images, data.images[rows]) and some.labels.tolist() == data.labels[rows].tolist()
+    for bad in ([], [len(src)], [-1]):
+        with pytest.raises(ValueError, match="indices must be a non-empty list of rows"):
+            src.subset(bad)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        src.spread(0)
 
 
 def test_the_environment_variable_and_the_parent_folder(celeba_dir, tmp_path, monkeypatch):
@@ -178,3 +197,29 @@ def test_folders_in_no_known_layout_and_other_bad_arguments(tmp_path, celeba_dir
     pq.write_table(pa.table({"img": [b"x"], "label": [0]}), tmp_path / "pq" / "train-0.parquet")
     with pytest.raises(ValueError, match="expected the columns 'image' and 'label'"):
         images.stream("celeba_hq", root=tmp_path / "pq")
+
+
+def test_celebamask_hq_layout(tmp_path):
+    root = tmp_path / "CelebAMask-HQ"
+    (root / "CelebA-HQ-img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in (0, 1, 2001):
+        (root / "CelebA-HQ-img" / f"{i}.jpg").write_bytes(_jpeg(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+        ann = root / "CelebAMask-HQ-mask-anno" / str(i // 2000)
+        ann.mkdir(parents=True, exist_ok=True)
+        skin = np.zeros((32, 32), np.uint8)
+        skin[4:28, 4:28] = 255
+        hair = np.zeros((32, 32), np.uint8)
+        hair[:8] = 255  # painted over the skin where they overlap
+        Image.fromarray(skin).save(ann / f"{i:05d}_skin.png")
+        Image.fromarray(hair).save(ann / f"{i:05d}_hair.png")
+    data, maps = images.load_celebamask_hq(root, size=16)
+    assert data.images.shape == (3, 3, 16, 16) and maps.shape == (3, 16, 16)
+    skin, hair = images.CELEBAMASK_HQ_PARTS.index("skin") + 1, images.CELEBAMASK_HQ_PARTS.index("hair") + 1
+    assert set(maps.unique().tolist()) == {0, skin, hair}
+    assert int(maps[0, 0, 8]) == hair and int(maps[0, 8, 8]) == skin and int(maps[0, 15, 0]) == 0
+    assert len(images.load_celebamask_hq(root, size=16, limit=1, start=1)[0]) == 1
+    with pytest.raises(ValueError, match="published layout"):
+        images.load_celebamask_hq(tmp_path, size=16)
+    with pytest.raises(FileNotFoundError, match="LFM_CELEBAMASK_HQ_DIR"):
+        images.load_celebamask_hq(None)

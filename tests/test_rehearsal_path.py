@@ -4,8 +4,6 @@ LFM_CELEBA_HQ_DIR is set, else a generated folder) streamed through sd-vae-ft-ms
 cache, unet-small trained by train_cfm, dopri5 sampling, decoding, and FID through its real code path."""
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,9 +22,8 @@ def sd_vae_standin():
     return autoencoders.LatentAutoencoder(model, 0.18215, "sd-vae-ft-mse architecture, random weights")
 
 
-def test_celeba_path_end_to_end(sd_vae_standin, tmp_path):
-    shared = os.environ.get("LFM_CELEBA_HQ_DIR")
-    root = Path(shared) if shared and Path(shared).is_dir() else make_stargan(tmp_path / "celeba")
+def test_celeba_path_end_to_end(sd_vae_standin, tmp_path, shared_celeba_hq):
+    root = shared_celeba_hq if shared_celeba_hq is not None else make_stargan(tmp_path / "celeba")
     size = 64  # the rehearsal uses 256; the path is the same, 16 x cheaper
     train_src = images.stream("celeba_hq", size=size, split="train", root=root).head(6)
     held = images.load("celeba_hq", size=size, split="val", root=root, limit=2)

@@ -205,14 +205,17 @@ def _from_folder(folder: Path, device, dtype, scale: float | None):
     cls = AutoencoderTiny if cfg.get("_class_name") == "AutoencoderTiny" else AutoencoderKL
     model = cls.from_pretrained(folder, torch_dtype=dtype).to(device)
     if scale is None:
-        scale = meta.get("scale", cfg.get("scaling_factor"))
-        if scale is None and cls is AutoencoderKL and all(cfg.get(k) == v for k, v in SD_VAE_FT_MSE_CONFIG.items()
-                                                          if k != "sample_size"):
-            scale = PRETRAINED["stabilityai/sd-vae-ft-mse"]["scale"]  # a local copy of sd-vae-ft-mse (its config
-            # predates diffusers' scaling_factor field); the Stable Diffusion scale, as the LFM paper uses
+        # diffusers writes scaling_factor = 0.18215 into every AutoencoderKL's config.json, whatever the model: it
+        # says nothing about a custom autoencoder, so only lfm_autoencoder.json or sd-vae-ft-mse's own architecture
+        # (a local copy of it) fix the scale; TAESD's latents are already scaled (1.0)
+        scale = meta.get("scale")
+        if scale is None and cls is AutoencoderTiny:
+            scale = float(cfg.get("scaling_factor", 1.0))
+        if scale is None and all(cfg.get(k) == v for k, v in SD_VAE_FT_MSE_CONFIG.items() if k != "sample_size"):
+            scale = PRETRAINED["stabilityai/sd-vae-ft-mse"]["scale"]
         if scale is None:
-            raise ValueError(f"{folder} says nothing of its latent scale (no {META_FILE}, no scaling_factor in "
-                             "config.json): pass scale=...")
+            raise ValueError(f"{folder} has no {META_FILE} with a latent scale and is not sd-vae-ft-mse's "
+                             "architecture: pass scale=...")
     return LatentAutoencoder(model, scale, meta.get("name", str(folder)), meta)
 
 

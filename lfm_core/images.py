@@ -57,7 +57,8 @@ from . import hub
 from .utils import check_positive_int, check_tensor
 
 __all__ = ["ImageData", "ImageFiles", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "resize", "FASHION_MNIST_DIR",
-           "CELEBA_HQ_REPO", "CELEBA_HQ_ENV", "CELEBA_HQ_CLASSES"]
+           "CELEBA_HQ_REPO", "CELEBA_HQ_ENV", "CELEBA_HQ_CLASSES", "CELEBAMASK_HQ_ENV", "CELEBAMASK_HQ_PARTS",
+           "load_celebamask_hq"]
 
 NAMES = ("lfw_faces", "digits", "fashion_mnist", "celeba_hq")
 OFFLINE = ("lfw_faces", "digits", "fashion_mnist")
@@ -66,6 +67,10 @@ FASHION_MNIST_DIR = Path(os.environ.get("LFM_FASHION_MNIST_DIR", "/usr/share/dat
 CELEBA_HQ_REPO = "mattymchen/celeba-hq"
 CELEBA_HQ_ENV = "LFM_CELEBA_HQ_DIR"
 CELEBA_HQ_CLASSES = ("female", "male")
+CELEBAMASK_HQ_ENV = "LFM_CELEBAMASK_HQ_DIR"
+#: the face parts of CelebAMask-HQ (Lee et al. 2020), in the order its own preprocessing paints them; label k + 1
+CELEBAMASK_HQ_PARTS = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
+                       "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _RESIZE = "bilinear-antialias-v1"  # part of every content key: another resize gives other images
 
@@ -118,6 +123,10 @@ class ImageData:
         """The images, ``n`` at a time."""
         check_positive_int(n, "n")
         yield from self.images.split(n)
+
+    def get(self, indices) -> torch.Tensor:
+        """The images at ``indices`` (a sequence or tensor of row numbers)."""
+        return self.images[torch.as_tensor(indices, dtype=torch.long)]
 
     def load(self, limit: int | None = None) -> ImageData:
         """Itself (the first ``limit`` images when given)."""
@@ -175,6 +184,14 @@ class ImageFiles:
             for start in range(0, len(self), n):
                 yield torch.stack(list(pool.map(self._decode, self.records[start:start + n])))
 
+    def get(self, indices) -> torch.Tensor:
+        """The images at ``indices`` (a sequence or tensor of row numbers), decoded by ``workers`` threads."""
+        idx = [int(i) for i in torch.as_tensor(indices, dtype=torch.long).reshape(-1)]
+        if any(i < 0 or i >= len(self) for i in idx):
+            raise ValueError(f"indices must lie in [0, {len(self)}), got {min(idx)}..{max(idx)}")
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode") as pool:
+            return torch.stack(list(pool.map(self._decode, [self.records[i] for i in idx])))
+
     def load(self, limit: int | None = None) -> ImageData:
         """Every image (or the first ``limit``) in memory, as an :class:`ImageData`."""
         n = len(self) if limit is None else min(check_positive_int(limit, "limit"), len(self))
@@ -184,9 +201,26 @@ class ImageFiles:
 
     def head(self, n: int) -> ImageFiles:
         """The first ``n`` images, as another source."""
-        check_positive_int(n, "n")
-        return ImageFiles(self.records[:n], None if self.labels is None else self.labels[:n], size=self.size,
-                          name=self.name, source=self.source, num_classes=self.num_classes, workers=self.workers)
+        return self.subset(range(min(check_positive_int(n, "n"), len(self))))
+
+    def spread(self, n: int | None) -> ImageFiles:
+        """``n`` images spread evenly over the set (rows ``floor(i * len / n)``), as another source; all when ``n``
+        is None or at least the length. Unlike :meth:`head`, keeps the class proportions of a folder stored class
+        after class (the StarGAN v2 layout lists every female image before the first male one)."""
+        if n is None or n >= len(self):
+            return self
+        return self.subset((torch.arange(check_positive_int(n, "n")) * len(self)) // n)
+
+    def subset(self, indices) -> ImageFiles:
+        """The images at ``indices`` (row numbers, in the order given), as another source."""
+        idx = [int(i) for i in torch.as_tensor(indices if isinstance(indices, torch.Tensor) else list(indices),
+                                               dtype=torch.long).reshape(-1)]
+        if not idx or any(i < 0 or i >= len(self) for i in idx):
+            raise ValueError(f"indices must be a non-empty list of rows in [0, {len(self)}), got "
+                             f"{'none' if not idx else f'{min(idx)}..{max(idx)}'}")
+        labels = None if self.labels is None else self.labels[torch.tensor(idx)]
+        return ImageFiles([self.records[i] for i in idx], labels, size=self.size, name=self.name,
+                          source=self.source, num_classes=self.num_classes, workers=self.workers)
 
 
 def decode_image(data: bytes, size: int, *, name: str = "image") -> torch.Tensor:
@@ -430,3 +464,52 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, split:
     if size is not None:
         images = resize(images, size).clamp(-1, 1)
     return ImageData(images.contiguous(), labels, name, source, num_classes)
+
+
+def load_celebamask_hq(root=None, *, size: int = 256, limit: int | None = None, start: int = 0):
+    """CelebAMask-HQ in its published layout: images and their face-part maps, ``(ImageData, maps [N, size, size])``.
+
+    ``root`` (default ``$LFM_CELEBAMASK_HQ_DIR``) holds ``CelebA-HQ-img/<i>.jpg`` and
+    ``CelebAMask-HQ-mask-anno/<i // 2000>/<i:05d>_<part>.png`` (binary masks, 512 px). The map of image ``i`` has
+    label 0 for the background and ``k + 1`` for part ``CELEBAMASK_HQ_PARTS[k]``, later parts painted over
+    earlier ones as in the data set's own preprocessing; it is resized to ``size`` by nearest neighbour. Images
+    ``start`` to ``start + limit - 1`` are read (all from ``start`` when ``limit`` is None). Licence:
+    non-commercial research use (``data/README.md``).
+    """
+    from PIL import Image
+
+    root = root if root is not None else os.environ.get(CELEBAMASK_HQ_ENV)
+    if root is None:
+        raise FileNotFoundError(f"CelebAMask-HQ: pass root= or set {CELEBAMASK_HQ_ENV} to the folder of its published "
+                                "layout (CelebA-HQ-img/, CelebAMask-HQ-mask-anno/)")
+    root = Path(root).expanduser()
+    img_dir, ann_dir = root / "CelebA-HQ-img", root / "CelebAMask-HQ-mask-anno"
+    if not img_dir.is_dir() or not ann_dir.is_dir():
+        raise ValueError(f"root (CelebAMask-HQ folder) {root} is not in the published layout: expected "
+                         "CelebA-HQ-img/ and CelebAMask-HQ-mask-anno/")
+    check_positive_int(size, "size")
+    ids = sorted(int(p.stem) for p in img_dir.glob("*.jpg") if p.stem.isdigit())
+    ids = [i for i in ids if i >= start][:limit] if limit is not None else [i for i in ids if i >= start]
+    if limit is not None:
+        check_positive_int(limit, "limit")
+    if not ids:
+        raise ValueError(f"root (CelebAMask-HQ folder) {root}: no images CelebA-HQ-img/<number>.jpg from {start}")
+    pics, maps = [], []
+    for i in ids:
+        pics.append(decode_image((img_dir / f"{i}.jpg").read_bytes(), size, name=str(img_dir / f"{i}.jpg")))
+        label = None
+        for k, part in enumerate(CELEBAMASK_HQ_PARTS):
+            f = ann_dir / str(i // 2000) / f"{i:05d}_{part}.png"
+            if f.exists():
+                with Image.open(f) as m:
+                    mask = np.asarray(m.convert("L")) > 127
+                if label is None:
+                    label = np.zeros(mask.shape, dtype=np.int64)
+                label[mask] = k + 1
+        if label is None:
+            raise ValueError(f"{ann_dir}: image {i} has no part masks ({i // 2000}/{i:05d}_<part>.png)")
+        t = torch.from_numpy(label)[None, None].float()
+        maps.append(F.interpolate(t, size=(size, size), mode="nearest")[0, 0].to(torch.uint8))
+    data = ImageData(torch.stack(pics), None, "celebamask_hq",
+                     f"CelebAMask-HQ in {root}; non-commercial research use only", None)
+    return data, torch.stack(maps)  # uint8: 19 labels, a quarter of the memory of int64

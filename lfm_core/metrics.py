@@ -185,7 +185,7 @@ def fid_status(feature_extractor=None) -> tuple[bool, str]:
 class StandinFeatures(torch.nn.Module):
     """A fixed, randomly initialised convolutional feature extractor: FID's computation without Inception's weights.
 
-    Maps images ``[N, 3, H, W]`` in ``[0, 1]`` to ``dim`` features (three strided convolutions with ReLU, global
+    Maps images ``[N, 3, H, W]`` in ``[0, 1]`` to ``dim`` features (three stride-2 convolutions with ReLU, global
     average pooling). The FID it gives is a number of no meaning; it lets the dress rehearsal and the tests run
     :func:`fid`'s exact code path (torchmetrics' custom-feature hook) where the Inception weights cannot be
     downloaded.
@@ -195,7 +195,8 @@ class StandinFeatures(torch.nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(check_positive_int(seed + 1, "seed") - 1)
         self.num_features = check_positive_int(dim, "dim")
-        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(a, b, 4, stride=4) for a, b in ((3, 16), (16, 32), (32, dim)))
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(a, b, 3, stride=2, padding=1)
+                                         for a, b in ((3, 16), (16, 32), (32, dim)))
         with torch.no_grad():
             for conv in self.convs:
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) / conv.weight[0].numel() ** 0.5)

@@ -1087,8 +1087,11 @@ def reflow_pairs(model, source, n: int | None = None, *, steps: int = 100, gener
 
 # ------------------------------------------------------------------------------------- measuring
 def measure_step(model: torch.nn.Module, batch_fn, loss_fn, *, repeats: int = 5, warmup: int = 2,
-                 device=None) -> dict:
+                 device=None, precision: str = "fp32") -> dict:
     """Time and memory of one training step (forward, backward, AdamW) of ``loss_fn(model, **batch_fn(i))``.
+
+    ``precision`` as in :class:`TrainerConfig` (:func:`resolve_precision`): the step runs under the same
+    autocast, with a gradient scaler for fp16, as the :class:`Trainer`'s.
 
     Returns ``ms`` (the median over ``repeats`` steps after ``warmup``), ``activations_mb`` (the tensors
     autograd keeps for the backward pass, parameters excluded: what grows with the batch on any device) and
@@ -1097,6 +1100,10 @@ def measure_step(model: torch.nn.Module, batch_fn, loss_fn, *, repeats: int = 5,
     check_positive_int(repeats, "repeats")
     check_nonnegative_int(warmup, "warmup")
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    autocast = (contextlib.nullcontext if precision == "fp32" else
+                lambda: torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     model = model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     param_ptrs = {p.data_ptr() for p in model.parameters()}
@@ -1119,12 +1126,17 @@ def measure_step(model: torch.nn.Module, batch_fn, loss_fn, *, repeats: int = 5,
         start = time.perf_counter()
         seen.clear()
         saved[0] = 0
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), autocast():
             loss = loss_fn(model, **batch)
         activations = max(activations, saved[0])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)

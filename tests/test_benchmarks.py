@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,3 +98,18 @@ def test_celeba_stream_memory_quick_run(tmp_path):
     data = json.loads((tmp_path / "celeba_stream_memory_quick.json").read_text())
     assert [r["images"] for r in data["rows"]] == [40, 120]
     assert all(r["rss_peak_mib"] >= r["rss_before_mib"] > 0 and r["latents_mib"] > 0 for r in data["rows"])
+
+
+def test_celeba_gpu_quick_run_and_refusal_without_a_gpu(tmp_path, monkeypatch):
+    bench = load("celeba_gpu")
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "celeba_gpu_quick.json").read_text())
+    shapes = {(r["network"], tuple(r["shape"])) for r in data["steps"]}
+    assert shapes == {("unet:tiny", (4, 8, 8)), ("dit:tiny", (4, 8, 8)), ("unet:tiny", (3, 64, 64))}
+    assert all(r["ms_per_step"] > 0 for r in data["steps"])
+    assert data["autoencoder"]["encode_images_per_s"] > 0 and data["autoencoder"]["decode_images_per_s"] > 0
+    assert data["sampling"]["nfe"] >= 6 and data["sampling"]["samples"] == 4
+    assert "dopri5" in (tmp_path / "celeba_gpu_quick.md").read_text()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="measures a GPU"):
+        bench.main(["--out", str(tmp_path)])

@@ -265,7 +265,7 @@ def test_fid_says_why_it_cannot_run_and_checks_inputs(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("torchmetrics", "torch_fidelity") else real_find(name, *a))
     ok, why = metrics.fid_status()
-    assert not ok and "pip install torchmetrics torch-fidelity" in why
+    assert not ok and "torchmetrics and torch_fidelity not installed (pip install torch-fidelity" in why
     x = torch.zeros(4, 3, 8, 8)
     with pytest.raises(RuntimeError, match="FID cannot be computed here: torchmetrics"):
         metrics.fid(x, x)
@@ -321,3 +321,45 @@ def test_train_latent_script_trains_resumes_and_refuses_changed_settings(tmp_pat
     assert script.main([*args, "--steps", "6", "--lr", "1e-3", "--override"]) == 0
     cfg = json.loads((tmp_path / "ckpt-00000006" / "config.json").read_text())
     assert cfg["training"]["lr"] == 1e-3 and cfg["history"][0]["step"] == 4
+
+
+def test_local_autoencoder_folders_and_the_sd_vae_standin(tmp_path):
+    from diffusers import AutoencoderKL
+
+    folder = autoencoders.write_standin(tmp_path / "sd", seed=0)
+    ae = autoencoders.load(str(folder))
+    assert ae.scale == 0.18215 and ae.factor == 8 and ae.meta["standin"]
+    assert sum(p.numel() for p in ae.model.parameters()) == pytest.approx(83.65e6, rel=1e-3)
+    (folder / "lfm_autoencoder.json").unlink()  # a local copy of sd-vae-ft-mse: its configuration says what it is
+    assert autoencoders.load(str(folder)).scale == 0.18215
+    other = AutoencoderKL(**autoencoders.offline_config(3, channels=(16, 16)))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="latent scale and is not sd-vae-ft-mse's architecture: pass scale"):
+        autoencoders.load(str(tmp_path / "other"))
+    assert autoencoders.load(str(tmp_path / "other"), scale=0.3).scale == 0.3
+
+
+def test_fid_runs_its_real_path_with_a_standin_feature_extractor():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(12, 3, 32, 32, generator=g) * 2 - 1, torch.rand(12, 3, 32, 32, generator=g) * 2 - 1
+    feats = metrics.StandinFeatures(dim=16)
+    same, other = metrics.fid(a, a, feature_extractor=feats), metrics.fid(a, b * 0.2, feature_extractor=feats)
+    assert same == pytest.approx(0.0, abs=1e-4) and other > same
+    with pytest.raises(ValueError, match="at least 2 images"):
+        metrics.fid(a[:1], b, feature_extractor=feats)
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.fid(a, b[:, :, :16, :16], feature_extractor=feats)
+    with pytest.raises(TypeError, match="feature_extractor"):
+        metrics.fid(a, b, feature_extractor=lambda x: x)
+
+
+def test_rehearsal_mode(monkeypatch):
+    from lfm_core import runtime
+
+    monkeypatch.setenv("LFM_QUICK", "0")
+    monkeypatch.setenv("LFM_REHEARSAL", "1")
+    assert runtime.mode() == "rehearsal" and runtime.pick(quick=1, full=2, rehearsal=3) == 3
+    assert runtime.pick(quick=1, full=2) == 2  # without a rehearsal value: the full one
+    monkeypatch.setenv("LFM_QUICK", "1")
+    with pytest.raises(ValueError, match="LFM_REHEARSAL"):
+        runtime.mode()

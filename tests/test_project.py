@@ -83,6 +83,9 @@ def test_notebook_conventions(path):
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     assert nb["metadata"].get("lfm", {}).get("quick_budget_s"), "set metadata.lfm.quick_budget_s"
     cells = nb["cells"]
+    ids = [cell.get("id") for cell in cells]
+    if (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5):  # nbformat 4.5: every cell has a unique id
+        assert all(ids) and len(set(ids)) == len(ids), "every cell needs its own id (nbformat.validator.normalize)"
     for i, cell in enumerate(cells):
         if cell["cell_type"] == "code":
             assert not cell.get("outputs") and cell.get("execution_count") is None, f"cell {i} has outputs: strip it"
@@ -96,3 +99,53 @@ def test_notebook_conventions(path):
     assert sum(s.count("assert ") for s, c in zip(src, cells, strict=True) if c["cell_type"] == "code") >= 5
     tail = "\n".join(src[-2:])
     assert "## Exercises" in tail and "## References" in tail
+
+
+def test_badges_setup_cells_and_pyproject_agree_and_colab_rewrites_them(tmp_path):
+    """The repository URL lives in pyproject.toml; `python3 tasks.py colab OWNER/REPO` points everything at a fork."""
+    import importlib.util
+    import shutil
+
+    repo = PYPROJECT["project"]["urls"]["Repository"].removeprefix("https://github.com/")
+    for nb in NOTEBOOKS:
+        text = nb.read_text()
+        assert f"colab.research.google.com/github/{repo}/blob/main/notebooks/{nb.name}" in text, nb.name
+        assert f'REPO = \\"{repo}\\"' in text, nb.name
+    copy = tmp_path / "project"
+    (copy / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    for nb in NOTEBOOKS:
+        shutil.copy(nb, copy / "notebooks" / nb.name)
+    spec = importlib.util.spec_from_file_location("tasks", ROOT / "tasks.py")
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)
+    tasks.colab(["someone/fork"], root=copy)
+    assert 'Repository = "https://github.com/someone/fork"' in (copy / "pyproject.toml").read_text()
+    for nb in NOTEBOOKS:
+        text = (copy / "notebooks" / nb.name).read_text()
+        assert repo not in text and "colab.research.google.com/github/someone/fork/blob/main" in text
+        assert 'REPO = \\"someone/fork\\"' in text
+        json.loads(text)  # still a valid notebook
+    with pytest.raises(SystemExit):
+        tasks.colab(["not a repo"], root=copy)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_run_notebooks_records_the_kernels_peak_memory(tmp_path):
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
+    run_notebooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_notebooks)
+    assert run_notebooks.peak_rss_mib(10**9) is None   # no such process
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import time\nblock = bytearray(300 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\ntime.sleep(0.5)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "00_memory.ipynb"
+    nbformat.write(nb, path)
+    r = run_notebooks.execute(path, tmp_path / "out", timeout=60, memory=True)
+    assert r["error"] is None
+    assert r["peak_rss_mib"] >= 300, r   # the 300 MiB the cell touched, plus the interpreter
+    assert "peak_rss_mib" not in run_notebooks.execute(path, tmp_path / "out", timeout=60)

@@ -245,6 +245,20 @@ def test_precision_is_chosen_by_the_device(monkeypatch):
     assert resolve_precision("auto", "cuda") == "bf16"
 
 
+def test_measure_step_takes_the_trainers_precision_rule():
+    from lfm_core import training
+
+    model = torch.nn.Linear(3, 3)
+    batch_fn = lambda i: {"x": torch.randn(4, 3)}   # noqa: E731
+    loss_fn = lambda m, x: m(x).pow(2).mean()       # noqa: E731
+    r = training.measure_step(model, batch_fn, loss_fn, repeats=1, warmup=0, precision="auto")
+    assert r["ms"] > 0 and r["peak_mb"] is None
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        training.measure_step(model, batch_fn, loss_fn, repeats=1, precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        training.measure_step(model, batch_fn, loss_fn, repeats=1, precision="half")
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_processes_match_one(tmp_path):
     """torchrun, 2 CPU processes (gloo): identical weights on both ranks, equal to one process (same global batch)."""

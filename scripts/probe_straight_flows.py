@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Probe of the learned-interpolant method on one 2D task (work in progress toward notebook 03).
+"""One run of notebook 03's learned-interpolant method on a 2D task, with every setting as a flag.
 
     python scripts/probe_straight_flows.py --interpolant glow        # 400 steps, 32 x 512, t_max 0.9, clip 1
     python scripts/probe_straight_flows.py --interpolant linear          # the I-CFM baseline

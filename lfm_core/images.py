@@ -186,11 +186,18 @@ class ImageFiles:
 
     def get(self, indices) -> torch.Tensor:
         """The images at ``indices`` (a sequence or tensor of row numbers), decoded by ``workers`` threads."""
-        idx = [int(i) for i in torch.as_tensor(indices, dtype=torch.long).reshape(-1)]
-        if any(i < 0 or i >= len(self) for i in idx):
-            raise ValueError(f"indices must lie in [0, {len(self)}), got {min(idx)}..{max(idx)}")
+        idx = self._rows(indices)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode") as pool:
             return torch.stack(list(pool.map(self._decode, [self.records[i] for i in idx])))
+
+    def _rows(self, indices) -> list[int]:
+        """``indices`` (a sequence or tensor of row numbers) as a checked, non-empty list of ints."""
+        idx = [int(i) for i in torch.as_tensor(indices if isinstance(indices, torch.Tensor) else list(indices),
+                                               dtype=torch.long).reshape(-1)]
+        if not idx or any(i < 0 or i >= len(self) for i in idx):
+            raise ValueError(f"indices must be a non-empty list of rows in [0, {len(self)}), got "
+                             f"{'none' if not idx else f'{min(idx)}..{max(idx)}'}")
+        return idx
 
     def load(self, limit: int | None = None) -> ImageData:
         """Every image (or the first ``limit``) in memory, as an :class:`ImageData`."""
@@ -213,11 +220,7 @@ class ImageFiles:
 
     def subset(self, indices) -> ImageFiles:
         """The images at ``indices`` (row numbers, in the order given), as another source."""
-        idx = [int(i) for i in torch.as_tensor(indices if isinstance(indices, torch.Tensor) else list(indices),
-                                               dtype=torch.long).reshape(-1)]
-        if not idx or any(i < 0 or i >= len(self) for i in idx):
-            raise ValueError(f"indices must be a non-empty list of rows in [0, {len(self)}), got "
-                             f"{'none' if not idx else f'{min(idx)}..{max(idx)}'}")
+        idx = self._rows(indices)
         labels = None if self.labels is None else self.labels[torch.tensor(idx)]
         return ImageFiles([self.records[i] for i in idx], labels, size=self.size, name=self.name,
                           source=self.source, num_classes=self.num_classes, workers=self.workers)

@@ -34,7 +34,7 @@ import math
 import numpy as np
 import torch
 
-from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
+from .utils import check_finite, check_nonnegative, check_nonnegative_int, check_positive_int, check_tensor
 
 __all__ = ["wasserstein2", "path_energy", "normalized_path_energy", "straightness", "psnr",
            "nearest_neighbour_distance", "fid_status", "fid", "StandinFeatures"]
@@ -193,7 +193,7 @@ class StandinFeatures(torch.nn.Module):
 
     def __init__(self, dim: int = 64, seed: int = 0):
         super().__init__()
-        g = torch.Generator().manual_seed(check_positive_int(seed + 1, "seed") - 1)
+        g = torch.Generator().manual_seed(check_nonnegative_int(seed, "seed"))
         self.num_features = check_positive_int(dim, "dim")
         self.convs = torch.nn.ModuleList(torch.nn.Conv2d(a, b, 3, stride=2, padding=1)
                                          for a, b in ((3, 16), (16, 32), (32, dim)))

@@ -223,3 +223,11 @@ def test_celebamask_hq_layout(tmp_path):
         images.load_celebamask_hq(tmp_path, size=16)
     with pytest.raises(FileNotFoundError, match="LFM_CELEBAMASK_HQ_DIR"):
         images.load_celebamask_hq(None)
+
+
+def test_get_checks_its_rows_like_subset(celeba_dir):
+    src = images.stream("celeba_hq", size=32, root=celeba_dir)
+    assert torch.equal(src.get([1, 0]), src.subset([1, 0]).load().images)
+    for bad in ([], [len(src)]):
+        with pytest.raises(ValueError, match="indices must be a non-empty list of rows"):
+            src.get(bad)

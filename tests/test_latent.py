@@ -363,3 +363,10 @@ def test_rehearsal_mode(monkeypatch):
     monkeypatch.setenv("LFM_QUICK", "1")
     with pytest.raises(ValueError, match="LFM_REHEARSAL"):
         runtime.mode()
+
+
+def test_standin_features_check_their_seed():
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        metrics.StandinFeatures(seed=-1)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        metrics.StandinFeatures(seed=1.5)

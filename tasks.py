@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The project's two jobs, each setting up what it needs and safe to run again.
 
-    python3 tasks.py run       # execute every notebook headless in quick mode -> build/
+    python3 tasks.py run       # execute every notebook headless in quick mode -> build/, record the times
     python3 tasks.py test      # lint, unit tests, and every notebook through nbval (quick mode)
     python3 tasks.py rehearse  # notebooks 04 and 05 in full-mode configuration, short, offline -> build/rehearsal/
     python3 tasks.py colab OWNER/REPO   # point every Open-in-Colab badge and setup cell at github.com/OWNER/REPO
+    python3 tasks.py readme    # rebuild the README's runtime table from the notebooks' metadata
+    python3 tasks.py lab       # student versions (marked solutions blanked) -> build/lab/
     python3 tasks.py peer      # also install the peer libraries the benchmarks compare against (torchcfm)
 
 Both create a virtual environment in .venv (once), install torch into it if it has none, and
@@ -14,6 +16,8 @@ Standard library only, so it runs on a machine with nothing but Python 3.10+ and
 Options:
     run --full            execute in full mode instead (GPU sizes; slow on a CPU)
     run NAME ...          execute only the notebooks whose file name contains NAME
+    run --no-record       do not write the measured times into the notebooks' metadata and the README
+                          (`run` and `rehearse` record them by default: metadata.lfm.runtime is their one source)
     test -- ARGS          pass ARGS on to pytest (e.g. `python3 tasks.py test -- tests -k paths`)
 
     rehearse --celeba DIR the CelebA-HQ folder to rehearse with (default $LFM_CELEBA_HQ_DIR, else
@@ -87,8 +91,9 @@ def _env(quick: bool) -> dict:
 def run(args: list[str]) -> None:
     setup()
     full = "--full" in args
-    names = [a for a in args if a != "--full"]
-    _run([_python(), ROOT / "scripts" / "run_notebooks.py", "--out", ROOT / "build", *names],
+    record = [] if "--no-record" in args else ["--record"]
+    names = [a for a in args if a not in ("--full", "--no-record")]
+    _run([_python(), ROOT / "scripts" / "run_notebooks.py", "--out", ROOT / "build", *record, *names],
          env=_env(quick=not full), cwd=ROOT)
 
 
@@ -133,10 +138,11 @@ def rehearse(args: list[str]) -> None:
     env = _env(quick=False)
     env.update(LFM_REHEARSAL="1", LFM_CELEBA_HQ_DIR=str(Path(celeba).resolve()), LFM_SD_VAE=str(standin),
                HF_HUB_OFFLINE="1", LFM_PROGRESS=env.get("LFM_PROGRESS", "0"))
-    names = args or list(REHEARSAL_NOTEBOOKS)
+    record = [] if "--no-record" in args else ["--record"]
+    names = [a for a in args if a != "--no-record"] or list(REHEARSAL_NOTEBOOKS)
     start = time.perf_counter()
     _run([_python(), ROOT / "scripts" / "run_notebooks.py", "--out", ROOT / "build" / "rehearsal", "--memory",
-          *names], env=env, cwd=ROOT)
+          *record, *names], env=env, cwd=ROOT)
     print(f"rehearsal passed in {time.perf_counter() - start:.0f} s (details: build/rehearsal/summary.json)")
 
 
@@ -169,6 +175,25 @@ def colab(args: list[str], root: Path = ROOT) -> None:
     print(f"pointed pyproject.toml and {changed} notebook cells at github.com/{new} (was {old})")
 
 
+def readme(args: list[str]) -> None:
+    """Rebuild the README's runtime table from the notebooks' metadata (no virtual environment needed)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError:  # nbclient lives in the virtual environment
+        setup()
+        _run([_python(), __file__, "readme"], cwd=ROOT)
+        return
+    print("README's runtime table", "rebuilt" if module.update_readme() else "already current")
+
+
+def lab(args: list[str]) -> None:
+    """Student versions of the notebooks in build/lab/ (scripts/make_lab.py; standard library only)."""
+    _run([sys.executable, ROOT / "scripts" / "make_lab.py", "--out", ROOT / "build" / "lab", *args], cwd=ROOT)
+
+
 def peer(args: list[str]) -> None:
     """Install torchcfm for `benchmarks/ot_cfm_2d.py --peer torchcfm`.
 
@@ -180,7 +205,7 @@ def peer(args: list[str]) -> None:
 
 
 def main() -> None:
-    jobs = {"run": run, "test": test, "rehearse": rehearse, "colab": colab, "peer": peer,
+    jobs = {"run": run, "test": test, "rehearse": rehearse, "colab": colab, "peer": peer, "readme": readme, "lab": lab,
             "setup": lambda _args: setup()}
     if len(sys.argv) < 2 or sys.argv[1] not in jobs:
         sys.exit(__doc__)

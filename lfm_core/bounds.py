@@ -101,7 +101,8 @@ def jacobian_norm_lower_bound(f, points: torch.Tensor, *, iters: int = 30,
         _, ju = jvp(f, (x,), (u,))
         _, pullback = vjp(f, x)
         (jtju,) = pullback(ju)
-        sigma = ju.reshape(len(x), -1).norm(dim=1)  # |J u| with |u| = 1
+        sigma = ju.detach().reshape(len(x), -1).norm(dim=1)  # |J u| with |u| = 1
+        jtju = jtju.detach()
         norm = jtju.reshape(len(x), -1).norm(dim=1).clamp_min(1e-30)
         u = jtju / norm.reshape(-1, *([1] * (x.dim() - 1)))
     result = float(sigma.max())

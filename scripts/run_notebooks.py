@@ -10,13 +10,20 @@ wall times against each notebook's budget (``metadata.lfm.quick_budget_s``) to
 ``build/summary.json``; with ``--memory``, also the kernel's peak resident memory (Linux: the ``VmHWM``
 high-water mark of ``/proc/<pid>/status``, read every 0.2 s while the notebook runs). Exits non-zero if a
 notebook fails; a budget overrun is reported, not fatal.
-Usually run through ``python3 tasks.py run``.
+
+With ``--record``, each notebook that passed gets its time written into its own metadata
+(``metadata.lfm.runtime.<quick|full|rehearsal>``: seconds, machine, date; the rehearsal also its peak memory),
+and the README's runtime table, between ``<!-- runtimes:begin -->`` and ``<!-- runtimes:end -->``, is rebuilt
+from the metadata of all notebooks (``runtime_table``). The metadata is the one place measured notebook times
+live; ``tests/test_project.py`` checks that the README agrees with it.
+Usually run through ``python3 tasks.py run`` (which records).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
 import os
 import re
@@ -91,11 +98,101 @@ def execute(path: Path, out: Path, timeout: int, memory: bool = False) -> dict:
             if "image/png" in data:
                 n_fig += 1
                 (fig_dir / f"cell{i:02d}_fig{n_fig:02d}.png").write_bytes(base64.b64decode(data["image/png"]))
-    mode = "quick" if os.environ.get("LFM_QUICK", "0") not in ("", "0", "false", "no", "off") else "full"
+    mode = run_mode()
     budget = nb.metadata.get("lfm", {}).get(f"{mode}_budget_s")
     return {"notebook": path.name, "mode": mode, "seconds": round(seconds, 1), "budget_s": budget,
             "within_budget": None if budget is None else seconds <= budget, "figures": n_fig, "error": error,
             **({"peak_rss_mib": None if watcher.peak is None else round(watcher.peak)} if memory else {})}
+
+
+MODES = ("quick", "full", "rehearsal")
+TABLE_BEGIN, TABLE_END = "<!-- runtimes:begin -->", "<!-- runtimes:end -->"
+
+
+def run_mode() -> str:
+    """The mode this process runs notebooks in: ``rehearsal`` (``LFM_REHEARSAL``), else ``quick`` or ``full``."""
+    if os.environ.get("LFM_REHEARSAL", "0") not in ("", "0", "false", "no", "off"):
+        return "rehearsal"
+    return "quick" if os.environ.get("LFM_QUICK", "0") not in ("", "0", "false", "no", "off") else "full"
+
+
+def machine() -> str:
+    """A short description of this machine: usable CPU cores and, where torch sees one, the GPU."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    text = f"{cores} CPU cores"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            text += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def record(path: Path, result: dict, mode: str, when: datetime.date | None = None) -> None:
+    """Write ``result``'s time (and peak memory, when measured) into ``path``'s ``metadata.lfm.runtime[mode]``.
+
+    Only the metadata changes: the file is rewritten with the layout the notebooks are committed in."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if result.get("error"):
+        raise ValueError(f"{path.name} failed ({result['error']}); a failed run is not recorded")
+    nb = json.loads(path.read_text())
+    entry = {"seconds": result["seconds"], "machine": machine(),
+             "date": (when or datetime.date.today()).isoformat()}
+    if result.get("peak_rss_mib") is not None:
+        entry["peak_rss_mib"] = result["peak_rss_mib"]
+    nb.setdefault("metadata", {}).setdefault("lfm", {}).setdefault("runtime", {})[mode] = entry
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _cell(entry: dict | None, budget: float | None = None) -> str:
+    if not entry:
+        return "not measured"
+    text = _duration(entry["seconds"])
+    if budget is not None:
+        text += f" (budget {_duration(budget)}{', over' if entry['seconds'] > budget else ''})"
+    text += f"; {entry['machine']}, {entry['date']}"
+    if entry.get("peak_rss_mib") is not None:
+        text += f"; peak memory {entry['peak_rss_mib']} MiB"
+    return text
+
+
+def runtime_table(notebooks: Path = ROOT / "notebooks") -> str:
+    """The README's runtime table, built from every notebook's ``metadata.lfm`` (``runtime``, ``quick_budget_s``,
+    and ``full_note``: what full mode does beyond the measured configuration)."""
+    rows = ["| notebook | quick mode (budget) | full mode | full-mode rehearsal on local stand-ins |",
+            "|---|---|---|---|"]
+    for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
+        meta = json.loads(path.read_text()).get("metadata", {}).get("lfm", {})
+        runs = meta.get("runtime", {})
+        full = _cell(runs.get("full"))
+        if meta.get("full_note"):
+            full += f". {meta['full_note']}"
+        rehearsal = _cell(runs.get("rehearsal")) if "rehearsal" in runs else "–"
+        rows.append(f"| {path.stem[:2]} | {_cell(runs.get('quick'), meta.get('quick_budget_s'))} | {full} | "
+                    f"{rehearsal} |")
+    return "\n".join(rows)
+
+
+def update_readme(readme: Path = ROOT / "README.md", notebooks: Path = ROOT / "notebooks") -> bool:
+    """Rebuild the runtime table between the README's markers; True when the README changed."""
+    text = readme.read_text()
+    if text.count(TABLE_BEGIN) != 1 or text.count(TABLE_END) != 1:
+        raise ValueError(f"{readme} needs exactly one {TABLE_BEGIN} ... {TABLE_END} block")
+    head, rest = text.split(TABLE_BEGIN)
+    _, tail = rest.split(TABLE_END)
+    new = f"{head}{TABLE_BEGIN}\n{runtime_table(notebooks)}\n{TABLE_END}{tail}"
+    if new != text:
+        readme.write_text(new)
+    return new != text
 
 
 def main() -> int:
@@ -104,6 +201,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "build")
     parser.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
     parser.add_argument("--memory", action="store_true", help="record each kernel's peak resident memory (Linux)")
+    parser.add_argument("--record", action="store_true",
+                        help="write each passing notebook's time into its metadata and rebuild the README's table")
     args = parser.parse_args()
     paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.names:
@@ -123,6 +222,12 @@ def main() -> int:
         print(f"  {status}; {r['seconds']} s{budget}; {r['figures']} figures{peak}", flush=True)
     (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out / 'notebooks'}, {args.out / 'figures'} and {args.out / 'summary.json'}")
+    if args.record:
+        for p, r in zip(paths, results):
+            if not r["error"]:
+                record(p, r, run_mode())
+        if update_readme():
+            print("recorded the times in the notebooks' metadata and rebuilt the README's runtime table")
     return 1 if any(r["error"] for r in results) else 0
 
 

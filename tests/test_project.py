@@ -97,8 +97,16 @@ def test_notebook_conventions(path):
     assert any('"google.colab" in sys.modules' in s and repo in s for s in src), "a setup cell installing on Colab"
     assert any("runtime.describe(" in s and "seed_everything(" in s for s in src), "a config cell: mode, seeds"
     assert sum(s.count("assert ") for s, c in zip(src, cells, strict=True) if c["cell_type"] == "code") >= 5
-    tail = "\n".join(src[-2:])
-    assert "## Exercises" in tail and "## References" in tail
+    assert src[-1].startswith("## References"), "the last cell: the references"
+    start = next((i for i, s in enumerate(src) if s.startswith("## Exercises")), None)
+    assert start is not None, "an '## Exercises' section before the references"
+    solutions = [i for i in range(start, len(cells)) if cells[i]["cell_type"] == "code"]
+    exercises = [s for s in src[start:] if re.match(r"\*\*\d+\. ", s)]
+    assert len(solutions) == len(exercises) >= 3, "every exercise statement is followed by its solution cell"
+    for i in solutions:
+        assert "### BEGIN SOLUTION" in src[i] and "### END SOLUTION" in src[i], f"cell {i}: mark the solution"
+        answer = src[i + 1]
+        assert answer.startswith("**Answer") and "<!-- BEGIN SOLUTION -->" in answer, f"cell {i + 1}: the answer"
 
 
 def test_badges_setup_cells_and_pyproject_agree_and_colab_rewrites_them(tmp_path):
@@ -149,3 +157,140 @@ def test_run_notebooks_records_the_kernels_peak_memory(tmp_path):
     assert r["error"] is None
     assert r["peak_rss_mib"] >= 300, r   # the 300 MiB the cell touched, plus the interpreter
     assert "peak_rss_mib" not in run_notebooks.execute(path, tmp_path / "out", timeout=60)
+
+
+def _run_notebooks_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_records_its_measured_times(path):
+    runtime = json.loads(path.read_text())["metadata"]["lfm"].get("runtime", {})
+    assert set(runtime) <= {"quick", "full", "rehearsal"}, runtime
+    assert "quick" in runtime and "full" in runtime, "measure quick and full mode (python3 tasks.py run [--full])"
+    for mode, entry in runtime.items():
+        assert entry["seconds"] > 0 and "CPU cores" in entry["machine"], (mode, entry)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d", entry["date"]), (mode, entry)
+
+
+def test_readme_runtime_table_is_the_one_built_from_the_notebooks_metadata():
+    table = _run_notebooks_module().runtime_table()
+    block = README.split("<!-- runtimes:begin -->\n")[1].split("\n<!-- runtimes:end -->")[0]
+    assert block == table, "the README's runtime table is stale: run `python3 tasks.py readme`"
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        quick = nb["metadata"]["lfm"]["runtime"]["quick"]["seconds"]
+        assert f"| {path.name[:2]} | {quick:.0f} s" in table or f"| {path.name[:2]} | {quick / 60:.1f} min" in table
+
+
+def test_record_writes_only_the_metadata_and_refuses_failed_runs(tmp_path):
+    import datetime
+
+    rn = _run_notebooks_module()
+    copy = tmp_path / "notebooks"
+    copy.mkdir()
+    for nb in NOTEBOOKS[:2]:
+        (copy / nb.name).write_text(nb.read_text())
+    target = copy / NOTEBOOKS[0].name
+    before = json.loads(target.read_text())
+    rn.record(target, {"seconds": 12.5, "error": None, "peak_rss_mib": 321}, "rehearsal",
+              when=datetime.date(2030, 1, 2))
+    after = json.loads(target.read_text())
+    entry = after["metadata"]["lfm"]["runtime"]["rehearsal"]
+    assert entry["seconds"] == 12.5 and entry["date"] == "2030-01-02" and entry["peak_rss_mib"] == 321
+    assert after["cells"] == before["cells"]
+    del after["metadata"]["lfm"]["runtime"]["rehearsal"]
+    assert after == before
+    assert target.read_text().endswith("}\n") and '\n "cells": [' in target.read_text()  # the committed layout
+    with pytest.raises(ValueError, match="failed"):
+        rn.record(target, {"seconds": 1.0, "error": "AssertionError"}, "quick")
+    with pytest.raises(ValueError, match="mode"):
+        rn.record(target, {"seconds": 1.0, "error": None}, "slow")
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- runtimes:begin -->\nold\n<!-- runtimes:end -->\nrest\n")
+    assert rn.update_readme(readme, copy) is True
+    text = readme.read_text()
+    assert "12 s; " in text and "peak memory 321 MiB" in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert rn.update_readme(readme, copy) is False  # already current
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="runtimes:begin"):
+        rn.update_readme(readme, copy)
+
+
+def _make_lab_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_lab", ROOT / "scripts" / "make_lab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_student_version_blanks_every_solution_and_keeps_everything_before_it(path):
+    ml = _make_lab_module()
+    full = json.loads(path.read_text())
+    lab, n = ml.student_version(full, path.name)
+    marked = sum("".join(c["source"]).count("### BEGIN SOLUTION") + "".join(c["source"]).count("<!-- BEGIN SOLUTION")
+                 for c in full["cells"])
+    assert n == marked > 0
+    assert lab["metadata"]["lfm"]["lab"] == {"student_version": True, "blanks": n}
+    text = json.dumps(lab)
+    assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+    first = ml.first_blank(lab)
+    assert first is not None
+    assert lab["cells"][:first] == full["cells"][:first], "a student version runs like the full one up to its first blank"
+    assert len(lab["cells"]) == len(full["cells"])
+    for c_lab, c_full in zip(lab["cells"], full["cells"], strict=True):
+        if "BEGIN SOLUTION" not in "".join(c_full["source"]):
+            assert c_lab == c_full
+        elif c_lab["cell_type"] == "code":
+            body = "".join(c_lab["source"])
+            assert "raise NotImplementedError()" in body
+            compile(body, f"{path.name} (student)", "exec")  # still valid Python
+
+
+def test_student_version_keeps_code_around_a_marked_block_and_refuses_bad_markers():
+    ml = _make_lab_module()
+    nb = {"cells": [
+        {"cell_type": "code", "metadata": {}, "outputs": [{"output_type": "stream"}], "execution_count": 3,
+         "source": ["import math\n", "def f(x):\n", "    ### BEGIN SOLUTION\n", "    return x + 1\n",
+                    "    ### END SOLUTION\n", "print(f(1))"]},
+        {"cell_type": "markdown", "metadata": {}, "source": ["**Answer.**\n<!-- BEGIN SOLUTION -->\nBecause.\n",
+                                                           "<!-- END SOLUTION -->"]},
+        {"cell_type": "raw", "metadata": {}, "source": ["### BEGIN SOLUTION"]},
+    ], "metadata": {}}
+    lab, n = ml.student_version(nb)
+    assert n == 2
+    assert "".join(lab["cells"][0]["source"]) == ("import math\ndef f(x):\n    # YOUR CODE HERE\n"
+                                                  "    raise NotImplementedError()\nprint(f(1))")
+    assert lab["cells"][0]["outputs"] == [] and lab["cells"][0]["execution_count"] is None
+    assert "".join(lab["cells"][1]["source"]) == "**Answer.**\n*YOUR ANSWER HERE*"
+    assert lab["cells"][2] == nb["cells"][2]  # raw cells are left alone
+    assert nb["cells"][0]["outputs"], "the instructor version is not modified"
+    namespace = {}
+    with pytest.raises(NotImplementedError):
+        exec("".join(lab["cells"][0]["source"]), namespace)
+    for bad in (["### BEGIN SOLUTION\n", "x = 1"], ["x = 1\n", "### END SOLUTION"],
+                ["### BEGIN SOLUTION\n", "### BEGIN SOLUTION\n", "### END SOLUTION"]):
+        with pytest.raises(ValueError, match="cell 0"):
+            ml.student_version({"cells": [{"cell_type": "code", "metadata": {}, "source": bad}]})
+    with pytest.raises(TypeError, match="nb"):
+        ml.student_version([])
+
+
+def test_tasks_lab_writes_student_versions(tmp_path):
+    import subprocess
+
+    out = tmp_path / "lab"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_lab.py"), "--out", str(out), "06"], check=True,
+                   capture_output=True)
+    written = sorted(p.name for p in out.glob("*.ipynb"))
+    assert written == [p.name for p in NOTEBOOKS if "06" in p.name]
+    assert "NotImplementedError" in (out / written[0]).read_text()

@@ -223,7 +223,7 @@ def main() -> int:
     (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out / 'notebooks'}, {args.out / 'figures'} and {args.out / 'summary.json'}")
     if args.record:
-        for p, r in zip(paths, results):
+        for p, r in zip(paths, results, strict=True):
             if not r["error"]:
                 record(p, r, run_mode())
         if update_readme():

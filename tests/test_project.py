@@ -245,7 +245,7 @@ def test_student_version_blanks_every_solution_and_keeps_everything_before_it(pa
     assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
     first = ml.first_blank(lab)
     assert first is not None
-    assert lab["cells"][:first] == full["cells"][:first], "a student version runs like the full one up to its first blank"
+    assert lab["cells"][:first] == full["cells"][:first], "up to its first blank a student version is the full one"
     assert len(lab["cells"]) == len(full["cells"])
     for c_lab, c_full in zip(lab["cells"], full["cells"], strict=True):
         if "BEGIN SOLUTION" not in "".join(c_full["source"]):

@@ -30,6 +30,8 @@ possible. This module holds the pieces:
   one forward-mode JVP (``torch.func.jvp``) along the tangent ``(v, 1)``; a flow has straight
   trajectories travelled at constant speed exactly when ``D v / Dt = 0``, and ``E |D v / Dt|^2`` is the
   straightness objective.
+* :func:`load_pretrained`: the GLOW interpolants fitted for N(0, I) -> 8 Gaussians and -> moons by
+  ``scripts/fit_interpolants.py`` (shipped in ``lfm_core/assets``), which notebook 03's quick mode loads.
 
 Time runs from the source at ``t = 0`` to the data at ``t = 1``.
 
@@ -39,7 +41,9 @@ Copy with: utils, training, couplings, runtime, solvers (the last four for :func
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -528,3 +532,29 @@ def fit_straight_flow(interpolant, model, source, data: torch.Tensor, *, levels:
                       lr_schedule="cosine", seed=seed + 1000 * level + 1, progress=progress)
         history["model"].append(r.losses)
     return history
+
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "assets"
+PRETRAINED_TASKS = ("8gaussians", "moons")
+
+
+def load_pretrained(task: str, root=None) -> tuple[GlowInterpolant, dict]:
+    """The GLOW interpolant fitted for straightness on ``N(0, I) -> task`` and its record (``config.json``).
+
+    ``task`` is one of :data:`PRETRAINED_TASKS`; ``root`` the folder that holds ``interpolant_<task>/`` (default:
+    the package's ``assets``, written by ``scripts/fit_interpolants.py``, whose command, settings, loss and seconds
+    the record holds). The interpolant is returned frozen (``requires_grad_(False)``), in float32.
+    """
+    if task not in PRETRAINED_TASKS:
+        raise ValueError(f"task must be one of {PRETRAINED_TASKS}, got {task!r}")
+    folder = Path(root if root is not None else PRETRAINED_DIR) / f"interpolant_{task}"
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no fitted interpolant in {folder}: run python scripts/fit_interpolants.py")
+    from safetensors.torch import load_file
+
+    record = json.loads((folder / "config.json").read_text())
+    if record.get("class") != "GlowInterpolant":
+        raise ValueError(f"{folder / 'config.json'} describes a {record.get('class')!r}, not a GlowInterpolant")
+    interp = GlowInterpolant(**record["config"])
+    interp.load_state_dict(load_file(folder / "model.safetensors"))
+    return interp.requires_grad_(False), record

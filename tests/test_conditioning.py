@@ -190,3 +190,36 @@ def test_semantic_encoder_is_trained_with_the_network():
     out_none = model(x, t, None)
     out_dropped = model(x, t, maps, keep=torch.zeros(4, dtype=torch.bool))
     torch.testing.assert_close(out_none, out_dropped)  # dropping the condition = no condition
+
+
+def test_smooth_fill_keeps_known_pixels_fills_holes_smoothly_and_beats_grey_on_smooth_images():
+    from lfm_core import conditioning as C
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    smooth = torch.stack([0.6 * xx + 0.3 * yy, 0.5 * torch.sin(2 * xx), -0.4 * yy])[None].repeat(4, 1, 1, 1)
+    masks = C.rectangle_masks(4, 32, generator=g)
+    filled = C.smooth_fill(smooth, masks)
+    known = (1 - masks).bool().expand_as(smooth)
+    assert torch.equal(filled[known], smooth[known])
+    assert torch.isfinite(filled).all()
+    grey = C.region_psnr(smooth, C.composite(torch.zeros_like(smooth), smooth, masks), masks)
+    ours = C.region_psnr(smooth, filled, masks)
+    assert ours > grey + 10, (ours, grey)   # a smooth image is predictable from its surroundings
+    # a hole that covers everything: no known pixel, the image is left at its (undefined) mean of 0
+    everything = torch.ones(1, 1, 8, 8)
+    assert torch.isfinite(C.smooth_fill(smooth[:1, :, :8, :8], everything)).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [({"sigma": 0.0}, "sigma"), ({"sigma": -1.0}, "sigma"),
+                                           ({"iterations": 0}, "iterations"), ({"iterations": 1.5}, "iterations")])
+def test_smooth_fill_refuses_bad_arguments(kwargs, match):
+    from lfm_core import conditioning as C
+
+    x = torch.zeros(2, 1, 8, 8)
+    with pytest.raises((ValueError, TypeError), match=match):
+        C.smooth_fill(x, torch.zeros(2, 1, 8, 8), **kwargs)
+    with pytest.raises((ValueError, TypeError), match="masks"):
+        C.smooth_fill(x, torch.full((2, 1, 8, 8), 0.5))
+    with pytest.raises((ValueError, TypeError), match="images"):
+        C.smooth_fill(torch.full((2, 1, 8, 8), float("nan")), torch.zeros(2, 1, 8, 8))

@@ -33,8 +33,8 @@ from torch import nn
 
 from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor, values_checked
 
-__all__ = ["check_masks", "rectangle_masks", "stroke_masks", "mask_images", "downsample_mask", "composite", "smooth_fill",
-           "check_segmentation", "intensity_segmentation", "one_hot_maps", "SemanticEncoder",
+__all__ = ["check_masks", "rectangle_masks", "stroke_masks", "mask_images", "downsample_mask", "composite",
+           "smooth_fill", "check_segmentation", "intensity_segmentation", "one_hot_maps", "SemanticEncoder",
            "ConditionedVelocity", "region_psnr"]
 
 

@@ -9,7 +9,7 @@ For each task: ``interpolants.GlowInterpolant(2, layers=3, hidden=32)`` fitted f
 ``toy.sample(task, generator=torch.Generator().manual_seed(1))``. Writes ``<out>/interpolant_<task>/`` with
 ``model.safetensors`` and ``config.json`` (the interpolant's configuration, the fit's settings, its loss at the
 start and the end, its seconds and this command); ``interpolants.load_pretrained(task)`` reads them back. Each
-task runs in its own process with one thread (about 9 minutes each on one core of the project's CI machine).
+task runs in its own process with one thread; its seconds are recorded in its config.json.
 """
 
 from __future__ import annotations

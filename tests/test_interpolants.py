@@ -262,3 +262,32 @@ def test_glow_linear_map_matches_its_matrix_and_inverts_in_higher_dimensions():
     back, ld_inv = interp.psi_inverse(y, x1, t)
     torch.testing.assert_close(back, x)
     torch.testing.assert_close(ld_inv, -ld)
+
+
+def test_load_pretrained_gives_the_committed_fits_and_refuses_what_it_cannot_load(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from lfm_core import interpolants as I
+
+    for task in I.PRETRAINED_TASKS:
+        interp, record = I.load_pretrained(task)
+        assert isinstance(interp, I.GlowInterpolant) and not any(p.requires_grad for p in interp.parameters())
+        assert record["task"] == task and record["command"].startswith("python scripts/fit_interpolants.py")
+        assert record["fit"]["steps"] >= 800 and record["seconds"] > 0
+        assert any(float(p.abs().max()) > 0 for p in interp.parameters()), "a fitted interpolant is not the line"
+        x0, x1 = torch.randn(16, 2), torch.randn(16, 2)
+        with torch.no_grad():
+            assert torch.allclose(interp(x0, x1, torch.zeros(16)), x0, atol=1e-5)
+            assert torch.allclose(interp(x0, x1, torch.ones(16)), x1, atol=1e-5)
+    with pytest.raises(ValueError, match="task"):
+        I.load_pretrained("swissroll")
+    with pytest.raises(FileNotFoundError, match="fit_interpolants"):
+        I.load_pretrained("moons", root=tmp_path)
+    folder = tmp_path / "interpolant_moons"
+    folder.mkdir()
+    save_file({"w": torch.zeros(1)}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"class": "AffineInterpolant", "config": {}}))
+    with pytest.raises(ValueError, match="not a GlowInterpolant"):
+        I.load_pretrained("moons", root=folder.parent)

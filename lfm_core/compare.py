@@ -21,21 +21,26 @@ Copy with: utils, metrics, paths, solvers, training, couplings, runtime, hub (``
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
 from . import metrics, solvers, training
 from .utils import check_finite, check_positive_int, check_tensor
 
-__all__ = ["METHODS", "train_methods", "evaluate"]
+__all__ = ["METHODS", "train_methods", "evaluate", "save_pretrained", "load_pretrained"]
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "assets"
 
 METHODS = ("I-CFM", "OT-CFM", "2-RF", "learned")
 
 
 def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, steps: int, batch_size: int = 256,
                   lr: float = 1e-3, seed: int = 0, interpolant=None, interpolant_seconds: float = 0.0,
-                  reflow_pairs: int | None = None, progress: bool | None = None) -> tuple[dict, dict]:
+                  reflow_pairs: int | None = None, progress: bool | None = None, start: dict | None = None,
+                  start_seconds: dict | None = None) -> tuple[dict, dict]:
     """Train a fresh network ``make_model()`` by each of ``methods`` from ``source`` to ``data``.
 
     ``source`` is a tensor of points or ``(n, generator) -> points``; ``data`` a tensor. Every method uses the
@@ -43,8 +48,10 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
     and ``torch.manual_seed(seed)`` before building its network, so all start from the same weights.
     ``"2-RF"`` reflows ``reflow_pairs`` fresh source points (default: as many as ``data`` has) with 100 Euler
     steps of the I-CFM model (trained first if asked for). ``"learned"`` needs ``interpolant``, fitted and
-    frozen; ``interpolant_seconds`` (its fitting time) is added to its seconds. Returns
-    ``(models, seconds)``, dicts keyed by method.
+    frozen; ``interpolant_seconds`` (its fitting time) is added to its seconds. ``start`` (method -> state dict,
+    e.g. from :func:`load_pretrained`) continues pretrained networks instead of fresh ones, for ``steps`` more
+    steps, and ``start_seconds`` (method -> seconds) adds the time they took. Returns ``(models, seconds)``,
+    dicts keyed by method.
     """
     from .paths import LinearPath
 
@@ -56,6 +63,11 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
     check_finite(data, "data", boundary=True)
     if "learned" in methods and interpolant is None:
         raise ValueError("the 'learned' method needs interpolant= (fitted with interpolants.fit_interpolant)")
+    start, start_seconds = dict(start or {}), dict(start_seconds or {})
+    for name, given in (("start", start), ("start_seconds", start_seconds)):
+        unknown = sorted(set(given) - set(METHODS))
+        if unknown:
+            raise ValueError(f"{name} has entries for unknown methods {unknown}; methods are {', '.join(METHODS)}")
     line = LinearPath(0.0)
     kw = dict(steps=steps, batch_size=batch_size, lr=lr, lr_schedule="cosine", seed=seed, progress=progress)
     order = [m for m in METHODS if m in methods or (m == "I-CFM" and "2-RF" in methods)]
@@ -63,7 +75,9 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
     for name in order:
         torch.manual_seed(seed)
         model = make_model()
-        start = time.perf_counter()
+        if name in start:
+            model.load_state_dict(start[name])
+        began = time.perf_counter()
         if name == "I-CFM":
             training.train_cfm(model, line, source, data, **kw)
         elif name == "OT-CFM":
@@ -75,7 +89,7 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
             training.train_cfm(model, line, x0, x1, paired=True, **kw)
         else:
             training.train_cfm(model, interpolant, source, data, **kw)
-        seconds[name] = time.perf_counter() - start
+        seconds[name] = time.perf_counter() - began + float(start_seconds.get(name, 0.0))
         models[name] = model.eval()
     if "2-RF" in seconds:
         seconds["2-RF"] += seconds["I-CFM"]  # reflow starts from the I-CFM model
@@ -108,3 +122,36 @@ def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8,
     out["S"] = metrics.straightness(traj)
     out["NPE"] = metrics.normalized_path_energy(traj, z, target)
     return out
+
+
+def save_pretrained(folder, models: dict, seconds: dict, record: dict) -> None:
+    """Write ``models`` (method -> network) to ``folder`` as ``<method>.safetensors``, with ``config.json`` holding
+    ``record`` (how they were made), the seconds each took and each network's ``config`` where it has one."""
+    from safetensors.torch import save_file
+
+    unknown = sorted(set(models) - set(METHODS))
+    if unknown:
+        raise ValueError(f"models has entries for unknown methods {unknown}; methods are {', '.join(METHODS)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, model in models.items():
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, folder / f"{name}.safetensors")
+    meta = dict(record, methods=list(models), seconds={m: round(float(seconds[m]), 2) for m in models},
+                model_config={m: getattr(models[m], "config", None) for m in models})
+    (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_pretrained(task: str, root=None) -> tuple[dict, dict, dict]:
+    """The networks that ``scripts/train_straight_flows.py`` trained on ``N(0, I) -> task`` by each method, as
+    ``(state_dicts, seconds, record)`` (method -> state dict; method -> seconds; the ``config.json``), read from
+    ``root/straight_flows_<task>/`` (default: the package's ``assets``). Pass them to :func:`train_methods` as
+    ``start=`` and ``start_seconds=`` to continue them."""
+    from safetensors.torch import load_file
+
+    folder = Path(root if root is not None else PRETRAINED_DIR) / f"straight_flows_{task}"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no pretrained networks in {folder}: run python scripts/train_straight_flows.py")
+    record = json.loads((folder / "config.json").read_text())
+    states = {m: load_file(folder / f"{m}.safetensors") for m in record["methods"]}
+    return states, {m: float(record["seconds"][m]) for m in record["methods"]}, record

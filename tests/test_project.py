@@ -294,3 +294,26 @@ def test_tasks_lab_writes_student_versions(tmp_path):
     written = sorted(p.name for p in out.glob("*.ipynb"))
     assert written == [p.name for p in NOTEBOOKS if "06" in p.name]
     assert "NotImplementedError" in (out / written[0]).read_text()
+
+
+def test_a_student_version_runs_up_to_its_first_blank_and_stops_there(monkeypatch):
+    """Notebook 06 (the quickest), student version, executed in quick mode: every cell before the first exercise runs,
+    and the first blank raises NotImplementedError."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    ml = _make_lab_module()
+    path = next(p for p in NOTEBOOKS if p.name.startswith("06"))
+    lab, _ = ml.student_version(json.loads(path.read_text()), path.name)
+    first = ml.first_blank(lab)
+    nb = nbformat.reads(json.dumps(lab), as_version=4)
+    monkeypatch.setenv("LFM_QUICK", "1")
+    monkeypatch.setenv("LFM_PROGRESS", "0")
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells[:first]):
+            if cell.cell_type == "code":
+                client.execute_cell(cell, i)
+        with pytest.raises(CellExecutionError, match="NotImplementedError"):
+            client.execute_cell(nb.cells[first], first)

@@ -111,7 +111,6 @@ def test_notebook_conventions(path):
 
 def test_badges_setup_cells_and_pyproject_agree_and_colab_rewrites_them(tmp_path):
     """The repository URL lives in pyproject.toml; `python3 tasks.py colab OWNER/REPO` points everything at a fork."""
-    import importlib.util
     import shutil
 
     repo = PYPROJECT["project"]["urls"]["Repository"].removeprefix("https://github.com/")
@@ -124,9 +123,7 @@ def test_badges_setup_cells_and_pyproject_agree_and_colab_rewrites_them(tmp_path
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
     for nb in NOTEBOOKS:
         shutil.copy(nb, copy / "notebooks" / nb.name)
-    spec = importlib.util.spec_from_file_location("tasks", ROOT / "tasks.py")
-    tasks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tasks)
+    tasks = _load_script(ROOT / "tasks.py")
     tasks.colab(["someone/fork"], root=copy)
     assert 'Repository = "https://github.com/someone/fork"' in (copy / "pyproject.toml").read_text()
     for nb in NOTEBOOKS:
@@ -140,13 +137,9 @@ def test_badges_setup_cells_and_pyproject_agree_and_colab_rewrites_them(tmp_path
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
 def test_run_notebooks_records_the_kernels_peak_memory(tmp_path):
-    import importlib.util
-
     import nbformat
 
-    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
-    run_notebooks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_notebooks)
+    run_notebooks = _run_notebooks_module()
     assert run_notebooks.peak_rss_mib(10**9) is None   # no such process
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "import time\nblock = bytearray(300 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\ntime.sleep(0.5)")])
@@ -159,13 +152,18 @@ def test_run_notebooks_records_the_kernels_peak_memory(tmp_path):
     assert "peak_rss_mib" not in run_notebooks.execute(path, tmp_path / "out", timeout=60)
 
 
-def _run_notebooks_module():
+def _load_script(path: Path):
+    """A project script (tasks.py, scripts/*.py) imported as a module by its path."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _run_notebooks_module():
+    return _load_script(ROOT / "scripts" / "run_notebooks.py")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -224,12 +222,7 @@ def test_record_writes_only_the_metadata_and_refuses_failed_runs(tmp_path):
 
 
 def _make_lab_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_lab", ROOT / "scripts" / "make_lab.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_script(ROOT / "scripts" / "make_lab.py")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -12,6 +12,7 @@ tensor shaped like ``x``.
 
 from . import (
     autoencoders,
+    average_velocity,
     bounds,
     compare,
     conditioning,
@@ -33,5 +34,5 @@ from . import (
 
 __version__ = "0.1.0"
 
-__all__ = ["autoencoders", "bounds", "compare", "conditioning", "couplings", "guidance", "hub", "images",
+__all__ = ["autoencoders", "average_velocity", "bounds", "compare", "conditioning", "couplings", "guidance", "hub", "images",
            "interpolants", "metrics", "mixtures", "nets", "paths", "runtime", "solvers", "toy", "training", "utils"]

@@ -40,33 +40,51 @@ class MLP(nn.Module):
         hidden: width of each hidden layer.
         depth: number of hidden layers.
         activation: one of :data:`ACTIVATIONS` (``"selu"`` as in the OT-CFM paper).
+        cond_channels: number of extra inputs ``cond`` (``[B, cond_channels]``) appended to ``[x, t]``, as the
+            image networks concatenate their ``cond`` channels; 0 for none. An average-velocity model
+            (:class:`lfm_core.average_velocity.AverageVelocity`) passes its second time there.
 
     ``t`` is a float or a tensor of shape ``[B]`` with values in ``[0, 1]``.
     """
 
-    def __init__(self, dim: int, hidden: int = 64, depth: int = 3, activation: str = "selu"):
+    def __init__(self, dim: int, hidden: int = 64, depth: int = 3, activation: str = "selu", cond_channels: int = 0):
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         check_positive_int(hidden, "hidden")
         check_positive_int(depth, "depth")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if isinstance(cond_channels, bool) or not isinstance(cond_channels, int) or cond_channels < 0:
+            raise ValueError(f"cond_channels must be an int >= 0, got {cond_channels!r}")
+        self.cond_channels = cond_channels
         layers: list[nn.Module] = []
-        width = dim + 1
+        width = dim + 1 + cond_channels
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
             width = hidden
         layers.append(nn.Linear(width, dim))
         self.net = nn.Sequential(*layers)
         self.config = {"dim": dim, "hidden": hidden, "depth": depth, "activation": activation}
+        if cond_channels:
+            self.config["cond_channels"] = cond_channels
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
         check_tensor(x, "x", min_dim=2)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
         check_finite(x, "x")
         t = as_time(t, x.shape[0], like=x)
-        return self.net(torch.cat([x, t[:, None]], dim=1))
+        parts = [x, t[:, None]]
+        if self.cond_channels:
+            if cond is None:
+                raise ValueError(f"this model needs cond: [B, {self.cond_channels}] extra inputs")
+            check_tensor(cond, "cond", min_dim=2)
+            if cond.shape != (x.shape[0], self.cond_channels):
+                raise ValueError(f"cond must have shape {(x.shape[0], self.cond_channels)}, got {tuple(cond.shape)}")
+            parts.append(cond.to(x.dtype))
+        elif cond is not None:
+            raise ValueError("this model was built without extra inputs (cond_channels=0): cond must be None")
+        return self.net(torch.cat(parts, dim=1))
 
 
 class MLPEnsemble(nn.Module):
@@ -106,6 +124,8 @@ class MLPEnsemble(nn.Module):
             raise TypeError("models must be a non-empty list of lfm_core.nets.MLP")
         if any(m.config != models[0].config for m in models):
             raise ValueError("all models must share one configuration (dim, hidden, depth, activation)")
+        if models[0].cond_channels:
+            raise ValueError("an ensemble takes no extra inputs: models must be built with cond_channels=0")
         c = models[0].config
         ens = cls(len(models), c["dim"], c["hidden"], c["depth"], c["activation"])
         ens._load(models)

@@ -104,6 +104,12 @@ def _use(module: str, mod, tmp_path: Path):
                                             batch_size=4, reflow_pairs=8, progress=False)
         assert set(models) == {"I-CFM", "2-RF"}
         assert "W2@1" in mod.evaluate(models["I-CFM"], x, x + 3, steps=(1, 2))
+    elif module == "average_velocity":
+        from lfm_core.nets import MLP  # the network is the caller's
+
+        model = mod.AverageVelocity(MLP(2, 8, 1, cond_channels=1))
+        res = mod.train_meanflow(model, x, x + 3, steps=2, batch_size=4, progress=False)
+        assert len(res.losses) == 2 and mod.sample(model, x, steps=2).x.shape == x.shape
     else:
         raise AssertionError(f"no small use written for lfm_core.{module}: add one here")
 

@@ -34,5 +34,6 @@ from . import (
 
 __version__ = "0.1.0"
 
-__all__ = ["autoencoders", "average_velocity", "bounds", "compare", "conditioning", "couplings", "guidance", "hub", "images",
-           "interpolants", "metrics", "mixtures", "nets", "paths", "runtime", "solvers", "toy", "training", "utils"]
+__all__ = ["autoencoders", "average_velocity", "bounds", "compare", "conditioning", "couplings", "guidance", "hub",
+           "images", "interpolants", "metrics", "mixtures", "nets", "paths", "runtime", "solvers", "toy", "training",
+           "utils"]

@@ -79,8 +79,8 @@ from .utils import (
     values_checked,
 )
 
-__all__ = ["AverageVelocity", "TimePairs", "meanflow_target", "meanflow_loss", "train_meanflow", "sample", "from_paper_convention",
-           "exact_average_velocity", "GaussianFlow", "TIME_DISTRIBUTIONS"]
+__all__ = ["AverageVelocity", "TimePairs", "meanflow_target", "meanflow_loss", "train_meanflow", "sample",
+           "from_paper_convention", "exact_average_velocity", "GaussianFlow", "TIME_DISTRIBUTIONS"]
 
 TIME_DISTRIBUTIONS = ("logit_normal", "uniform")
 
@@ -261,10 +261,10 @@ def meanflow_loss(model, x0: torch.Tensor, x1: torch.Tensor, *, r=None, t=None, 
 
 def train_meanflow(model, source, target, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
                    times: TimePairs | None = None, power: float = 1.0, eps: float = 1e-3,
-                   tangent: str = "conditional", coupling: str = "independent", coupling_kwargs: dict | None = None, weight_decay: float = 0.0,
-                   lr_schedule: str = "constant", warmup: int = 0, seed: int = 0, grad_clip: float | None = None,
-                   ema_decay: float | None = None, progress: bool | None = None, device=None, callback=None,
-                   out_dir=None, checkpoint_every: int = 0, resume: bool = True):
+                   tangent: str = "conditional", coupling: str = "independent", coupling_kwargs: dict | None = None,
+                   weight_decay: float = 0.0, lr_schedule: str = "constant", warmup: int = 0, seed: int = 0,
+                   grad_clip: float | None = None, ema_decay: float | None = None, progress: bool | None = None,
+                   device=None, callback=None, out_dir=None, checkpoint_every: int = 0, resume: bool = True):
     """Train an :class:`AverageVelocity` by :func:`meanflow_loss` with :class:`lfm_core.training.Trainer`.
 
     The batches are those of :func:`lfm_core.training.train_cfm` (``source`` / ``target`` tensors or samplers

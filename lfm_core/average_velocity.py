@@ -80,7 +80,7 @@ from .utils import (
 )
 
 __all__ = ["AverageVelocity", "TimePairs", "meanflow_target", "meanflow_loss", "train_meanflow", "sample",
-           "from_paper_convention", "exact_average_velocity", "GaussianFlow", "TIME_DISTRIBUTIONS"]
+           "is_average_model", "from_paper_convention", "exact_average_velocity", "GaussianFlow", "TIME_DISTRIBUTIONS"]
 
 TIME_DISTRIBUTIONS = ("logit_normal", "uniform")
 
@@ -187,14 +187,15 @@ class TimePairs:
         return torch.stack(self.sample(n, generator=generator, device=device, dtype=dtype), dim=1)
 
 
-def _is_average_model(model) -> bool:
+def is_average_model(model) -> bool:
+    """Whether ``model`` is called ``(x, r, t)``: an :class:`AverageVelocity` or marked ``average_velocity = True``."""
     return isinstance(model, AverageVelocity) or getattr(model, "average_velocity", False) is True
 
 
 def _check_model(model) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
-    if not _is_average_model(model):
+    if not is_average_model(model):
         raise TypeError(f"model must take a second time input, u(x, r, t): wrap the network in "
                         f"average_velocity.AverageVelocity (got {type(model).__name__}, a plain velocity v(x, t)?)")
 

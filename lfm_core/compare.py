@@ -9,14 +9,18 @@ arXiv 2302.00482; Liu et al., arXiv 2209.03003; Shankar & Geffner, arXiv 2503.20
 * ``"2-RF"``: straight lines between the pairs ``(x0, Z_1(x0))`` of the I-CFM flow (one reflow), so its time
   includes the I-CFM run it starts from;
 * ``"learned"``: the conditional paths of a learned interpolant (:mod:`lfm_core.interpolants`), fitted
-  beforehand; its time includes that fit.
+  beforehand; its time includes that fit;
+* ``"MeanFlow"`` (in :data:`ONE_STEP_METHODS`, asked for by name): not a velocity but the average velocity
+  over an interval, trained by :func:`lfm_core.average_velocity.train_meanflow` (Geng et al., arXiv 2505.13447)
+  and sampled by jumps.
 
 :func:`evaluate` measures what a sampler with ``n`` Euler steps gets: the exact W2 between the images of
-held-out source points and held-out data after ``n`` steps, and Rectified Flow's straightness ``S`` and the
-normalised path energy of the finest trajectory. Notebook 03 and ``benchmarks/straight_flows.py`` both use
-these two functions.
+held-out source points and held-out data after ``n`` steps (``n`` jumps for an average-velocity model), and
+Rectified Flow's straightness ``S`` and the normalised path energy of the finest trajectory. Notebooks 03 and 07
+and ``benchmarks/straight_flows.py`` and ``benchmarks/one_step.py`` use these functions.
 
-Copy with: utils, metrics, paths, solvers, training, couplings, runtime, hub (``torch``, ``numpy``, ``POT``).
+Copy with: utils, metrics, paths, solvers, training, couplings, runtime, hub, average_velocity (``torch``,
+``numpy``, ``POT``).
 """
 
 from __future__ import annotations
@@ -27,20 +31,22 @@ from pathlib import Path
 
 import torch
 
-from . import metrics, solvers, training
+from . import average_velocity, metrics, solvers, training
 from .utils import check_finite, check_positive_int, check_tensor
 
-__all__ = ["METHODS", "train_methods", "evaluate", "save_pretrained", "load_pretrained"]
+__all__ = ["METHODS", "ONE_STEP_METHODS", "train_methods", "evaluate", "save_pretrained", "load_pretrained"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "assets"
 
 METHODS = ("I-CFM", "OT-CFM", "2-RF", "learned")
+ONE_STEP_METHODS = (*METHODS, "MeanFlow")
 
 
 def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, steps: int, batch_size: int = 256,
                   lr: float = 1e-3, seed: int = 0, interpolant=None, interpolant_seconds: float = 0.0,
                   reflow_pairs: int | None = None, progress: bool | None = None, start: dict | None = None,
-                  start_seconds: dict | None = None) -> tuple[dict, dict]:
+                  start_seconds: dict | None = None, make_average_model=None,
+                  meanflow: dict | None = None) -> tuple[dict, dict]:
     """Train a fresh network ``make_model()`` by each of ``methods`` from ``source`` to ``data``.
 
     ``source`` is a tensor of points or ``(n, generator) -> points``; ``data`` a tensor. Every method uses the
@@ -50,31 +56,40 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
     steps of the I-CFM model (trained first if asked for). ``"learned"`` needs ``interpolant``, fitted and
     frozen; ``interpolant_seconds`` (its fitting time) is added to its seconds. ``start`` (method -> state dict,
     e.g. from :func:`load_pretrained`) continues pretrained networks instead of fresh ones, for ``steps`` more
-    steps, and ``start_seconds`` (method -> seconds) adds the time they took. Returns ``(models, seconds)``,
-    dicts keyed by method.
+    steps, and ``start_seconds`` (method -> seconds) adds the time they took. ``"MeanFlow"`` trains
+    ``make_average_model()`` (an :class:`lfm_core.average_velocity.AverageVelocity`) by
+    :func:`lfm_core.average_velocity.train_meanflow` with the same budget, batch, learning rate and seed,
+    overridden by the keyword arguments in ``meanflow`` (e.g. ``{"steps": 4000, "power": 0.0}``). Returns
+    ``(models, seconds)``, dicts keyed by method.
     """
     from .paths import LinearPath
 
-    if not callable(make_model):
+    if isinstance(methods, str) or not all(m in ONE_STEP_METHODS for m in methods):
+        raise ValueError(f"methods must be a sequence of names from {', '.join(ONE_STEP_METHODS)}, got {methods!r}")
+    if not callable(make_model) and any(m != "MeanFlow" for m in methods):
         raise TypeError(f"make_model must be a callable that builds a fresh network, got {type(make_model).__name__}")
-    if isinstance(methods, str) or not all(m in METHODS for m in methods):
-        raise ValueError(f"methods must be a sequence of names from {', '.join(METHODS)}, got {methods!r}")
+    if "MeanFlow" in methods and not callable(make_average_model):
+        raise ValueError("the 'MeanFlow' method needs make_average_model= (a callable that builds an "
+                         "average_velocity.AverageVelocity)")
+    if meanflow is not None and not isinstance(meanflow, dict):
+        raise TypeError(f"meanflow must be a dict of train_meanflow keyword arguments, got {type(meanflow).__name__}")
     check_tensor(data, "data", min_dim=2)
     check_finite(data, "data", boundary=True)
     if "learned" in methods and interpolant is None:
         raise ValueError("the 'learned' method needs interpolant= (fitted with interpolants.fit_interpolant)")
     start, start_seconds = dict(start or {}), dict(start_seconds or {})
     for name, given in (("start", start), ("start_seconds", start_seconds)):
-        unknown = sorted(set(given) - set(METHODS))
+        unknown = sorted(set(given) - set(ONE_STEP_METHODS))
         if unknown:
-            raise ValueError(f"{name} has entries for unknown methods {unknown}; methods are {', '.join(METHODS)}")
+            raise ValueError(f"{name} has entries for unknown methods {unknown}; methods are "
+                             f"{', '.join(ONE_STEP_METHODS)}")
     line = LinearPath(0.0)
     kw = dict(steps=steps, batch_size=batch_size, lr=lr, lr_schedule="cosine", seed=seed, progress=progress)
-    order = [m for m in METHODS if m in methods or (m == "I-CFM" and "2-RF" in methods)]
+    order = [m for m in ONE_STEP_METHODS if m in methods or (m == "I-CFM" and "2-RF" in methods)]
     models, seconds = {}, {}
     for name in order:
         torch.manual_seed(seed)
-        model = make_model()
+        model = make_average_model() if name == "MeanFlow" else make_model()
         if name in start:
             model.load_state_dict(start[name])
         began = time.perf_counter()
@@ -87,6 +102,8 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
             x0, x1 = training.reflow_pairs(models["I-CFM"], source, n, steps=100,
                                            generator=torch.Generator().manual_seed(seed + 77))
             training.train_cfm(model, line, x0, x1, paired=True, **kw)
+        elif name == "MeanFlow":
+            average_velocity.train_meanflow(model, source, data, **{**kw, **(meanflow or {})})
         else:
             training.train_cfm(model, interpolant, source, data, **kw)
         seconds[name] = time.perf_counter() - began + float(start_seconds.get(name, 0.0))
@@ -101,8 +118,9 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
 
 @torch.no_grad()
 def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8, 100)) -> dict:
-    """``W2@n`` for each ``n`` in ``steps`` (Euler from the source points ``z`` to held-out ``target``), and ``S``
-    and ``NPE`` of the trajectory with the most steps."""
+    """``W2@n`` for each ``n`` in ``steps`` (Euler from the source points ``z`` to held-out ``target``; jumps of
+    :func:`lfm_core.average_velocity.sample` for an average-velocity model), and ``S`` and ``NPE`` of the
+    trajectory with the most steps."""
     for v, name in ((z, "z"), (target, "target")):
         check_tensor(v, name, min_dim=2)
         check_finite(v, name, boundary=True)
@@ -114,8 +132,12 @@ def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8,
     steps = [check_positive_int(n, "steps") for n in steps]
     finest = max(steps)
     out = {}
+    jumps = average_velocity.is_average_model(model)
     for n in steps:
-        sol = solvers.integrate(model, z, method="euler", steps=n, return_trajectory=n == finest)
+        if jumps:
+            sol = average_velocity.sample(model, z, steps=n, return_trajectory=n == finest)
+        else:
+            sol = solvers.integrate(model, z, method="euler", steps=n, return_trajectory=n == finest)
         out[f"W2@{n}"] = metrics.wasserstein2(sol.x, target)
         if n == finest:
             traj = sol.trajectory
@@ -129,9 +151,10 @@ def save_pretrained(folder, models: dict, seconds: dict, record: dict) -> None:
     ``record`` (how they were made), the seconds each took and each network's ``config`` where it has one."""
     from safetensors.torch import save_file
 
-    unknown = sorted(set(models) - set(METHODS))
+    unknown = sorted(set(models) - set(ONE_STEP_METHODS))
     if unknown:
-        raise ValueError(f"models has entries for unknown methods {unknown}; methods are {', '.join(METHODS)}")
+        raise ValueError(f"models has entries for unknown methods {unknown}; methods are "
+                         f"{', '.join(ONE_STEP_METHODS)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
@@ -142,16 +165,17 @@ def save_pretrained(folder, models: dict, seconds: dict, record: dict) -> None:
     (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_pretrained(task: str, root=None) -> tuple[dict, dict, dict]:
+def load_pretrained(task: str, root=None, *, name: str = "straight_flows") -> tuple[dict, dict, dict]:
     """The networks that ``scripts/train_straight_flows.py`` trained on ``N(0, I) -> task`` by each method, as
     ``(state_dicts, seconds, record)`` (method -> state dict; method -> seconds; the ``config.json``), read from
-    ``root/straight_flows_<task>/`` (default: the package's ``assets``). Pass them to :func:`train_methods` as
-    ``start=`` and ``start_seconds=`` to continue them."""
+    ``root/<name>_<task>/`` (default: the package's ``assets``; ``name="one_step"`` holds the MeanFlow models of
+    notebook 07). Pass them to :func:`train_methods` as ``start=`` and ``start_seconds=`` to continue them."""
     from safetensors.torch import load_file
 
-    folder = Path(root if root is not None else PRETRAINED_DIR) / f"straight_flows_{task}"
+    folder = Path(root if root is not None else PRETRAINED_DIR) / f"{name}_{task}"
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no pretrained networks in {folder}: run python scripts/train_straight_flows.py")
+        raise FileNotFoundError(f"no pretrained networks in {folder}: run python scripts/train_straight_flows.py"
+                                + ("" if name == "straight_flows" else f" --name {name} --methods MeanFlow"))
     record = json.loads((folder / "config.json").read_text())
     states = {m: load_file(folder / f"{m}.safetensors") for m in record["methods"]}
     return states, {m: float(record["seconds"][m]) for m in record["methods"]}, record

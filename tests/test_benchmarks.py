@@ -91,6 +91,46 @@ def test_straight_flows_targets_and_bad_arguments(tmp_path, capsys):
         assert msg in capsys.readouterr().err
 
 
+def test_one_step_quick_run_writes_the_table(tmp_path):
+    os_ = load("one_step")
+    assert os_.main(["--quick", "--out", str(tmp_path), "--tasks", "8gaussians", "--variants", "MeanFlow p=0",
+                     "--threads", "1"]) == 0
+    data = json.loads((tmp_path / "one_step_quick.json").read_text())
+    methods = {(r["method"], r["seed"]) for r in data["rows"]}
+    assert methods == {(m, s) for m in (*os_.BASELINES, "MeanFlow p=0", os_.EXACT) for s in (0, 1)}
+    for r in data["rows"]:
+        assert all(math.isfinite(r[f"W2@{n}"]) and r[f"W2@{n}"] > 0 for n in os_.STEPS if f"W2@{n}" in r)
+    md = (tmp_path / "one_step_quick.md").read_text()
+    assert "| MeanFlow p=0 |" in md and "| exact u (I-CFM flow) |" in md and "target <= 1.5x" in md
+    assert (tmp_path / "one_step_quick.png").stat().st_size > 10_000
+    (tmp_path / "one_step_quick.md").unlink()
+    assert os_.main(["--report-only", str(tmp_path / "one_step_quick.json")]) == 0
+    assert (tmp_path / "one_step_quick.md").read_text() == md
+
+
+def test_one_step_baselines_targets_and_bad_arguments(tmp_path, capsys):
+    os_ = load("one_step")
+    cfg = os_.Config(seeds=[0, 1], tasks=["moons"])
+    rows = os_.load_baselines(cfg)   # the committed measurements of benchmarks/straight_flows.py
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in os_.BASELINES for s in (0, 1)}
+    with pytest.raises(ValueError, match="n_train"):
+        os_.load_baselines(os_.Config(n_train=500))
+    with pytest.raises(ValueError, match="seeds"):
+        os_.load_baselines(os_.Config(seeds=[0, 99]))
+    with pytest.raises(FileNotFoundError, match="--retrain"):
+        os_.load_baselines(os_.Config(baselines=str(tmp_path / "none.json")))
+    summ = {("t", "OT-CFM"): {"W2@1": (0.8, 0), "W2@100": (0.5, 0)}, ("t", "MeanFlow"): {"W2@1": (0.7, 0),
+                                                                                       "W2@100": (1.0, 0)}}
+    t = os_.targets(summ, "t", "MeanFlow")
+    assert t["vs_ot_met"] and t["vs_best_met"] and t["ratio_best_100"] == pytest.approx(1.4)
+    summ[("t", "MeanFlow")]["W2@1"] = (0.9, 0)
+    t = os_.targets(summ, "t", "MeanFlow")
+    assert not t["vs_ot_met"] and not t["vs_best_met"]
+    with pytest.raises(SystemExit):
+        os_.main(["--quick", "--out", str(tmp_path), "--meanflow-steps", "0"])
+    assert "--meanflow-steps" in capsys.readouterr().err
+
+
 def test_celeba_stream_memory_quick_run(tmp_path):
     bench = load("celeba_stream_memory")
     assert bench.main(["--quick", "--sizes", "40", "120", "--work", str(tmp_path / "work"), "--out",

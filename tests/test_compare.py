@@ -61,3 +61,56 @@ def test_the_committed_networks_load_into_the_notebook_architecture(task):
         assert seconds[name] > 0
         with torch.no_grad():
             assert torch.isfinite(model(torch.randn(8, 2), torch.rand(8))).all()
+
+
+def _average_model():
+    from lfm_core import average_velocity
+
+    return average_velocity.AverageVelocity(nets.MLP(2, 16, 2, cond_channels=1))
+
+
+def test_meanflow_is_trained_and_evaluated_by_jumps():
+    from lfm_core import average_velocity, metrics
+
+    data = toy.sample("moons", 512, generator=torch.Generator().manual_seed(0))
+    models, seconds = compare.train_methods(None, _source, data, methods=("MeanFlow",), steps=3, progress=False,
+                                            make_average_model=_average_model, meanflow={"power": 0.0})
+    model = models["MeanFlow"]
+    assert isinstance(model, average_velocity.AverageVelocity) and seconds["MeanFlow"] > 0
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    res = compare.evaluate(model, z, data[:64], steps=(1, 3))
+    assert res["W2@1"] == pytest.approx(metrics.wasserstein2(average_velocity.sample(model, z).x, data[:64]))
+    assert res["W2@3"] == pytest.approx(metrics.wasserstein2(average_velocity.sample(model, z, steps=3).x, data[:64]))
+    # meanflow= overrides the shared budget: two runs differ only through it
+    again, _ = compare.train_methods(None, _source, data, methods=("MeanFlow",), steps=3, progress=False,
+                                     make_average_model=_average_model, meanflow={"power": 0.0, "steps": 1})
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), again["MeanFlow"].parameters(), strict=True))
+
+
+def test_meanflow_bad_arguments(tmp_path):
+    data = torch.randn(64, 2)
+    with pytest.raises(ValueError, match="make_average_model"):
+        compare.train_methods(lambda: nets.MLP(2, 8, 1), _source, data, methods=("MeanFlow",), steps=1)
+    with pytest.raises(TypeError, match="make_model"):
+        compare.train_methods(None, _source, data, methods=("I-CFM", "MeanFlow"), steps=1,
+                              make_average_model=_average_model)
+    with pytest.raises(TypeError, match="meanflow must be a dict"):
+        compare.train_methods(None, _source, data, methods=("MeanFlow",), steps=1, make_average_model=_average_model,
+                              meanflow=0.0)
+    with pytest.raises(TypeError, match="second time input"):   # a plain velocity network is refused
+        compare.train_methods(None, _source, data, methods=("MeanFlow",), steps=1,
+                              make_average_model=lambda: nets.MLP(2, 8, 1))
+    with pytest.raises(FileNotFoundError, match="--name one_step --methods MeanFlow"):
+        compare.load_pretrained("moons", root=tmp_path, name="one_step")
+
+
+@pytest.mark.parametrize("task", ["8gaussians", "moons"])
+def test_the_committed_meanflow_networks_load_into_the_notebook_architecture(task):
+    states, seconds, record = compare.load_pretrained(task, name="one_step")
+    assert set(states) == {"MeanFlow"} and record["settings"]["meanflow"]["steps"] >= 4000
+    assert record["command"].startswith("python scripts/train_straight_flows.py")
+    from lfm_core import average_velocity
+
+    model = average_velocity.AverageVelocity(nets.MLP(2, 64, 3, cond_channels=1))
+    model.load_state_dict(states["MeanFlow"])
+    assert seconds["MeanFlow"] > 0

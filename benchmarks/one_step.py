@@ -239,10 +239,6 @@ def plot(cfg: Config, summ: dict, path: Path):
     plt.close(fig)
 
 
-def _print(line: str):
-    print(line, flush=True)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 seeds, short training, small sets, baselines retrained")
@@ -277,18 +273,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/one_step.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
     start = time.perf_counter()
     rows = [] if cfg.retrain else load_baselines(cfg)
-    cells = [(task, seed) for task in cfg.tasks for seed in cfg.seeds]
-    if cfg.jobs == 1:
-        for task, seed in cells:
-            rows += run_cell(task, seed, cfg, _print)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            n = len(cells)
-            for part in pool.map(run_cell, [c[0] for c in cells], [c[1] for c in cells], [cfg] * n, [_print] * n):
-                rows += part
+    rows += straight_flows.run_cells(run_cell, cfg)   # the same (task, seed) cells and process pool
     stem = "one_step" + ("_quick" if a.quick else "")
     md = write_report(cfg, rows, time.perf_counter() - start, a.out, stem, command.strip())
     print(md.read_text())

@@ -202,6 +202,21 @@ def _print(line: str):
     print(line, flush=True)
 
 
+def run_cells(cell_fn, cfg) -> list:
+    """``cell_fn(task, seed, cfg, log)`` for every (task, seed) of ``cfg``, in ``cfg.jobs`` processes; all rows."""
+    cells = [(task, seed) for task in cfg.tasks for seed in cfg.seeds]
+    if cfg.jobs == 1:
+        return [row for task, seed in cells for row in cell_fn(task, seed, cfg, _print)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(cfg.threads,)) as pool:
+        n = len(cells)
+        parts = pool.map(cell_fn, [c[0] for c in cells], [c[1] for c in cells], [cfg] * n, [_print] * n)
+        return [row for part in parts for row in part]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 seeds, short training, small sets (for the tests)")
@@ -238,19 +253,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(cfg.threads)
     command = "python benchmarks/straight_flows.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
     start, rows = time.perf_counter(), []
-    cells = [(task, seed) for task in cfg.tasks for seed in cfg.seeds]
-    if cfg.jobs == 1:
-        for task, seed in cells:
-            rows += run_cell(task, seed, cfg, _print)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(cfg.threads,)) as pool:
-            n = len(cells)
-            for part in pool.map(run_cell, [c[0] for c in cells], [c[1] for c in cells], [cfg] * n, [_print] * n):
-                rows += part
+    rows += run_cells(run_cell, cfg)
     stem = "straight_flows" + ("_quick" if a.quick else "")
     md = write_report(cfg, rows, time.perf_counter() - start, a.out, stem, command.strip())
     print(md.read_text())

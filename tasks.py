@@ -4,6 +4,7 @@
     python3 tasks.py run       # execute every notebook headless in quick mode -> build/, record the times
     python3 tasks.py test      # lint, unit tests, and every notebook through nbval (quick mode)
     python3 tasks.py rehearse  # notebooks 04 and 05 in full-mode configuration, short, offline -> build/rehearsal/
+    python3 tasks.py pretrain  # retrain the networks that quick mode of notebooks 04 and 05 starts from
     python3 tasks.py colab OWNER/REPO   # point every Open-in-Colab badge and setup cell at github.com/OWNER/REPO
     python3 tasks.py readme    # rebuild the README's runtime table from the notebooks' metadata
     python3 tasks.py lab       # student versions (marked solutions blanked) -> build/lab/
@@ -36,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -146,6 +148,26 @@ def rehearse(args: list[str]) -> None:
     print(f"rehearsal passed in {time.perf_counter() - start:.0f} s (details: build/rehearsal/summary.json)")
 
 
+PRETRAIN_NOTEBOOKS = ("04", "05")
+
+
+def pretrain(args: list[str]) -> None:
+    """Run notebooks 04 and 05 in quick mode with LFM_PRETRAIN=1: their own training code trains the networks that
+    their quick mode starts from, for the pretraining lengths of their config cells, and writes them to
+    lfm_core/assets/notebookNN/ (lfm_core.pretrained). Executed notebooks go to build/pretrain/."""
+    setup()
+    names = args or list(PRETRAIN_NOTEBOOKS)
+    unknown = sorted(set(names) - set(PRETRAIN_NOTEBOOKS))
+    if unknown:
+        sys.exit(f"only notebooks {', '.join(PRETRAIN_NOTEBOOKS)} have pretrained networks, got {unknown}")
+    for name in names:   # stale entries must not survive a retraining
+        shutil.rmtree(ROOT / "lfm_core" / "assets" / f"notebook{name}", ignore_errors=True)
+    env = _env(quick=True)
+    env.update(LFM_PRETRAIN="1", LFM_PROGRESS=env.get("LFM_PROGRESS", "0"))
+    _run([_python(), ROOT / "scripts" / "run_notebooks.py", "--out", ROOT / "build" / "pretrain", *names],
+         env=env, cwd=ROOT)
+
+
 def colab(args: list[str], root: Path = ROOT) -> None:
     """Point the repository URL ([project.urls] in pyproject.toml), every notebook's Open-in-Colab badge and every
     setup cell at github.com/OWNER/REPO (a fork). Standard library only."""
@@ -205,8 +227,8 @@ def peer(args: list[str]) -> None:
 
 
 def main() -> None:
-    jobs = {"run": run, "test": test, "rehearse": rehearse, "colab": colab, "peer": peer, "readme": readme, "lab": lab,
-            "setup": lambda _args: setup()}
+    jobs = {"run": run, "test": test, "rehearse": rehearse, "pretrain": pretrain, "colab": colab, "peer": peer,
+            "readme": readme, "lab": lab, "setup": lambda _args: setup()}
     if len(sys.argv) < 2 or sys.argv[1] not in jobs:
         sys.exit(__doc__)
     try:

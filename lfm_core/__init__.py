@@ -25,6 +25,7 @@ from . import (
     mixtures,
     nets,
     paths,
+    pretrained,
     runtime,
     solvers,
     toy,
@@ -35,5 +36,5 @@ from . import (
 __version__ = "0.1.0"
 
 __all__ = ["autoencoders", "average_velocity", "bounds", "compare", "conditioning", "couplings", "guidance", "hub",
-           "images", "interpolants", "metrics", "mixtures", "nets", "paths", "runtime", "solvers", "toy", "training",
-           "utils"]
+           "images", "interpolants", "metrics", "mixtures", "nets", "paths", "pretrained", "runtime", "solvers", "toy",
+           "training", "utils"]

@@ -110,6 +110,11 @@ def _use(module: str, mod, tmp_path: Path):
         model = mod.AverageVelocity(MLP(2, 8, 1, cond_channels=1))
         res = mod.train_meanflow(model, x, x + 3, steps=2, batch_size=4, progress=False)
         assert len(res.losses) == 2 and mod.sample(model, x, steps=2).x.shape == x.shape
+    elif module == "pretrained":
+        net = torch.nn.Linear(2, 2)
+        mod.add(tmp_path / "nets", "a", net, {"steps": 3})
+        states, records = mod.load(tmp_path / "nets")
+        assert torch.equal(states["a"]["weight"], net.weight.detach()) and records["a"]["steps"] == 3
     else:
         raise AssertionError(f"no small use written for lfm_core.{module}: add one here")
 

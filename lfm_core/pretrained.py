@@ -1,0 +1,143 @@
+"""Networks trained ahead by a committed script, stored in the package, and how quick mode starts from them.
+
+Some effects need more training than a notebook's quick mode (2 CPU cores, a few minutes) can afford. The
+notebook then starts its networks from weights made by *its own training code* run for the longer, quick-mode
+length ahead of time, and trains a short continuation live; it says so where it does. The mechanism:
+
+* A folder (default ``lfm_core/assets/<name>``) holds one ``<entry>.safetensors`` per network and a
+  ``config.json`` whose ``entries`` record, per network, the training steps, the seconds, the loss history, the
+  settings and the command that made it. :func:`add` writes one entry (floating tensors optionally in float16,
+  which halves the size and is far below what training changes), :func:`load` reads the folder back in float32.
+* ``LFM_PRETRAIN=1`` (set by ``python3 tasks.py pretrain``, which runs the notebooks in quick mode) makes a
+  notebook *write* its networks: :func:`start` returns the pretraining length and leaves the network as
+  initialised, :func:`finish` stores it with :func:`add`.
+* In quick mode :func:`start` loads the stored weights into the network and returns the live continuation's
+  length; in full mode and the rehearsal it does nothing and returns the full length.
+
+Copy with: runtime (``torch``, ``safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from . import runtime
+
+__all__ = ["ASSETS", "add", "load", "pretraining", "start", "finish"]
+
+#: where the package keeps its pretrained networks
+ASSETS = Path(__file__).resolve().parent / "assets"
+_ENTRY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def _check_entry(entry) -> str:
+    if not isinstance(entry, str) or not _ENTRY.match(entry):
+        raise ValueError(f"entry must be a name of letters, digits and _ . + - (a file name), got {entry!r}")
+    return entry
+
+
+def _folder(folder) -> Path:
+    if isinstance(folder, str) and "/" not in folder and "\\" not in folder:
+        return ASSETS / folder       # a bare name: a folder of the package's assets
+    return Path(folder)
+
+
+def add(folder, entry: str, model: torch.nn.Module, record: dict, *, half: bool = False) -> Path:
+    """Write ``model``'s weights to ``folder/<entry>.safetensors`` and ``record`` (JSON-serialisable: how it was
+    made) under ``entries[entry]`` of ``folder/config.json``, keeping the other entries. ``half=True`` stores
+    floating tensors in float16. ``folder``: a path, or a bare name for a folder of :data:`ASSETS`."""
+    from safetensors.torch import save_file
+
+    _check_entry(entry)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(record, dict):
+        raise TypeError(f"record must be a dict, got {type(record).__name__}")
+    folder = _folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        state[k] = v.half() if half and v.is_floating_point() else v
+    save_file(state, str(folder / f"{entry}.safetensors"))
+    config = folder / "config.json"
+    meta = json.loads(config.read_text()) if config.is_file() else {"entries": {}}
+    meta.setdefault("entries", {})[entry] = dict(record, model_config=getattr(model, "config", None), half=half)
+    meta["entries"] = dict(sorted(meta["entries"].items()))
+    config.write_text(json.dumps(meta, indent=1) + "\n")
+    return folder / f"{entry}.safetensors"
+
+
+def load(folder) -> tuple[dict, dict]:
+    """``(states, records)``: entry -> state dict (floating tensors in float32) and entry -> record, read from
+    ``folder`` (a path, or a bare name for a folder of :data:`ASSETS`)."""
+    from safetensors.torch import load_file
+
+    folder = _folder(folder)
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"no pretrained networks in {folder} (no config.json): `python3 tasks.py pretrain` "
+                                "writes the notebooks' networks")
+    records = json.loads(config.read_text()).get("entries", {})
+    states = {}
+    for entry in records:
+        file = folder / f"{entry}.safetensors"
+        if not file.is_file():
+            raise FileNotFoundError(f"{config} lists {entry!r} but {file.name} is missing: `python3 tasks.py "
+                                    "pretrain` writes it again")
+        states[entry] = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(file)).items()}
+    return states, records
+
+
+def pretraining() -> bool:
+    """True while ``LFM_PRETRAIN=1`` (``python3 tasks.py pretrain``): the notebook writes its networks."""
+    on = runtime._flag("LFM_PRETRAIN", False)
+    if on and not runtime.is_quick():
+        raise ValueError("LFM_PRETRAIN=1 writes the networks that quick mode starts from: set LFM_QUICK=1 too")
+    return on
+
+
+def start(model: torch.nn.Module, folder, entry: str | None, *, steps: int,
+          pretrain_steps: int) -> tuple[int, dict | None]:
+    """Prepare ``model`` for training and return ``(steps to train now, the record of its start or None)``.
+
+    Quick mode: load the weights stored under ``folder/entry`` into ``model`` and return ``steps`` (the live
+    continuation) with their record. While pretraining (:func:`pretraining`): ``pretrain_steps`` from the
+    network as initialised. Full mode and the rehearsal, or ``entry=None`` (a network that is never
+    pretrained): ``steps`` from the network as initialised.
+    """
+    for value, name in ((steps, "steps"), (pretrain_steps, "pretrain_steps")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if entry is None:
+        return steps, None
+    _check_entry(entry)
+    if pretraining():
+        return pretrain_steps, None
+    if not runtime.is_quick():
+        return steps, None
+    states, records = load(folder)
+    if entry not in states:
+        raise KeyError(f"{_folder(folder)} holds no network {entry!r} (it holds {sorted(states)}): "
+                       "`python3 tasks.py pretrain` writes it")
+    record = records[entry]
+    if record.get("steps") != pretrain_steps:
+        raise ValueError(f"{entry!r} was pretrained for {record.get('steps')} steps, the notebook asks for "
+                         f"{pretrain_steps}: run `python3 tasks.py pretrain` again")
+    model.load_state_dict(states[entry])
+    return steps, record
+
+
+def finish(model: torch.nn.Module, folder, entry: str | None, result, settings: dict | None = None) -> None:
+    """While pretraining, store ``model`` (the network to start from: usually the EMA) under ``folder/entry``
+    with ``result``'s steps, seconds and losses (a :class:`lfm_core.training.FitResult`) and ``settings``, in
+    float16. Otherwise, or with ``entry=None``, nothing."""
+    if entry is None or not pretraining():
+        return
+    losses = [round(float(v), 5) for v in result.losses]
+    add(folder, entry, model, {"steps": len(losses), "seconds": round(float(result.seconds), 2), "losses": losses,
+                                "settings": settings or {}, "command": "python3 tasks.py pretrain"}, half=True)

@@ -1,0 +1,111 @@
+"""lfm_core.pretrained: networks stored ahead of time, and how quick mode starts from them."""
+
+import json
+
+import pytest
+import torch
+
+from lfm_core import nets, paths, pretrained, training
+
+
+def _fit(model, steps):
+    return training.train_cfm(model, paths.LinearPath(0.0), lambda n, g: torch.randn(n, 2, generator=g),
+                              lambda n, g: torch.randn(n, 2, generator=g) + 3, steps=steps, batch_size=8,
+                              progress=False)
+
+
+def test_add_and_load_round_trip_keep_other_entries_and_halve_on_request(tmp_path):
+    a, b = nets.MLP(2, 16, 1), nets.MLP(2, 16, 1)
+    pretrained.add(tmp_path, "a", a, {"steps": 5})
+    pretrained.add(tmp_path, "b", b, {"steps": 7}, half=True)
+    states, records = pretrained.load(tmp_path)
+    assert sorted(states) == ["a", "b"] and records["a"]["steps"] == 5 and records["b"]["half"] is True
+    for k, v in a.state_dict().items():
+        assert torch.equal(states["a"][k], v)                       # float32 stored exactly
+    for k, v in b.state_dict().items():
+        assert states["b"][k].dtype == torch.float32                # read back in float32
+        torch.testing.assert_close(states["b"][k], v, atol=2e-3, rtol=1e-3)
+    assert (tmp_path / "b.safetensors").stat().st_size < 0.6 * (tmp_path / "a.safetensors").stat().st_size
+    assert json.loads((tmp_path / "config.json").read_text())["entries"]["a"]["model_config"] == a.config
+
+
+def test_load_and_add_refuse_what_they_cannot_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tasks.py pretrain"):
+        pretrained.load(tmp_path)
+    pretrained.add(tmp_path, "a", nets.MLP(2, 8, 1), {})
+    (tmp_path / "a.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="a.safetensors is missing"):
+        pretrained.load(tmp_path)
+    with pytest.raises(ValueError, match="entry"):
+        pretrained.add(tmp_path, "../x", nets.MLP(2, 8, 1), {})
+    with pytest.raises(TypeError, match="model"):
+        pretrained.add(tmp_path, "x", {"w": torch.ones(1)}, {})
+    with pytest.raises(TypeError, match="record"):
+        pretrained.add(tmp_path, "x", nets.MLP(2, 8, 1), [])
+
+
+def test_start_and_finish_by_mode(tmp_path, monkeypatch):
+    stored = nets.MLP(2, 16, 1)
+    # pretraining writes: start leaves the network as it is and asks for the pretraining length
+    monkeypatch.setenv("LFM_QUICK", "1")
+    monkeypatch.setenv("LFM_PRETRAIN", "1")
+    steps, start = pretrained.start(stored, tmp_path, "m", steps=2, pretrain_steps=4)
+    assert (steps, start) == (4, None)
+    res = _fit(stored, steps)
+    pretrained.finish(stored, tmp_path, "m", res, {"batch": 8})
+    record = pretrained.load(tmp_path)[1]["m"]
+    assert record["steps"] == 4 and len(record["losses"]) == 4 and record["settings"] == {"batch": 8}
+    # quick mode continues the stored weights for the short length
+    monkeypatch.setenv("LFM_PRETRAIN", "0")
+    fresh = nets.MLP(2, 16, 1)
+    steps, start = pretrained.start(fresh, tmp_path, "m", steps=2, pretrain_steps=4)
+    assert steps == 2 and start["steps"] == 4
+    for k, v in stored.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, atol=2e-3, rtol=1e-3)   # stored in float16
+    pretrained.finish(fresh, tmp_path / "elsewhere", "m", res)                       # not pretraining: no write
+    assert not (tmp_path / "elsewhere").exists()
+    # a mismatch between the stored length and the notebook's is an error, as are unknown entries
+    with pytest.raises(ValueError, match="pretrained for 4 steps"):
+        pretrained.start(nets.MLP(2, 16, 1), tmp_path, "m", steps=2, pretrain_steps=5)
+    with pytest.raises(KeyError, match="no network 'other'"):
+        pretrained.start(nets.MLP(2, 16, 1), tmp_path, "other", steps=2, pretrain_steps=4)
+    # full mode, and entry=None anywhere: the network as initialised, the given steps
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    assert pretrained.start(fresh, tmp_path, None, steps=3, pretrain_steps=4) == (3, None)
+    monkeypatch.setenv("LFM_QUICK", "0")
+    assert pretrained.start(fresh, tmp_path, "m", steps=3, pretrain_steps=4) == (3, None)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_start_refuses_bad_arguments(tmp_path, monkeypatch):
+    for kwargs, match in [(dict(steps=0, pretrain_steps=1), "steps"),
+                          (dict(steps=1, pretrain_steps=1.5), "pretrain_steps"),
+                          (dict(steps=True, pretrain_steps=1), "steps")]:
+        with pytest.raises(ValueError, match=match):
+            pretrained.start(nets.MLP(2, 8, 1), tmp_path, "m", **kwargs)
+    with pytest.raises(ValueError, match="entry"):
+        pretrained.start(nets.MLP(2, 8, 1), tmp_path, "a/b", steps=1, pretrain_steps=1)
+    monkeypatch.setenv("LFM_QUICK", "0")
+    monkeypatch.setenv("LFM_PRETRAIN", "1")
+    with pytest.raises(ValueError, match="LFM_QUICK=1"):
+        pretrained.pretraining()
+
+
+def test_the_notebooks_pretrained_networks_load_into_their_architectures():
+    """The committed networks of notebooks 04 and 05: every entry loads into the network the notebook builds."""
+    from lfm_core import conditioning as C
+
+    builders = {
+        ("notebook04", "faces"): lambda: nets.UNetVelocity(4, 8, preset="tiny"),
+        ("notebook05", "digits-independent"): lambda: nets.UNetVelocity(4, 4, preset="tiny", num_classes=10),
+        ("notebook05", "digits-ot-labels"): lambda: nets.UNetVelocity(4, 4, preset="tiny", num_classes=10),
+        ("notebook05", "inpainter"): lambda: nets.UNetVelocity(4, 8, preset="tiny", cond_channels=5),
+        ("notebook05", "semantic"): lambda: C.ConditionedVelocity(
+            nets.UNetVelocity(4, 8, preset="tiny", cond_channels=4), C.SemanticEncoder(3, 8, out_channels=4)),
+    }
+    for folder in ("notebook04", "notebook05"):
+        states, records = pretrained.load(folder)
+        assert sorted(states) == sorted(e for f, e in builders if f == folder)
+        for entry, state in states.items():
+            builders[folder, entry]().load_state_dict(state)          # strict: every key and shape matches
+            assert records[entry]["steps"] == len(records[entry]["losses"]) > 0

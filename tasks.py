@@ -155,11 +155,11 @@ def pretrain(args: list[str]) -> None:
     """Run notebooks 04 and 05 in quick mode with LFM_PRETRAIN=1: their own training code trains the networks that
     their quick mode starts from, for the pretraining lengths of their config cells, and writes them to
     lfm_core/assets/notebookNN/ (lfm_core.pretrained). Executed notebooks go to build/pretrain/."""
-    setup()
     names = args or list(PRETRAIN_NOTEBOOKS)
     unknown = sorted(set(names) - set(PRETRAIN_NOTEBOOKS))
     if unknown:
         sys.exit(f"only notebooks {', '.join(PRETRAIN_NOTEBOOKS)} have pretrained networks, got {unknown}")
+    setup()
     for name in names:   # stale entries must not survive a retraining
         shutil.rmtree(ROOT / "lfm_core" / "assets" / f"notebook{name}", ignore_errors=True)
     env = _env(quick=True)

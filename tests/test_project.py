@@ -289,6 +289,16 @@ def test_tasks_lab_writes_student_versions(tmp_path):
     assert "NotImplementedError" in (out / written[0]).read_text()
 
 
+def test_tasks_pretrain_refuses_notebooks_without_pretrained_networks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tasks_module", ROOT / "tasks.py")
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)
+    with pytest.raises(SystemExit, match=r"only notebooks 04, 05 have pretrained networks, got \['07'\]"):
+        tasks.pretrain(["07"])
+
+
 def test_a_student_version_runs_up_to_its_first_blank_and_stops_there(monkeypatch):
     """Notebook 06 (the quickest), student version, executed in quick mode: every cell before the first exercise runs,
     and the first blank raises NotImplementedError."""

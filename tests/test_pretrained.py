@@ -15,7 +15,7 @@ def _fit(model, steps):
 
 
 def test_add_and_load_round_trip_keep_other_entries_and_halve_on_request(tmp_path):
-    a, b = nets.MLP(2, 16, 1), nets.MLP(2, 16, 1)
+    a, b = nets.MLP(2, 128, 2), nets.MLP(2, 128, 2)   # large enough that the tensors, not the header, dominate
     pretrained.add(tmp_path, "a", a, {"steps": 5})
     pretrained.add(tmp_path, "b", b, {"steps": 7}, half=True)
     states, records = pretrained.load(tmp_path)

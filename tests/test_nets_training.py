@@ -163,6 +163,17 @@ def test_bad_mode_value(monkeypatch):
         runtime.is_quick()
 
 
+def test_seed_reads_lfm_seed(monkeypatch):
+    monkeypatch.delenv("LFM_SEED", raising=False)
+    assert runtime.seed() == 0
+    monkeypatch.setenv("LFM_SEED", " 7 ")
+    assert runtime.seed() == 7 and "seed     : 7" in runtime.describe()
+    for bad in ("-1", "1.5", "one"):
+        monkeypatch.setenv("LFM_SEED", bad)
+        with pytest.raises(ValueError, match="LFM_SEED"):
+            runtime.seed()
+
+
 def test_seed_everything_and_device():
     g1 = runtime.seed_everything(3)
     a = torch.rand(3)

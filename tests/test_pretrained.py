@@ -77,6 +77,26 @@ def test_start_and_finish_by_mode(tmp_path, monkeypatch):
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
 
 
+def test_another_seed_trains_from_scratch_and_never_writes(tmp_path, monkeypatch):
+    """The stored networks are seed 0's: quick mode with LFM_SEED=1 trains for the pretraining length instead
+    of loading them, and pretraining (which writes them) refuses any other seed."""
+    monkeypatch.setenv("LFM_QUICK", "1")
+    monkeypatch.setenv("LFM_PRETRAIN", "0")
+    torch.manual_seed(0)
+    stored = nets.MLP(2, 16, 1)
+    pretrained.add(tmp_path, "m", stored, {"steps": 4})
+    monkeypatch.setenv("LFM_SEED", "1")
+    fresh = nets.MLP(2, 16, 1)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    assert pretrained.start(fresh, tmp_path, "m", steps=2, pretrain_steps=4) == (4, None)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    monkeypatch.setenv("LFM_PRETRAIN", "1")
+    with pytest.raises(ValueError, match="LFM_SEED is 1"):
+        pretrained.start(fresh, tmp_path, "m", steps=2, pretrain_steps=4)
+    monkeypatch.setenv("LFM_SEED", "0")
+    assert pretrained.start(fresh, tmp_path, "m", steps=2, pretrain_steps=4) == (4, None)
+
+
 def test_start_refuses_bad_arguments(tmp_path, monkeypatch):
     for kwargs, match in [(dict(steps=0, pretrain_steps=1), "steps"),
                           (dict(steps=1, pretrain_steps=1.5), "pretrain_steps"),

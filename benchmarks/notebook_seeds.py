@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Every comparison a notebook asserts, measured over training and sampling seeds, with its margin.
+
+    python benchmarks/notebook_seeds.py                       # notebooks 01-07, seeds 0 1 2 -> benchmarks/results/
+    python benchmarks/notebook_seeds.py 04 05 --seeds 1 2     # some notebooks, some seeds
+    python benchmarks/notebook_seeds.py --report-only benchmarks/results/notebook_seeds.json
+
+A notebook states its claims as ``assert`` statements that compare two numbers (``assert a < 0.5 * b``). This
+script runs each notebook in quick mode once per seed (``LFM_SEED``: every seed of the notebook is ``SEED + k``,
+data splits stay fixed; the networks of notebooks 04 and 05 that quick mode normally loads are seed 0's, so with
+another seed they are trained from scratch for their pretraining length, :mod:`lfm_core.pretrained`). Before it
+runs a cell, every such assert in it is rewritten to record both sides first, so each comparison is measured
+each time it runs (in a loop: once per pass), even where it then fails.
+
+The margin of ``a < b`` (or ``<=``) is ``(b - a) / |b|``; of ``a > b``, ``(a - b) / |b|``: the fraction by which
+the claim holds (negative: it failed). The report lists, per notebook, each comparison's values per seed and its
+smallest margin over the seeds, smallest first, so that the claims nearest to failing are read first. Asserts
+that are not comparisons of numbers (``torch.allclose``, ``all(...)``) count in a seed's pass or failure only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+OPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
+
+# runs in the kernel before the notebook's first cell: appends one JSON line per recorded comparison
+_RECORDER = '''
+def _lfm_record(claim, sides):
+    import json as _json
+    out = []
+    for left, op, right in sides:
+        try:
+            out.append([float(left), op, float(right)])
+        except (TypeError, ValueError, RuntimeError):
+            out.append(None)
+    with open({path!r}, "a") as _f:
+        _f.write(_json.dumps({{"claim": claim, "sides": out}}) + "\\n")
+'''
+
+
+def _comparisons(test: ast.expr) -> list[tuple[ast.expr, str, ast.expr]] | None:
+    """The (left, op, right) pairs an assert's test is made of (``a < b``, ``a < b < c``, ``x and y``), or None."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        parts = [_comparisons(v) for v in test.values]
+        return None if any(p is None for p in parts) else [c for p in parts for c in p]
+    if isinstance(test, ast.Compare) and all(type(op) in OPS for op in test.ops):
+        operands = [test.left, *test.comparators]
+        return [(operands[i], OPS[type(op)], operands[i + 1]) for i, op in enumerate(test.ops)]
+    return None
+
+
+class _Instrument(ast.NodeTransformer):
+    """Puts ``_lfm_record(<claim id>, [(left, op, right), ...])`` before every assert that compares numbers."""
+
+    def __init__(self, cell: int):
+        self.cell, self.count, self.claims = cell, 0, {}
+
+    def visit_Assert(self, node: ast.Assert):
+        sides = _comparisons(node.test)
+        if sides is None:
+            return node
+        self.count += 1
+        claim = f"cell {self.cell}, assert {self.count}"
+        self.claims[claim] = ast.unparse(node.test)
+        triples = ast.List(elts=[ast.Tuple(elts=[left, ast.Constant(op), right], ctx=ast.Load())
+                                 for left, op, right in sides], ctx=ast.Load())
+        call = ast.Expr(ast.Call(ast.Name("_lfm_record", ast.Load()), [ast.Constant(claim), triples], []))
+        return [ast.copy_location(call, node), node]
+
+
+def instrument(source: str, cell: int) -> tuple[str, dict]:
+    """``source`` with its numeric asserts recording their sides, and claim id -> the assert's test as text.
+
+    Cells that are not plain Python (IPython magics, shell escapes) or hold no such assert come back unchanged.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source, {}
+    visitor = _Instrument(cell)
+    tree = visitor.visit(tree)
+    if not visitor.claims:
+        return source, {}
+    return ast.unparse(ast.fix_missing_locations(tree)), visitor.claims
+
+
+def margin(left: float, op: str, right: float) -> float:
+    """The fraction by which ``left op right`` holds (negative when it does not)."""
+    slack = right - left if op in ("<", "<=") else left - right
+    return slack / abs(right) if right != 0 else (float("inf") if slack > 0 else float("-inf") if slack < 0 else 0.0)
+
+
+def run_notebook(path: Path, seed: int, timeout: int) -> dict:
+    """Execute ``path`` in quick mode with ``LFM_SEED=seed`` and its asserts instrumented; what it measured."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    claims = {}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            cell.source, found = instrument(cell.source, i)
+            claims.update(found)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "claims.jsonl"
+        nb.cells.insert(0, nbformat.v4.new_code_cell(_RECORDER.format(path=str(log))))
+        env = {"LFM_QUICK": "1", "LFM_SEED": str(seed), "LFM_PROGRESS": "0", "LFM_PRETRAIN": "0"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        start, error = time.perf_counter(), None
+        try:
+            NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
+        except CellExecutionError as exc:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+            error = text.splitlines()[-1] if text else repr(exc)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        seconds = time.perf_counter() - start
+        records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    measured: dict = {}
+    for rec in records:
+        measured.setdefault(rec["claim"], []).append(rec["sides"])
+    return {"seed": seed, "seconds": round(seconds, 1), "error": error, "claims": claims, "measured": measured}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per notebook: each comparison (claim, pass through it, side) with its values per seed and smallest margin."""
+    out: dict = {}
+    for run in runs:
+        nb = out.setdefault(run["notebook"], {"seeds": {}, "comparisons": {}})
+        nb["seeds"][str(run["seed"])] = {"seconds": run["seconds"], "error": run["error"]}
+        for claim, passes in run["measured"].items():
+            for k, sides in enumerate(passes):
+                for j, side in enumerate(sides):
+                    key = f"{claim}" + (f", pass {k + 1}" if len(passes) > 1 else "") + \
+                          (f", part {j + 1}" if len(sides) > 1 else "")
+                    row = nb["comparisons"].setdefault(key, {"assert": run["claims"][claim], "values": {}})
+                    if side is not None:
+                        left, op, right = side
+                        row["op"] = op
+                        row["values"][str(run["seed"])] = [left, right, margin(left, op, right)]
+    for nb in out.values():
+        for row in nb["comparisons"].values():
+            margins = [v[2] for v in row["values"].values()]
+            row["min_margin"] = min(margins) if margins else None
+    return out
+
+
+def report(data: dict) -> str:
+    seeds = data["seeds"]
+    lines = ["# Notebook claims over seeds", "",
+             f"`python benchmarks/notebook_seeds.py {' '.join(data['notebooks_arg'])} --seeds "
+             f"{' '.join(map(str, seeds))}` on {data['machine']}, {data['date']}; quick mode, torch {data['torch']}.",
+             "",
+             "Every `assert` of a notebook that compares two numbers, measured once per seed (`LFM_SEED`; every seed "
+             "of the notebook is `SEED + k`, data splits fixed; notebooks 04 and 05 train from scratch for their "
+             "pretraining length with a seed other than 0, and continue their stored seed-0 networks with seed 0). "
+             "Margin of `a < b`: `(b - a) / |b|`; of `a > b`: `(a - b) / |b|`; negative: the claim failed. Rows are "
+             "sorted by their smallest margin over the seeds; a comparison inside a loop has one row per pass.", ""]
+    for name, nb in data["results"].items():
+        status = ", ".join(f"seed {s}: {'passed' if not r['error'] else 'FAILED (' + r['error'][:120] + ')'} "
+                           f"in {r['seconds']:.0f} s" for s, r in nb["seeds"].items())
+        lines += [f"## {name}", "", status, ""]
+        rows = sorted(nb["comparisons"].items(),
+                      key=lambda kv: float("inf") if kv[1]["min_margin"] is None else kv[1]["min_margin"])
+        head = "| where | assert | " + " | ".join(f"seed {s}: a, b" for s in seeds) + " | smallest margin |"
+        lines += [head, "|" + "---|" * (len(seeds) + 3)]
+        for key, row in rows:
+            cells = []
+            for s in seeds:
+                v = row["values"].get(str(s))
+                cells.append("—" if v is None else f"{v[0]:.4g}, {v[1]:.4g}")
+            m = row["min_margin"]
+            text = row["assert"].replace("|", "\\|")
+            text = text if len(text) <= 90 else text[:87] + "..."
+            lines.append(f"| {key} | `{text}` | " + " | ".join(cells) +
+                         f" | {'—' if m is None else f'{m:+.1%}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", help="only the notebooks whose file name contains one of these")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+    parser.add_argument("--report-only", type=Path, help="rewrite the Markdown report from a saved JSON")
+    args = parser.parse_args(argv)
+    if args.report_only is not None:
+        if not args.report_only.is_file():
+            print(f"--report-only: no such file {args.report_only}", file=sys.stderr)
+            return 2
+        data = json.loads(args.report_only.read_text())
+        args.report_only.with_suffix(".md").write_text(report(data) + "\n")
+        print(report(data))
+        return 0
+    if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        print(f"--seeds must be distinct non-negative integers, got {args.seeds}", file=sys.stderr)
+        return 2
+    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.notebooks:
+        paths = [p for p in paths if any(n in p.name for n in args.notebooks)]
+    if not paths:
+        print(f"no notebook matched {args.notebooks}", file=sys.stderr)
+        return 2
+    import torch
+
+    runs = []
+    for path in paths:
+        for seed in args.seeds:
+            print(f"{path.name}, seed {seed} ...", flush=True)
+            run = dict(run_notebook(path, seed, args.timeout), notebook=path.name)
+            runs.append(run)
+            n = sum(len(v) for v in run["measured"].values())
+            print(f"  {'FAILED: ' + run['error'] if run['error'] else 'passed'}; {run['seconds']} s; "
+                  f"{n} asserts measured", flush=True)
+    data = {"notebooks_arg": args.notebooks, "seeds": args.seeds, "date": datetime.date.today().isoformat(),
+            "machine": f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
+                       f"CPU cores ({platform.machine()})", "torch": torch.__version__,
+            "results": summarise(runs), "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "notebook_seeds" if not args.notebooks else "notebook_seeds_" + "_".join(args.notebooks)
+    (args.out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(report(data) + "\n")
+    print(report(data))
+    print(f"wrote {args.out / (stem + '.json')} and .md")
+    return 1 if any(r["error"] for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 
     python benchmarks/notebook_seeds.py                       # notebooks 01-07, seeds 0 1 2 -> benchmarks/results/
     python benchmarks/notebook_seeds.py 04 05 --seeds 1 2     # some notebooks, some seeds
+    python benchmarks/notebook_seeds.py 02 --merge            # rerun one notebook into the saved results
     python benchmarks/notebook_seeds.py --report-only benchmarks/results/notebook_seeds.json
 
 A notebook states its claims as ``assert`` statements that compare two numbers (``assert a < 0.5 * b``). This
@@ -145,13 +146,17 @@ def run_notebook(path: Path, seed: int, timeout: int) -> dict:
 def summarise(runs: list[dict]) -> dict:
     """Per notebook: each comparison (claim, pass through it, side) with its values per seed and smallest margin."""
     out: dict = {}
+    most: dict = {}  # (notebook, claim) -> the most passes any seed made through it
+    for run in runs:
+        for claim, passes in run["measured"].items():
+            most[run["notebook"], claim] = max(most.get((run["notebook"], claim), 0), len(passes))
     for run in runs:
         nb = out.setdefault(run["notebook"], {"seeds": {}, "comparisons": {}})
         nb["seeds"][str(run["seed"])] = {"seconds": run["seconds"], "error": run["error"]}
         for claim, passes in run["measured"].items():
             for k, sides in enumerate(passes):
                 for j, side in enumerate(sides):
-                    key = f"{claim}" + (f", pass {k + 1}" if len(passes) > 1 else "") + \
+                    key = f"{claim}" + (f", pass {k + 1}" if most[run["notebook"], claim] > 1 else "") + \
                           (f", part {j + 1}" if len(sides) > 1 else "")
                     row = nb["comparisons"].setdefault(key, {"assert": run["claims"][claim], "values": {}})
                     if side is not None:
@@ -165,12 +170,20 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``old`` saved results with the runs of ``new``'s notebooks replaced by ``new``'s, and both commands."""
+    rerun = {r["notebook"] for r in new["runs"]}
+    runs = sorted([r for r in old["runs"] if r["notebook"] not in rerun] + new["runs"],
+                  key=lambda r: (r["notebook"], r["seed"]))
+    return {"commands": old["commands"] + new["commands"], "seeds": sorted(set(old["seeds"]) | set(new["seeds"])),
+            "torch": new["torch"], "results": summarise(runs), "runs": runs}
+
+
 def report(data: dict) -> str:
     seeds = data["seeds"]
     lines = ["# Notebook claims over seeds", "",
-             f"`python benchmarks/notebook_seeds.py {' '.join(data['notebooks_arg'])} --seeds "
-             f"{' '.join(map(str, seeds))}` on {data['machine']}, {data['date']}; quick mode, torch {data['torch']}.",
-             "",
+             "; ".join(f"`{c['command']}` on {c['machine']}, {c['date']}" for c in data["commands"])
+             + f"; quick mode, torch {data['torch']}.", "",
              "Every `assert` of a notebook that compares two numbers, measured once per seed (`LFM_SEED`; every seed "
              "of the notebook is `SEED + k`, data splits fixed; notebooks 04 and 05 train from scratch for their "
              "pretraining length with a seed other than 0, and continue their stored seed-0 networks with seed 0). "
@@ -205,6 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
     parser.add_argument("--report-only", type=Path, help="rewrite the Markdown report from a saved JSON")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace these notebooks' runs in OUT/notebook_seeds.json, keeping the others")
     args = parser.parse_args(argv)
     if args.report_only is not None:
         if not args.report_only.is_file():
@@ -234,12 +249,17 @@ def main(argv=None) -> int:
             n = sum(len(v) for v in run["measured"].values())
             print(f"  {'FAILED: ' + run['error'] if run['error'] else 'passed'}; {run['seconds']} s; "
                   f"{n} asserts measured", flush=True)
-    data = {"notebooks_arg": args.notebooks, "seeds": args.seeds, "date": datetime.date.today().isoformat(),
-            "machine": f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
-                       f"CPU cores ({platform.machine()})", "torch": torch.__version__,
+    command = {"command": "python benchmarks/notebook_seeds.py " + " ".join(
+                   [*args.notebooks, "--seeds", *map(str, args.seeds)] + (["--merge"] if args.merge else [])),
+               "date": datetime.date.today().isoformat(),
+               "machine": f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
+                          f"CPU cores ({platform.machine()})"}
+    stem = "notebook_seeds" if not args.notebooks or args.merge else "notebook_seeds_" + "_".join(args.notebooks)
+    data = {"commands": [command], "seeds": list(args.seeds), "torch": torch.__version__,
             "results": summarise(runs), "runs": runs}
+    if args.merge and (args.out / f"{stem}.json").is_file():
+        data = merge(json.loads((args.out / f"{stem}.json").read_text()), data)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "notebook_seeds" if not args.notebooks else "notebook_seeds_" + "_".join(args.notebooks)
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(report(data) + "\n")
     print(report(data))

@@ -153,3 +153,58 @@ def test_celeba_gpu_quick_run_and_refusal_without_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="measures a GPU"):
         bench.main(["--out", str(tmp_path)])
+
+
+def test_notebook_seeds_measures_each_asserted_comparison_per_seed(tmp_path, capsys):
+    """A two-cell notebook run with two seeds: its comparisons are recorded with their margins, per loop pass,
+    a failing seed is reported (its values still recorded), and other asserts are left alone."""
+    import nbformat
+
+    ns = load("notebook_seeds")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from lfm_core import runtime\nSEED = runtime.seed()\nx = 0.4 + SEED"),
+                nbformat.v4.new_code_cell("for k in (1, 2):\n    assert x < 0.5 * k, 'x is small'  # comment\n"
+                                          "assert isinstance(x, float)\nassert 0 < x and x <= 2")]
+    path = tmp_path / "99_tiny.ipynb"
+    nbformat.write(nb, path)
+    runs = [dict(ns.run_notebook(path, seed, timeout=60), notebook=path.name) for seed in (0, 1)]
+    assert runs[0]["error"] is None and "AssertionError: x is small" in runs[1]["error"]
+    result = ns.summarise(runs)[path.name]
+    rows = result["comparisons"]
+    assert set(rows) == {"cell 1, assert 1, pass 1", "cell 1, assert 1, pass 2",
+                         "cell 1, assert 2, part 1", "cell 1, assert 2, part 2"}
+    first = rows["cell 1, assert 1, pass 1"]
+    assert first["assert"] == "x < 0.5 * k"
+    assert first["values"]["0"][:2] == [0.4, 0.5] and math.isclose(first["values"]["0"][2], 0.2)
+    assert math.isclose(first["min_margin"], (0.5 - 1.4) / 0.5)        # seed 1 failed it
+    assert "1" not in rows["cell 1, assert 1, pass 2"]["values"]       # the failing pass stopped the cell
+    assert rows["cell 1, assert 2, part 2"]["op"] == "<="
+    data = {"commands": [{"command": "c", "date": "2026-01-01", "machine": "test"}], "seeds": [0, 1], "torch": "x",
+            "results": ns.summarise(runs), "runs": runs}
+    text = ns.report(data)
+    assert "seed 1: FAILED (AssertionError: x is small)" in text and "| -180.0% |" in text
+    # --merge: a rerun of the notebook replaces its runs and keeps the other notebooks'
+    other = dict(runs[0], notebook="98_other.ipynb")
+    rerun = dict(runs[0], seed=2)
+    merged = ns.merge(dict(data, runs=[*runs, other]),
+                      {"commands": [{"command": "d", "date": "2026-01-02", "machine": "test"}], "seeds": [2],
+                       "torch": "y", "runs": [rerun]})
+    assert [(r["notebook"], r["seed"]) for r in merged["runs"]] == [("98_other.ipynb", 0), (path.name, 2)]
+    assert merged["seeds"] == [0, 1, 2] and [c["command"] for c in merged["commands"]] == ["c", "d"]
+    assert list(merged["results"][path.name]["seeds"]) == ["2"]
+
+
+def test_notebook_seeds_instrument_margin_and_bad_arguments(tmp_path, capsys):
+    ns = load("notebook_seeds")
+    source, claims = ns.instrument("a = 1\nassert 0.9 < a < 2 * a\nassert torch.allclose(a, a)", 3)
+    assert claims == {"cell 3, assert 1": "0.9 < a < 2 * a"}
+    assert "_lfm_record('cell 3, assert 1', [(0.9, '<', a), (a, '<', 2 * a)])" in source
+    assert ns.instrument("%matplotlib inline\nassert a < 1", 0) == ("%matplotlib inline\nassert a < 1", {})
+    assert ns.instrument("print(1)", 0) == ("print(1)", {})
+    assert ns.margin(0.4, "<", 0.5) == pytest.approx(0.2) and ns.margin(3.0, ">", 2.0) == pytest.approx(0.5)
+    assert ns.margin(1.0, "<=", 0.0) == float("-inf")
+    assert ns.main(["--seeds", "1", "1", "--out", str(tmp_path)]) == 2
+    assert ns.main(["no-such-notebook", "--out", str(tmp_path)]) == 2
+    assert ns.main(["--report-only", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds must be distinct" in err and "no notebook matched" in err and "no such file" in err

@@ -129,3 +129,17 @@ def test_the_notebooks_pretrained_networks_load_into_their_architectures():
         for entry, state in states.items():
             builders[folder, entry]().load_state_dict(state)          # strict: every key and shape matches
             assert records[entry]["steps"] == len(records[entry]["losses"]) > 0
+
+
+def test_history_and_summary_join_the_pretraining_and_the_continuation():
+    from lfm_core.training import FitResult
+
+    res = FitResult(losses=[0.5, 0.4], seconds=2.0)
+    start = {"steps": 3, "seconds": 30.2, "losses": [3.0, 2.0, 1.0]}
+    assert pretrained.history(start, res) == [3.0, 2.0, 1.0, 0.5, 0.4]
+    assert pretrained.history(None, res) == [0.5, 0.4]
+    assert pretrained.summary(start, res) == "3 pretrained steps (30 s) + 2 steps in 2.0 s (1000 ms/step)"
+    assert pretrained.summary(None, res) == "2 steps in 2.0 s (1000 ms/step)"
+    for f in (pretrained.history, pretrained.summary):
+        with pytest.raises(TypeError, match="start must be the record"):
+            f(3, res)

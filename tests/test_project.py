@@ -96,6 +96,12 @@ def test_notebook_conventions(path):
     assert "You will learn" in src[0]
     assert any('"google.colab" in sys.modules' in s and repo in s for s in src), "a setup cell installing on Colab"
     assert any("runtime.describe(" in s and "seed_everything(" in s for s in src), "a config cell: mode, seeds"
+    assert any("SEED = runtime.seed()" in s and "seed_everything(SEED)" in s for s in src), "seeds from LFM_SEED"
+    for i, (s, cell) in enumerate(zip(src, cells, strict=True)):
+        for line in s.splitlines() if cell["cell_type"] == "code" else []:
+            fixed = re.search(r"manual_seed\(\d|\bseed=\d|seed_everything\(\d", line)
+            assert not fixed or "split(" in line or "held out" in line, \
+                f"cell {i}: a seed that LFM_SEED does not move (write SEED + k; data splits excepted): {line.strip()}"
     assert sum(s.count("assert ") for s, c in zip(src, cells, strict=True) if c["cell_type"] == "code") >= 5
     assert src[-1].startswith("## References"), "the last cell: the references"
     start = next((i for i, s in enumerate(src) if s.startswith("## Exercises")), None)

@@ -188,25 +188,29 @@ def report(data: dict) -> str:
              "of the notebook is `SEED + k`, data splits fixed; notebooks 04 and 05 train from scratch for their "
              "pretraining length with a seed other than 0, and continue their stored seed-0 networks with seed 0). "
              "Margin of `a < b`: `(b - a) / |b|`; of `a > b`: `(a - b) / |b|`; negative: the claim failed. Rows are "
-             "sorted by their smallest margin over the seeds; a comparison inside a loop has one row per pass.", ""]
+             "sorted by their smallest margin over the seeds; a comparison inside a loop has one row per pass. "
+             "The slack is the margin before dividing by `|b|` (`b - a` or `a - b`), in the units of the claim.", ""]
     for name, nb in data["results"].items():
         status = ", ".join(f"seed {s}: {'passed' if not r['error'] else 'FAILED (' + r['error'][:120] + ')'} "
                            f"in {r['seconds']:.0f} s" for s, r in nb["seeds"].items())
         lines += [f"## {name}", "", status, ""]
         rows = sorted(nb["comparisons"].items(),
                       key=lambda kv: float("inf") if kv[1]["min_margin"] is None else kv[1]["min_margin"])
-        head = "| where | assert | " + " | ".join(f"seed {s}: a, b" for s in seeds) + " | smallest margin |"
-        lines += [head, "|" + "---|" * (len(seeds) + 3)]
+        head = ("| where | assert | " + " | ".join(f"seed {s}: a, b" for s in seeds)
+                + " | smallest slack | smallest margin |")
+        lines += [head, "|" + "---|" * (len(seeds) + 4)]
         for key, row in rows:
             cells = []
             for s in seeds:
                 v = row["values"].get(str(s))
                 cells.append("—" if v is None else f"{v[0]:.4g}, {v[1]:.4g}")
             m = row["min_margin"]
+            slack = min((b - a if row["op"] in ("<", "<=") else a - b for a, b, _ in row["values"].values()),
+                        default=None)
             text = row["assert"].replace("|", "\\|")
             text = text if len(text) <= 90 else text[:87] + "..."
             lines.append(f"| {key} | `{text}` | " + " | ".join(cells) +
-                         f" | {'—' if m is None else f'{m:+.1%}'} |")
+                         f" | {'—' if slack is None else f'{slack:+.4g}'} | {'—' if m is None else f'{m:+.1%}'} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -182,7 +182,7 @@ def test_notebook_seeds_measures_each_asserted_comparison_per_seed(tmp_path, cap
     data = {"commands": [{"command": "c", "date": "2026-01-01", "machine": "test"}], "seeds": [0, 1], "torch": "x",
             "results": ns.summarise(runs), "runs": runs}
     text = ns.report(data)
-    assert "seed 1: FAILED (AssertionError: x is small)" in text and "| -180.0% |" in text
+    assert "seed 1: FAILED (AssertionError: x is small)" in text and "| -0.9 | -180.0% |" in text
     # --merge: a rerun of the notebook replaces its runs and keeps the other notebooks'
     other = dict(runs[0], notebook="98_other.ipynb")
     rerun = dict(runs[0], seed=2)

@@ -27,13 +27,15 @@ import datetime
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import run_notebooks  # noqa: E402  (how the project executes notebooks: the error line, the machine)
+
 RESULTS = ROOT / "benchmarks" / "results"
 OPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 
@@ -127,8 +129,7 @@ def run_notebook(path: Path, seed: int, timeout: int) -> dict:
             NotebookClient(nb, timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": str(path.parent)}}).execute()
         except CellExecutionError as exc:
-            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-            error = text.splitlines()[-1] if text else repr(exc)
+            error = run_notebooks.error_line(exc)
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -256,8 +257,7 @@ def main(argv=None) -> int:
     command = {"command": "python benchmarks/notebook_seeds.py " + " ".join(
                    [*args.notebooks, "--seeds", *map(str, args.seeds)] + (["--merge"] if args.merge else [])),
                "date": datetime.date.today().isoformat(),
-               "machine": f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
-                          f"CPU cores ({platform.machine()})"}
+               "machine": f"{run_notebooks.machine()} ({platform.machine()})"}
     stem = "notebook_seeds" if not args.notebooks or args.merge else "notebook_seeds_" + "_".join(args.notebooks)
     data = {"commands": [command], "seeds": list(args.seeds), "torch": torch.__version__,
             "results": summarise(runs), "runs": runs}

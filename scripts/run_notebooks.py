@@ -66,6 +66,12 @@ class KernelMemory(threading.Thread):
                 self.peak = max(self.peak or 0.0, value)
 
 
+def error_line(exc: Exception) -> str:
+    """The last line of a failed cell's error (``AssertionError: ...``), without terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[-1] if text else repr(exc)
+
+
 def execute(path: Path, out: Path, timeout: int, memory: bool = False) -> dict:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -78,8 +84,7 @@ def execute(path: Path, out: Path, timeout: int, memory: bool = False) -> dict:
     try:
         client.execute()
     except CellExecutionError as exc:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # drop terminal colours
-        error = text.splitlines()[-1] if text else repr(exc)
+        error = error_line(exc)
     finally:
         if watcher is not None:
             watcher.done.set()

@@ -75,10 +75,10 @@ def drop_labels(labels: torch.Tensor, null_label: int, p: float = 0.1, *,
 def guided_velocity(model, labels: torch.Tensor, scale: float = 1.0, *, cond: torch.Tensor | None = None):
     r"""The guided velocity ``v_u + scale (v_c - v_u)`` for fixed ``labels`` ``[B]``, as a function ``(x, t)``.
 
-    ``scale`` (``w``) must be finite; ``1`` means no guidance (one forward pass per call), any other value
-    costs one batched pass of ``2B`` rows. ``cond`` (extra conditioning channels, e.g. an inpainting mask)
-    is passed to both branches. ``labels`` may contain the null label: those rows are unconditional
-    whatever ``w``.
+    ``scale`` (``w``) must be finite; ``1`` is the conditional velocity alone and ``0`` the unconditional
+    one (one forward pass of ``B`` rows per call each), any other value costs one batched pass of ``2B`` rows.
+    ``cond`` (extra conditioning channels, e.g. an inpainting mask) is passed to both branches. ``labels`` may
+    contain the null label: those rows are unconditional whatever ``w``.
     """
     num_classes = _num_classes(model)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(float(scale)):
@@ -101,6 +101,8 @@ def guided_velocity(model, labels: torch.Tensor, scale: float = 1.0, *, cond: to
         c = None if cond is None else cond.to(x.device)
         if w == 1.0:
             return model(x, t, labels=y, cond=c)
+        if w == 0.0:
+            return model(x, t, labels=null.to(x.device), cond=c)
         both = model(torch.cat([x, x]), torch.cat([t, t]), labels=torch.cat([y, null.to(x.device)]),
                      cond=None if c is None else torch.cat([c, c]))
         v_c, v_u = both.chunk(2)

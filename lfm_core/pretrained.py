@@ -151,18 +151,21 @@ def finish(model: torch.nn.Module, folder, entry: str | None, result, settings: 
                                 "settings": settings or {}, "command": "python3 tasks.py pretrain"}, half=True)
 
 
+def _check_start(start) -> None:
+    if start is not None and not isinstance(start, dict):
+        raise TypeError(f"start must be the record start() returned (a dict) or None, got {type(start).__name__}")
+
+
 def history(start: dict | None, result) -> list:
     """Every training step's loss of a network :func:`start` prepared: the stored pretraining's (when it was
     loaded), then ``result``'s (the :class:`lfm_core.training.FitResult` of the training that followed)."""
-    if start is not None and not isinstance(start, dict):
-        raise TypeError(f"start must be the record start() returned (a dict) or None, got {type(start).__name__}")
+    _check_start(start)
     return (list(start.get("losses", [])) if start else []) + list(result.losses)
 
 
 def summary(start: dict | None, result) -> str:
     """One line on how a network was trained: ``"500 pretrained steps (142 s) + 60 steps in 10.4 s"``."""
-    if start is not None and not isinstance(start, dict):
-        raise TypeError(f"start must be the record start() returned (a dict) or None, got {type(start).__name__}")
+    _check_start(start)
     steps = len(result.losses)
     before = f"{start['steps']} pretrained steps ({start.get('seconds', 0):.0f} s) + " if start else ""
     return f"{before}{steps} steps in {result.seconds:.1f} s ({1000 * result.seconds / max(steps, 1):.0f} ms/step)"

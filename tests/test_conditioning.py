@@ -37,8 +37,12 @@ def test_guided_velocity_formula_one_pass_and_scale_one():
         v_c = m.a[y][:, None] * x + m.b[y][:, None]
         v_u = m.a[3] * x + m.b[3]
         torch.testing.assert_close(v, v_u + w * (v_c - v_u))
-        assert m.calls == 1 and m.rows == (4 if w == 1.0 else 8)  # one batched pass; w = 1 a single one
+        # one batched pass of both branches; w = 1 (conditional) and w = 0 (unconditional) one branch only
+        assert m.calls == 1 and m.rows == (4 if w in (0.0, 1.0) else 8)
     torch.testing.assert_close(v[3], (m.a[3] * x[3] + m.b[3]))  # the null label is unconditional for any w
+    m.calls = 0
+    torch.testing.assert_close(guidance.guided_velocity(m, y, 0)(x, t), m.a[3] * x + m.b[3])  # an int 0 too
+    assert m.calls == 1
 
 
 def test_guided_velocity_with_every_solver_and_cond():

@@ -28,6 +28,7 @@ from . import (
     pretrained,
     runtime,
     solvers,
+    store,
     toy,
     training,
     utils,
@@ -36,5 +37,5 @@ from . import (
 __version__ = "0.1.0"
 
 __all__ = ["autoencoders", "average_velocity", "bounds", "compare", "conditioning", "couplings", "guidance", "hub",
-           "images", "interpolants", "metrics", "mixtures", "nets", "paths", "pretrained", "runtime", "solvers", "toy",
-           "training", "utils"]
+           "images", "interpolants", "metrics", "mixtures", "nets", "paths", "pretrained", "runtime", "solvers",
+           "store", "toy", "training", "utils"]

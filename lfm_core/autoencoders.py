@@ -13,17 +13,19 @@ autoencoder                     class (diffusers)     scale ``s``           late
 ``offline`` (this project)      ``AutoencoderKL``     from its training     4 x (H/4) x (W/4)
 =============================== ===================== ===================== =====================
 
-The offline autoencoder is a small ``AutoencoderKL`` (:func:`offline_config`) trained by
-``scripts/train_autoencoder.py`` on offline data; its checkpoint ships with the package
-(``lfm_core/assets/autoencoder_lfw32``), with the command that made it. Hub ids are loaded from the local
+The offline autoencoders are small ``AutoencoderKL`` s (:func:`offline_config`) trained by
+``scripts/train_autoencoder.py`` on offline data; they ship with the package (``lfm_core/assets/autoencoder_lfw32``
+and ``autoencoder_digits16``) as :mod:`lfm_core.store` folders: diffusers' config and weights, checksummed, with
+a record of the latent scale, the data and the command that made them. Other local folders are diffusers folders
+(``save_pretrained``), with the scale in an ``lfm_autoencoder.json`` beside. Hub ids are loaded from the local
 cache when there, else downloaded; when the hub cannot be reached the call fails within seconds and
 names the offline alternative.
 
 :func:`cached_latents` encodes a data set once and keeps the latents on disk, keyed by the content of the
 images and of the autoencoder, so that they are reused exactly when both are the same.
 
-Copy with: utils, hub, images, training, couplings, runtime, solvers (the last four for :func:`fit_autoencoder`
-only; ``torch``, ``diffusers``, ``safetensors``).
+Copy with: utils, hub, images, store, training, couplings, runtime, solvers (the last four for
+:func:`fit_autoencoder` only; ``torch``, ``diffusers``, ``safetensors``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from . import hub
+from . import hub, store
 from .images import ImageData, ImageFiles
 from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
 
@@ -56,10 +58,10 @@ SD_VAE_FT_MSE_CONFIG = {
     "block_out_channels": [128, 256, 512, 512], "norm_num_groups": 32, "sample_size": 256,
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
-OFFLINE_DIR = Path(__file__).resolve().parent / "assets" / "autoencoder_lfw32"
-# the offline autoencoders shipped with the package: name -> folder (made by scripts/train_autoencoder.py)
-OFFLINE = {"offline": OFFLINE_DIR,
-           "offline-digits": Path(__file__).resolve().parent / "assets" / "autoencoder_digits16"}
+OFFLINE_DIR = store.ASSETS / "autoencoder_lfw32"
+# the offline autoencoders shipped with the package: name -> store folder (made by scripts/train_autoencoder.py)
+OFFLINE = {"offline": OFFLINE_DIR, "offline-digits": store.ASSETS / "autoencoder_digits16"}
+#: the latent scale and description of a plain diffusers folder (a store folder keeps them in its record)
 META_FILE = "lfm_autoencoder.json"
 
 
@@ -199,6 +201,14 @@ def fit_autoencoder(model, images: torch.Tensor, *, steps: int, batch_size: int 
 def _from_folder(folder: Path, device, dtype, scale: float | None):
     from diffusers import AutoencoderKL, AutoencoderTiny
 
+    if not any((folder / f"diffusion_pytorch_model.{ext}").exists() for ext in ("safetensors", "bin")):
+        model, meta = store.load(folder)   # a store folder: verified, the scale in its record
+        if scale is None and meta.get("scale") is None:
+            raise ValueError(f"{folder / 'config.json'} records no latent scale: pass scale=...")
+        if dtype != next(model.parameters()).dtype:   # built in float32; diffusers warns on a cast to the same
+            model = model.to(dtype=dtype)
+        return LatentAutoencoder(model.to(device), meta["scale"] if scale is None else scale,
+                                 meta.get("name", str(folder)), meta)
     meta_path = folder / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     cfg = json.loads((folder / "config.json").read_text())
@@ -242,19 +252,21 @@ def write_standin(folder, *, seed: int = 0) -> Path:
 
 def load(name_or_path: str = "offline", *, device="cpu", dtype=torch.float32, scale: float | None = None):
     """Load an autoencoder: ``"offline"`` (faces, 32 x 32), ``"offline-digits"`` (digits, 16 x 16), a hub id of
-    :data:`PRETRAINED`, or a local diffusers folder.
+    :data:`PRETRAINED`, a local diffusers folder, or a store folder (:mod:`lfm_core.store`, verified).
 
-    ``scale`` overrides the latent scale (required for a local folder without ``lfm_autoencoder.json``).
+    ``scale`` overrides the latent scale (required for a local diffusers folder without ``lfm_autoencoder.json``
+    whose architecture is not sd-vae-ft-mse's).
     A hub id that is neither in the local cache nor reachable fails at once, naming the offline one.
     """
     if not isinstance(name_or_path, str):
         raise TypeError(f"name_or_path must be a str, got {type(name_or_path).__name__}")
     if name_or_path in OFFLINE:
         folder = OFFLINE[name_or_path]
-        if not (folder / "config.json").exists():
+        try:
+            return _from_folder(folder, device, dtype, scale)
+        except FileNotFoundError:
             raise FileNotFoundError(f"the offline autoencoder {name_or_path!r} is missing from {folder}: run "
-                                    "scripts/train_autoencoder.py to make it")
-        return _from_folder(folder, device, dtype, scale)
+                                    "scripts/train_autoencoder.py to make it") from None
     folder = Path(name_or_path)
     if folder.is_dir():
         return _from_folder(folder, device, dtype, scale)

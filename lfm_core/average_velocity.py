@@ -117,7 +117,7 @@ class AverageVelocity(nn.Module):
                              "nets.UNetVelocity(..., cond_channels=1)")
         self.net = net
         self.cond_channels = channels - 1  # left for the caller's own conditioning
-        self.config = {"net": type(net).__name__, "net_config": getattr(net, "config", None)}
+        self.config = {"net": {"_class_name": type(net).__name__, **getattr(net, "config", {})}}
 
     def forward(self, x: torch.Tensor, r, t, cond: torch.Tensor | None = None, **kw) -> torch.Tensor:
         check_tensor(x, "x", min_dim=2)

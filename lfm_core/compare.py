@@ -19,24 +19,22 @@ held-out source points and held-out data after ``n`` steps (``n`` jumps for an a
 Rectified Flow's straightness ``S`` and the normalised path energy of the finest trajectory. Notebooks 03 and 07
 and ``benchmarks/straight_flows.py`` and ``benchmarks/one_step.py`` use these functions.
 
-Copy with: utils, metrics, paths, solvers, training, couplings, runtime, hub, average_velocity (``torch``,
-``numpy``, ``POT``).
+Copy with: utils, metrics, paths, solvers, training, couplings, runtime, hub, average_velocity, store (``torch``,
+``numpy``, ``POT``, ``safetensors``).
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from . import average_velocity, metrics, solvers, training
+from . import average_velocity, metrics, solvers, store, training
 from .utils import check_finite, check_positive_int, check_tensor
 
 __all__ = ["METHODS", "ONE_STEP_METHODS", "train_methods", "evaluate", "save_pretrained", "load_pretrained"]
-
-PRETRAINED_DIR = Path(__file__).resolve().parent / "assets"
 
 METHODS = ("I-CFM", "OT-CFM", "2-RF", "learned")
 ONE_STEP_METHODS = (*METHODS, "MeanFlow")
@@ -147,35 +145,41 @@ def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8,
 
 
 def save_pretrained(folder, models: dict, seconds: dict, record: dict) -> None:
-    """Write ``models`` (method -> network) to ``folder`` as ``<method>.safetensors``, with ``config.json`` holding
-    ``record`` (how they were made), the seconds each took and each network's ``config`` where it has one."""
-    from safetensors.torch import save_file
-
+    """Write ``models`` (method -> network) to ``folder``, each as the network ``folder/<method>/``
+    (:func:`lfm_core.store.save`) whose record is ``record`` (how they were made) with the seconds it took;
+    methods stored there before and not in ``models`` are removed."""
     unknown = sorted(set(models) - set(ONE_STEP_METHODS))
     if unknown:
         raise ValueError(f"models has entries for unknown methods {unknown}; methods are "
                          f"{', '.join(ONE_STEP_METHODS)}")
+    if not isinstance(record, dict):
+        raise TypeError(f"record must be a dict, got {type(record).__name__}")
+    missing = sorted(set(models) - set(seconds))
+    if missing:
+        raise ValueError(f"seconds has no entry for {missing}")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, folder / f"{name}.safetensors")
-    meta = dict(record, methods=list(models), seconds={m: round(float(seconds[m]), 2) for m in models},
-                model_config={m: getattr(models[m], "config", None) for m in models})
-    (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        store.save(folder / name, model, dict(record, seconds=round(float(seconds[name]), 2)))
+    for name in sorted(set(ONE_STEP_METHODS) - set(models)):
+        if (folder / name).is_dir():
+            shutil.rmtree(folder / name)
 
 
 def load_pretrained(task: str, root=None, *, name: str = "straight_flows") -> tuple[dict, dict, dict]:
     """The networks that ``scripts/train_straight_flows.py`` trained on ``N(0, I) -> task`` by each method, as
-    ``(state_dicts, seconds, record)`` (method -> state dict; method -> seconds; the ``config.json``), read from
-    ``root/<name>_<task>/`` (default: the package's ``assets``; ``name="one_step"`` holds the MeanFlow models of
-    notebook 07). Pass them to :func:`train_methods` as ``start=`` and ``start_seconds=`` to continue them."""
-    from safetensors.torch import load_file
-
-    folder = Path(root if root is not None else PRETRAINED_DIR) / f"{name}_{task}"
-    if not (folder / "config.json").is_file():
+    ``(state_dicts, seconds, record)`` (method -> state dict; method -> seconds; how they were made, with the
+    ``methods`` and their ``seconds``), read from ``root/<name>_<task>/<method>/`` (default root: the package's
+    :data:`lfm_core.store.ASSETS`; ``name="one_step"`` holds the MeanFlow models of notebook 07), every file
+    verified against its checksum. Pass them to :func:`train_methods` as ``start=`` and ``start_seconds=`` to
+    continue them."""
+    folder = Path(root if root is not None else store.ASSETS) / f"{name}_{task}"
+    methods = [m for m in ONE_STEP_METHODS if (folder / m / "config.json").is_file()]
+    if not methods:
         raise FileNotFoundError(f"no pretrained networks in {folder}: run python scripts/train_straight_flows.py"
                                 + ("" if name == "straight_flows" else f" --name {name} --methods MeanFlow"))
-    record = json.loads((folder / "config.json").read_text())
-    states = {m: load_file(folder / f"{m}.safetensors") for m in record["methods"]}
-    return states, {m: float(record["seconds"][m]) for m in record["methods"]}, record
+    states, seconds, record = {}, {}, {}
+    for m in methods:
+        states[m], config = store.load_state(folder / m)
+        record = dict(config["record"])
+        seconds[m] = float(record.pop("seconds", 0.0))
+    return states, seconds, dict(record, methods=methods, seconds=dict(seconds))

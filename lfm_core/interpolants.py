@@ -31,17 +31,17 @@ possible. This module holds the pieces:
   trajectories travelled at constant speed exactly when ``D v / Dt = 0``, and ``E |D v / Dt|^2`` is the
   straightness objective.
 * :func:`load_pretrained`: the GLOW interpolants fitted for N(0, I) -> 8 Gaussians and -> moons by
-  ``scripts/fit_interpolants.py`` (shipped in ``lfm_core/assets``), which notebook 03's quick mode loads.
+  ``scripts/fit_interpolants.py`` (shipped in ``lfm_core/assets`` as :mod:`lfm_core.store` folders), which
+  notebook 03's quick mode loads.
 
 Time runs from the source at ``t = 0`` to the data at ``t = 1``.
 
 Copy with: utils, training, couplings, runtime, solvers (the last four for :func:`fit_interpolant` and
-:func:`fit_straight_flow` only).
+:func:`fit_straight_flow` only), store (for :func:`load_pretrained` only).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -534,27 +534,26 @@ def fit_straight_flow(interpolant, model, source, data: torch.Tensor, *, levels:
     return history
 
 
-PRETRAINED_DIR = Path(__file__).resolve().parent / "assets"
 PRETRAINED_TASKS = ("8gaussians", "moons")
 
 
 def load_pretrained(task: str, root=None) -> tuple[GlowInterpolant, dict]:
-    """The GLOW interpolant fitted for straightness on ``N(0, I) -> task`` and its record (``config.json``).
+    """The GLOW interpolant fitted for straightness on ``N(0, I) -> task`` and its record.
 
     ``task`` is one of :data:`PRETRAINED_TASKS`; ``root`` the folder that holds ``interpolant_<task>/`` (default:
-    the package's ``assets``, written by ``scripts/fit_interpolants.py``, whose command, settings, loss and seconds
-    the record holds). The interpolant is returned frozen (``requires_grad_(False)``), in float32.
+    the package's :data:`lfm_core.store.ASSETS`), a network stored by :func:`lfm_core.store.save` in
+    ``scripts/fit_interpolants.py``, whose command, settings, loss and seconds the record holds; every file is
+    verified against its checksum. The interpolant is returned frozen (``requires_grad_(False)``), in float32.
     """
+    from . import store
+
     if task not in PRETRAINED_TASKS:
         raise ValueError(f"task must be one of {PRETRAINED_TASKS}, got {task!r}")
-    folder = Path(root if root is not None else PRETRAINED_DIR) / f"interpolant_{task}"
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no fitted interpolant in {folder}: run python scripts/fit_interpolants.py")
-    from safetensors.torch import load_file
-
-    record = json.loads((folder / "config.json").read_text())
-    if record.get("class") != "GlowInterpolant":
-        raise ValueError(f"{folder / 'config.json'} describes a {record.get('class')!r}, not a GlowInterpolant")
-    interp = GlowInterpolant(**record["config"])
-    interp.load_state_dict(load_file(folder / "model.safetensors"))
+    folder = Path(root if root is not None else store.ASSETS) / f"interpolant_{task}"
+    try:
+        interp, record = store.load(folder)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no fitted interpolant in {folder}: run python scripts/fit_interpolants.py") from None
+    if not isinstance(interp, GlowInterpolant):
+        raise store.StoreError(f"{folder / 'config.json'} holds class {type(interp).__name__}, not GlowInterpolant")
     return interp.requires_grad_(False), record

@@ -4,10 +4,11 @@ Some effects need more training than a notebook's quick mode (2 CPU cores, a few
 notebook then starts its networks from weights made by *its own training code* run for the longer, quick-mode
 length ahead of time, and trains a short continuation live; it says so where it does. The mechanism:
 
-* A folder (default ``lfm_core/assets/<name>``) holds one ``<entry>.safetensors`` per network and a
-  ``config.json`` whose ``entries`` record, per network, the training steps, the seconds, the loss history, the
-  settings and the command that made it. :func:`add` writes one entry (floating tensors optionally in float16,
-  which halves the size and is far below what training changes), :func:`load` reads the folder back in float32.
+* A folder (default ``lfm_core/assets/<name>``) holds one subfolder per network, ``<entry>/``, in the format of
+  :mod:`lfm_core.store` (config, weights and checksums), whose record holds the training steps, the seconds, the
+  loss history, the settings and the command that made it. :func:`add` writes one entry atomically (floating
+  tensors optionally in float16, which halves the size and is far below what training changes), :func:`load`
+  verifies and reads the folder back in float32.
 * ``LFM_PRETRAIN=1`` (set by ``python3 tasks.py pretrain``, which runs the notebooks in quick mode) makes a
   notebook *write* its networks: :func:`start` returns the pretraining length and leaves the network as
   initialised, :func:`finish` stores it with :func:`add`.
@@ -17,23 +18,23 @@ length ahead of time, and trains a short continuation live; it says so where it 
   trains them from scratch for their pretraining length instead, so that a run with that seed checks the
   notebook's claims on networks trained with it (``benchmarks/notebook_seeds.py``).
 
-Copy with: runtime (``torch``, ``safetensors``).
+Copy with: runtime, store (``torch``, ``safetensors``).
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from pathlib import Path
 
 import torch
 
-from . import runtime
+from . import runtime, store
 
 __all__ = ["ASSETS", "add", "load", "pretraining", "start", "finish", "history", "summary"]
 
-#: where the package keeps its pretrained networks
-ASSETS = Path(__file__).resolve().parent / "assets"
+#: where the package keeps its pretrained networks (:data:`lfm_core.store.ASSETS`)
+ASSETS = store.ASSETS
 _ENTRY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -46,54 +47,44 @@ def _check_entry(entry) -> str:
 def _folder(folder) -> Path:
     if isinstance(folder, str) and "/" not in folder and "\\" not in folder:
         return ASSETS / folder       # a bare name: a folder of the package's assets
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder must be a path or the name of a folder of the assets, got {type(folder).__name__}")
     return Path(folder)
 
 
 def add(folder, entry: str, model: torch.nn.Module, record: dict, *, half: bool = False) -> Path:
-    """Write ``model``'s weights to ``folder/<entry>.safetensors`` and ``record`` (JSON-serialisable: how it was
-    made) under ``entries[entry]`` of ``folder/config.json``, keeping the other entries. ``half=True`` stores
-    floating tensors in float16. ``folder``: a path, or a bare name for a folder of :data:`ASSETS`."""
-    from safetensors.torch import save_file
-
+    """Store ``model`` with ``record`` (JSON-serialisable: how it was made) as the network ``folder/<entry>/``
+    (:func:`lfm_core.store.save`: atomic, so the previous version stays whole until the new one is), leaving the
+    other entries. ``half=True`` stores floating tensors in float16. ``folder``: a path, or a bare name for a
+    folder of :data:`ASSETS`. Returns the entry's folder."""
     _check_entry(entry)
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(record, dict):
         raise TypeError(f"record must be a dict, got {type(record).__name__}")
-    folder = _folder(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu().contiguous()
-        state[k] = v.half() if half and v.is_floating_point() else v
-    save_file(state, str(folder / f"{entry}.safetensors"))
-    config = folder / "config.json"
-    meta = json.loads(config.read_text()) if config.is_file() else {"entries": {}}
-    meta.setdefault("entries", {})[entry] = dict(record, model_config=getattr(model, "config", None), half=half)
-    meta["entries"] = dict(sorted(meta["entries"].items()))
-    config.write_text(json.dumps(meta, indent=1) + "\n")
-    return folder / f"{entry}.safetensors"
+    return store.save(_folder(folder) / entry, model, record, half=half)
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if _ENTRY.match(p.name) and (p / "config.json").exists()) \
+        if folder.is_dir() else []
 
 
 def load(folder, entries=None) -> tuple[dict, dict]:
     """``(states, records)``: entry -> state dict (floating tensors in float32) and entry -> record, read from
-    ``folder`` (a path, or a bare name for a folder of :data:`ASSETS`). ``entries``: read only the weights of
-    these (the records of all are returned)."""
-    from safetensors.torch import load_file
-
+    ``folder`` (a path, or a bare name for a folder of :data:`ASSETS`), every file verified against its checksum
+    (:class:`lfm_core.store.StoreError` names a corrupt one). ``entries``: read only the weights of these (the
+    records of all are returned)."""
     folder = _folder(folder)
-    config = folder / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"no pretrained networks in {folder} (no config.json): `python3 tasks.py pretrain` "
-                                "writes the notebooks' networks")
-    records = json.loads(config.read_text()).get("entries", {})
-    states = {}
-    for entry in records if entries is None else [e for e in entries if e in records]:
-        file = folder / f"{entry}.safetensors"
-        if not file.is_file():
-            raise FileNotFoundError(f"{config} lists {entry!r} but {file.name} is missing: `python3 tasks.py "
-                                    "pretrain` writes it again")
-        states[entry] = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(file)).items()}
+    names = _names(folder)
+    if not names:
+        raise FileNotFoundError(f"no pretrained networks in {folder}: `python3 tasks.py pretrain` writes the "
+                                "notebooks' networks")
+    records, states = {}, {}
+    for name in names:
+        if entries is None or name in entries:
+            states[name], config = store.load_state(folder / name)
+        else:
+            config = store.verify(folder / name)
+        records[name] = config["record"]
     return states, records
 
 
@@ -128,15 +119,15 @@ def start(model: torch.nn.Module, folder, entry: str | None, *, steps: int,
         return pretrain_steps, None
     if not runtime.is_quick():
         return steps, None
-    states, records = load(folder, entries=[entry])   # only this network's weights are read
-    if entry not in states:
-        raise KeyError(f"{_folder(folder)} holds no network {entry!r} (it holds {sorted(records)}): "
-                       "`python3 tasks.py pretrain` writes it")
-    record = records[entry]
+    try:
+        record = store.verify(_folder(folder) / entry)["record"]
+    except FileNotFoundError:
+        raise KeyError(f"{_folder(folder)} holds no network {entry!r} (it holds {_names(_folder(folder))}): "
+                       "`python3 tasks.py pretrain` writes it") from None
     if record.get("steps") != pretrain_steps:
         raise ValueError(f"{entry!r} was pretrained for {record.get('steps')} steps, the notebook asks for "
                          f"{pretrain_steps}: run `python3 tasks.py pretrain` again")
-    model.load_state_dict(states[entry])
+    store.load(_folder(folder) / entry, model)   # checks the class and config, loads every weight
     return steps, record
 
 

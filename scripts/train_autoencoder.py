@@ -10,9 +10,9 @@ A diffusers AutoencoderKL (lfm_core.autoencoders.offline_config: blocks of 16, 3
 (25 x 25 grayscale, resized to 32 x 32; 80 train / 20 held out, seed 0), with L1 + MSE + a small KL
 term and horizontal flips; or, with --data digits, on scikit-learn's digits at 16 x 16 (1500 train / 297 held
 out, seed 0, no flips: a flipped digit is another symbol) -> 4 x 4 x 4 latents. The latent scale is set so
-that the scaled training latents have unit standard deviation. Writes config.json,
-diffusion_pytorch_model.safetensors and lfm_autoencoder.json (scale, data, the command, held-out PSNR) into
---out.
+that the scaled training latents have unit standard deviation. Writes --out with lfm_core.store.save: the
+autoencoder's diffusers config and weights, checksummed, and a record of the scale, the data, the command and the
+held-out PSNR.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lfm_core import autoencoders, images, metrics, runtime
+from lfm_core import autoencoders, images, metrics, runtime, store
 
 DATA = {
     "lfw_faces": dict(name="offline", size=32, heldout=20, flip=True,
@@ -80,9 +80,7 @@ def main(argv=None) -> int:
         "command": "python scripts/train_autoencoder.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "torch": torch.__version__,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    (out / autoencoders.META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    store.save(out, model, meta)
     print(json.dumps(meta, indent=1))
     return 0
 

@@ -8,13 +8,13 @@ For each task: ``compare.train_methods`` with the settings of ``benchmarks/strai
 2000 CFM steps of batch 256, AdamW lr 1e-3 with a cosine decay, 10 000 reflow pairs for 2-RF), on 10 000 points of
 ``toy.sample(task, generator=torch.Generator().manual_seed(1))``, the learned method on the interpolant that
 ``scripts/fit_interpolants.py`` fitted (``interpolants.load_pretrained``). Writes
-``<out>/straight_flows_<task>/`` (``compare.save_pretrained``: one safetensors file per method and ``config.json``
-with the settings, each method's training seconds (the interpolant's fit not included: notebook 03 adds it) and
-this command).
+``<out>/straight_flows_<task>/<method>/`` (``compare.save_pretrained``: one ``lfm_core.store`` folder per method,
+whose record holds the settings, the method's training seconds (the interpolant's fit not included: notebook 03
+adds it) and this command).
 
 ``--methods MeanFlow`` trains ``average_velocity.AverageVelocity(nets.MLP(2, 64, 3, cond_channels=1))`` with the
 settings of the ``MeanFlow p=0`` rows of ``benchmarks/one_step.py`` (:data:`MEANFLOW`: 4000 steps, the paper's
-time pairs, plain squared error), written to ``<out>/<name>_<task>/``.
+time pairs, plain squared error), written to ``<out>/<name>_<task>/MeanFlow/``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from pathlib import Path
 
 import torch
 
-from lfm_core import average_velocity, compare, interpolants, nets, toy
+from lfm_core import average_velocity, compare, interpolants, nets, store, toy
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(steps=2000, batch_size=256, lr=1e-3, seed=0, reflow_pairs=10_000, n_train=10_000, data_seed=1,
                 hidden=64, depth=3)
 MEANFLOW = dict(steps=4000, power=0.0)   # train_meanflow's arguments besides SETTINGS' batch, lr and seed
@@ -36,7 +35,7 @@ MEANFLOW = dict(steps=4000, power=0.0)   # train_meanflow's arguments besides SE
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(interpolants.PRETRAINED_TASKS))
-    parser.add_argument("--out", type=Path, default=ROOT / "lfm_core" / "assets")
+    parser.add_argument("--out", type=Path, default=store.ASSETS)
     parser.add_argument("--steps", type=int, default=SETTINGS["steps"], help="CFM steps of the four flow methods")
     parser.add_argument("--methods", nargs="+", choices=compare.ONE_STEP_METHODS, default=list(compare.METHODS))
     parser.add_argument("--name", default="straight_flows", help="folder name prefix: <out>/<name>_<task>/")

@@ -1,11 +1,9 @@
 """lfm_core.compare: continuing pretrained networks, and saving and loading them."""
 
-import json
-
 import pytest
 import torch
 
-from lfm_core import compare, nets, toy
+from lfm_core import compare, nets, store, toy
 
 
 def _source(n, g):
@@ -40,14 +38,23 @@ def test_save_and_load_pretrained_round_trip_and_refusals(tmp_path):
                             {"command": "python make.py"})
     states, seconds, record = compare.load_pretrained("moons", root=tmp_path)
     assert seconds == {"I-CFM": 1.5, "OT-CFM": 2.0} and record["command"] == "python make.py"
+    assert record["methods"] == ["I-CFM", "OT-CFM"] and record["seconds"] == seconds
     for name, model in models.items():
         for k, v in model.state_dict().items():
             assert torch.equal(states[name][k], v)
-    assert json.loads((tmp_path / "straight_flows_moons" / "config.json").read_text())["model_config"]["I-CFM"]
+        loaded, rec = store.load(tmp_path / "straight_flows_moons" / name)   # each method: a stored network
+        assert loaded.config == model.config and rec == {"command": "python make.py", "seconds": seconds[name]}
+    # saving another set of methods there replaces the set
+    compare.save_pretrained(tmp_path / "straight_flows_moons", {"2-RF": nets.MLP(2, 8, 2)}, {"2-RF": 3.0}, {})
+    assert compare.load_pretrained("moons", root=tmp_path)[1] == {"2-RF": 3.0}
     with pytest.raises(FileNotFoundError, match="train_straight_flows"):
         compare.load_pretrained("8gaussians", root=tmp_path)
     with pytest.raises(ValueError, match="unknown methods"):
         compare.save_pretrained(tmp_path / "x", {"FM": nets.MLP(2, 8, 2)}, {"FM": 1.0}, {})
+    with pytest.raises(ValueError, match="seconds has no entry"):
+        compare.save_pretrained(tmp_path / "x", {"I-CFM": nets.MLP(2, 8, 2)}, {}, {})
+    with pytest.raises(TypeError, match="record must be a dict"):
+        compare.save_pretrained(tmp_path / "x", {"I-CFM": nets.MLP(2, 8, 2)}, {"I-CFM": 1.0}, None)
 
 
 @pytest.mark.parametrize("task", ["8gaussians", "moons"])

@@ -115,6 +115,11 @@ def _use(module: str, mod, tmp_path: Path):
         mod.add(tmp_path / "nets", "a", net, {"steps": 3})
         states, records = mod.load(tmp_path / "nets")
         assert torch.equal(states["a"]["weight"], net.weight.detach()) and records["a"]["steps"] == 3
+    elif module == "store":
+        net = torch.nn.Linear(2, 2)
+        folder = mod.save(tmp_path / "net", net, {"steps": 3}, half=True)
+        loaded, record = mod.load(folder, torch.nn.Linear(2, 2))
+        assert torch.allclose(loaded.weight, net.weight, atol=1e-3) and record == {"steps": 3}
     else:
         raise AssertionError(f"no small use written for lfm_core.{module}: add one here")
 

@@ -265,11 +265,8 @@ def test_glow_linear_map_matches_its_matrix_and_inverts_in_higher_dimensions():
 
 
 def test_load_pretrained_gives_the_committed_fits_and_refuses_what_it_cannot_load(tmp_path):
-    import json
-
-    from safetensors.torch import save_file
-
     from lfm_core import interpolants as I
+    from lfm_core import store
 
     for task in I.PRETRAINED_TASKS:
         interp, record = I.load_pretrained(task)
@@ -285,9 +282,11 @@ def test_load_pretrained_gives_the_committed_fits_and_refuses_what_it_cannot_loa
         I.load_pretrained("swissroll")
     with pytest.raises(FileNotFoundError, match="fit_interpolants"):
         I.load_pretrained("moons", root=tmp_path)
-    folder = tmp_path / "interpolant_moons"
-    folder.mkdir()
-    save_file({"w": torch.zeros(1)}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"class": "AffineInterpolant", "config": {}}))
-    with pytest.raises(ValueError, match="not a GlowInterpolant"):
-        I.load_pretrained("moons", root=folder.parent)
+    store.save(tmp_path / "interpolant_moons", I.AffineInterpolant(3), {"task": "moons"})
+    with pytest.raises(store.StoreError, match="config.json holds class AffineInterpolant, not GlowInterpolant"):
+        I.load_pretrained("moons", root=tmp_path)
+    glow = I.GlowInterpolant(2, layers=1, hidden=4)
+    store.save(tmp_path / "interpolant_moons", glow, {"task": "moons"})        # what fit_interpolants.py writes
+    loaded, record = I.load_pretrained("moons", root=tmp_path)
+    assert record == {"task": "moons"} and loaded.config == glow.config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), glow.parameters(), strict=True))

@@ -207,6 +207,25 @@ def test_fit_autoencoder_reduces_the_loss():
     assert np.mean(res.losses[-5:]) < 0.7 * np.mean(res.losses[:5])
 
 
+def test_store_folders_of_autoencoders_load_verified_with_their_recorded_scale(tmp_path, tiny_ae):
+    """What scripts/train_autoencoder.py writes and the package ships: a store folder whose record holds the scale."""
+    from lfm_core import store
+
+    folder = store.save(tmp_path / "ae", tiny_ae.model, {"name": "tiny", "scale": 0.5, "command": "made here"})
+    loaded = autoencoders.load(str(folder))
+    assert loaded.scale == 0.5 and loaded.name == "tiny" and loaded.meta["command"] == "made here"
+    assert loaded.fingerprint() == tiny_ae.fingerprint()       # same config, weights and scale: same latent cache
+    assert autoencoders.load(str(folder), scale=2.0).scale == 2.0
+    store.save(tmp_path / "noscale", tiny_ae.model, {"name": "tiny"})
+    with pytest.raises(ValueError, match="noscale/config.json records no latent scale"):
+        autoencoders.load(str(tmp_path / "noscale"))
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:-10])   # truncated
+    with pytest.raises(store.StoreError, match="ae/model.safetensors does not match its checksum"):
+        autoencoders.load(str(folder))
+    for name in autoencoders.OFFLINE:                            # the shipped ones are store folders
+        assert store.verify(autoencoders.OFFLINE[name])["_class_name"] == "AutoencoderKL"
+
+
 def test_offline_autoencoder_reconstructs_held_out_faces():
     """The committed checkpoint: held-out faces (never seen in training) come back above 24 dB."""
     ae = autoencoders.load("offline")

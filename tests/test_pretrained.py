@@ -1,11 +1,9 @@
 """lfm_core.pretrained: networks stored ahead of time, and how quick mode starts from them."""
 
-import json
-
 import pytest
 import torch
 
-from lfm_core import nets, paths, pretrained, training
+from lfm_core import nets, paths, pretrained, store, training
 
 
 def _fit(model, steps):
@@ -19,23 +17,51 @@ def test_add_and_load_round_trip_keep_other_entries_and_halve_on_request(tmp_pat
     pretrained.add(tmp_path, "a", a, {"steps": 5})
     pretrained.add(tmp_path, "b", b, {"steps": 7}, half=True)
     states, records = pretrained.load(tmp_path)
-    assert sorted(states) == ["a", "b"] and records["a"]["steps"] == 5 and records["b"]["half"] is True
+    assert sorted(states) == ["a", "b"] and records == {"a": {"steps": 5}, "b": {"steps": 7}}
+    assert store.verify(tmp_path / "b")["dtype"] == "float16" and store.verify(tmp_path / "a")["dtype"] == "float32"
     for k, v in a.state_dict().items():
         assert torch.equal(states["a"][k], v)                       # float32 stored exactly
     for k, v in b.state_dict().items():
         assert states["b"][k].dtype == torch.float32                # read back in float32
         torch.testing.assert_close(states["b"][k], v, atol=2e-3, rtol=1e-3)
-    assert (tmp_path / "b.safetensors").stat().st_size < 0.6 * (tmp_path / "a.safetensors").stat().st_size
-    assert json.loads((tmp_path / "config.json").read_text())["entries"]["a"]["model_config"] == a.config
+    size = {e: (tmp_path / e / "model.safetensors").stat().st_size for e in "ab"}
+    assert size["b"] < 0.6 * size["a"]
+    assert store.verify(tmp_path / "a")["config"] == a.config and store.verify(tmp_path / "a")["_class_name"] == "MLP"
+    assert pretrained.load(tmp_path, entries=["b"])[0].keys() == {"b"}
+
+
+def test_a_failed_add_leaves_the_previous_network_and_a_corrupt_one_is_named(tmp_path, monkeypatch):
+    old = nets.MLP(2, 8, 1)
+    pretrained.add(tmp_path, "a", old, {"steps": 1})
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        pretrained.add(tmp_path, "a", nets.MLP(2, 8, 1), {"steps": 2})
+    monkeypatch.undo()
+    states, records = pretrained.load(tmp_path)
+    assert records == {"a": {"steps": 1}} and all(torch.equal(states["a"][k], v) for k, v in old.state_dict().items())
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]                       # no temporary folder left
+    raw = bytearray((tmp_path / "a" / "model.safetensors").read_bytes())
+    raw[-3] ^= 0x10
+    (tmp_path / "a" / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(store.StoreError, match="model.safetensors does not match its checksum"):
+        pretrained.load(tmp_path)
 
 
 def test_load_and_add_refuse_what_they_cannot_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="tasks.py pretrain"):
         pretrained.load(tmp_path)
     pretrained.add(tmp_path, "a", nets.MLP(2, 8, 1), {})
-    (tmp_path / "a.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="a.safetensors is missing"):
+    (tmp_path / "a" / "model.safetensors").unlink()
+    with pytest.raises(store.StoreError, match="a/model.safetensors is missing"):
         pretrained.load(tmp_path)
+    with pytest.raises(TypeError, match="folder must be a path"):
+        pretrained.add(3, "x", nets.MLP(2, 8, 1), {})
+    with pytest.raises(TypeError, match="record must be JSON-serialisable"):
+        pretrained.add(tmp_path, "x", nets.MLP(2, 8, 1), {"when": object()})
     with pytest.raises(ValueError, match="entry"):
         pretrained.add(tmp_path, "../x", nets.MLP(2, 8, 1), {})
     with pytest.raises(TypeError, match="model"):

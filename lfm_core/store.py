@@ -1,0 +1,375 @@
+"""One storage format for every network the project writes or ships: a checksummed folder per network.
+
+A network is stored as a folder, diffusers-style::
+
+    config.json         {"format": "lfm_core.network/1", "_class_name": "MLP", "config": {...the model's config},
+                         "record": {...how it was made: command, steps, seconds, losses, settings}, "dtype": ...}
+    model.safetensors   the state dict (floating tensors in float16 with ``half=True``, ``"dtype": "float16"``)
+    <name>.safetensors  further named tensors, where one network needs them (a checkpoint's EMA)
+    checksums.json      the SHA-256 of every other file, written last
+
+:func:`save` writes into a hidden temporary folder beside the target (``.<name>.tmp-<pid>-<id>``), then renames
+the previous version aside (``.<name>.old-...``), the new one into place, and deletes the aside copy. A write
+that raises or is killed leaves the previous version complete; killed between the two renames, it leaves complete
+copies beside the missing folder, and :func:`load` moves the newest that verifies back (with a warning).
+
+:func:`load` verifies every file against ``checksums.json`` first: a changed byte, a truncated or missing file,
+broken JSON or an unknown format is a :class:`StoreError` naming the file. Without a model it builds the network
+from ``_class_name`` and ``config`` (classes of :data:`CLASSES`, or :func:`register` ed; nested mappings with a
+``_class_name`` are built first, e.g. a ``ConditionedVelocity``'s ``net`` and ``encoder``); a given model must
+be of the stored class and config. Half-precision tensors come back in float32. :data:`ASSETS` is the one folder
+of the networks that ship with the package. :func:`write_folder` and :func:`verify` are the atomic write and the
+check on their own.
+
+Copy with: nothing else (``torch``, ``safetensors``); building a network by its class name imports the
+sibling module that defines it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import importlib
+import json
+import os
+import re
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["ASSETS", "FORMAT", "CLASSES", "StoreError", "save", "load", "load_state", "verify", "write_folder",
+           "build", "register", "model_config"]
+
+#: the folder of the networks that ship with the package (one store folder, or a folder of them, per use)
+ASSETS = Path(__file__).resolve().parent / "assets"
+FORMAT = "lfm_core.network/1"
+CHECKSUMS = "checksums.json"
+#: class name -> where it is defined (".module": a sibling module of this package), or the class itself
+CLASSES: dict = {
+    **dict.fromkeys(("MLP", "MLPEnsemble", "AffineVelocity", "UNetVelocity", "DiTVelocity"), ".nets"),
+    **dict.fromkeys(("GlowInterpolant", "AffineInterpolant"), ".interpolants"),
+    **dict.fromkeys(("SemanticEncoder", "ConditionedVelocity"), ".conditioning"),
+    "AverageVelocity": ".average_velocity",
+    **dict.fromkeys(("AutoencoderKL", "AutoencoderTiny"), "diffusers"),
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class StoreError(ValueError):
+    """A stored network that cannot be used (corrupt, truncated, incomplete, of another format or class); the
+    message names the file."""
+
+
+# ------------------------------------------------------------------------------------------ checks and files
+def _folder(folder) -> Path:
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder must be a path (str or os.PathLike), got {type(folder).__name__}")
+    return Path(folder)
+
+
+def _module(model, name: str = "model") -> torch.nn.Module:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path} is not readable JSON ({type(exc).__name__}: {exc})") from None
+
+
+def model_config(model: torch.nn.Module) -> dict:
+    """The model's own ``config`` mapping as JSON data (tuples as lists, anything else by its ``repr``), without
+    diffusers' private ``_`` keys."""
+    cfg = getattr(_module(model), "config", None)
+    if not (isinstance(cfg, dict) or hasattr(cfg, "items")):
+        return {}
+    return {k: v for k, v in json.loads(json.dumps(dict(cfg), default=repr)).items() if not k.startswith("_")}
+
+
+# ------------------------------------------------------------------------------------ the atomic folder write
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would end the process there: treat every writer as alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        pass
+    return True
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    """The temporary and aside copies of ``folder`` beside it, newest first."""
+    found = [p for kind in ("tmp", "old") for p in folder.parent.glob(f".{glob.escape(folder.name)}.{kind}-*")]
+    return sorted(found, key=lambda p: p.stat().st_mtime if p.exists() else 0.0, reverse=True)
+
+
+def write_folder(folder, write) -> Path:
+    """Fill a new ``folder`` atomically: ``write(tmp)`` writes the files into a temporary folder beside it, then
+    ``checksums.json`` (SHA-256 of each) is written last and the folder is swapped in, the previous version
+    renamed aside and deleted once the new one is in place. Returns ``folder``."""
+    folder = _folder(folder)
+    if not callable(write):
+        raise TypeError(f"write must be a callable that writes files into a folder, got {type(write).__name__}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, aside = (folder.parent / f".{folder.name}.{kind}-{tag}" for kind in ("tmp", "old"))
+    tmp.mkdir()
+    try:
+        write(tmp)
+        names = sorted(p.name for p in tmp.iterdir())
+        bad = [n for n in names if n == CHECKSUMS or n.startswith(".") or not (tmp / n).is_file()]
+        if bad:
+            raise ValueError(f"write left {bad} in the folder: it may write plain files, other than {CHECKSUMS}")
+        for name in names:
+            _fsync(tmp / name)
+        (tmp / CHECKSUMS).write_text(json.dumps({n: _sha256(tmp / n) for n in names}, indent=1) + "\n")
+        _fsync(tmp / CHECKSUMS)
+        _fsync(tmp)
+        moved = folder.exists() or folder.is_symlink()
+        if moved:
+            os.replace(folder, aside)
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            if moved:
+                os.replace(aside, folder)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(folder.parent)
+    for p in _leftovers(folder):  # the aside copy, and those of writers that are gone: the new version supersedes
+        pid = re.match(r"^\.(?:.*)\.(?:tmp|old)-(\d+)-", p.name)
+        if p == aside or pid is None or not _alive(int(pid.group(1))):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    return folder
+
+
+def _checked(folder: Path) -> tuple[Path, dict]:
+    """``(where the files are, their checksums)``, every file verified."""
+    sums_file = folder / CHECKSUMS
+    sums = _read_json(sums_file)
+    if not isinstance(sums, dict) or not all(isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d)
+                                             for d in sums.values()):
+        raise StoreError(f"{sums_file} must map file names to SHA-256 hex digests")
+    for name, digest in sums.items():
+        path = folder / name
+        if not _NAME.match(name) or name == CHECKSUMS:
+            raise StoreError(f"{sums_file} lists {name!r}, not a file name of the folder")
+        if not path.is_file():
+            raise StoreError(f"{path} is missing (listed in {CHECKSUMS}): the folder is incomplete")
+        if _sha256(path) != digest:
+            raise StoreError(f"{path} does not match its checksum in {CHECKSUMS}: truncated or changed")
+    return folder, sums
+
+
+def _locate(folder: Path) -> Path:
+    """``folder``, or, when only copies left beside it by a killed write remain, the newest that verifies (moved
+    into place when the parent folder can be written to)."""
+    if folder.exists():
+        if not (folder / CHECKSUMS).exists():
+            if not (folder / "config.json").exists():
+                raise FileNotFoundError(f"no stored network in {folder} (no config.json, no {CHECKSUMS})")
+            raise StoreError(f"{folder / CHECKSUMS} is missing: the folder was not written whole by lfm_core.store")
+        return folder
+    for copy in _leftovers(folder):
+        try:
+            _checked(copy)
+        except (StoreError, OSError):
+            continue
+        try:
+            os.replace(copy, folder)
+        except OSError:
+            warnings.warn(f"{folder} is missing; reading the complete copy {copy} that a write left beside it",
+                          RuntimeWarning, stacklevel=3)
+            return copy
+        warnings.warn(f"{folder} was missing (a write was stopped between two renames); restored the complete copy "
+                      f"{copy.name} in its place", RuntimeWarning, stacklevel=3)
+        return folder
+    raise FileNotFoundError(f"no stored network in {folder} (the folder does not exist)")
+
+
+def _verified(folder: Path) -> tuple[Path, dict, dict]:
+    where, sums = _checked(_locate(folder))
+    for name in ("config.json", "model.safetensors"):
+        if name not in sums:
+            raise StoreError(f"{where / name} is not listed in {where / CHECKSUMS}: not a stored network")
+    path = where / "config.json"
+    config = _read_json(path)
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise StoreError(f"{path}: unknown format {found!r} (expected {FORMAT!r})")
+    for key, kind in (("_class_name", str), ("config", dict), ("record", dict)):
+        if not isinstance(config.get(key), kind):
+            raise StoreError(f"{path}: {key!r} must be a {kind.__name__}, got {config.get(key)!r}")
+    return where, sums, config
+
+
+def verify(folder) -> dict:
+    """Check a stored network's files against ``checksums.json`` and return its ``config.json``
+    (:class:`StoreError` naming the file that is wrong; ``FileNotFoundError`` when nothing is stored there)."""
+    return _verified(_folder(folder))[2]
+
+
+# ---------------------------------------------------------------------------------------------- save, load
+def _state(module_or_state, name: str, half: bool) -> dict:
+    state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TypeError(f"{name} must be a torch.nn.Module or a dict of tensors, got {type(module_or_state).__name__}")
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        out[str(k)] = v.half() if half and v.is_floating_point() else v
+    return out
+
+
+def save(folder, model: torch.nn.Module, record: dict | None = None, *, half: bool = False,
+         tensors: dict | None = None, write=None) -> Path:
+    """Store ``model`` in ``folder`` (replacing what is there, atomically) and return ``folder``.
+
+    ``record``: JSON-serialisable data on how the network was made. ``half=True`` stores floating tensors in
+    float16. ``tensors``: name -> module or state dict, each written to ``<name>.safetensors`` (also halved with
+    ``half``). ``write(tmp)``: writes further files into the temporary folder (all are checksummed).
+    """
+    from safetensors.torch import save_file
+
+    folder = _folder(folder)
+    _module(model)
+    record = {} if record is None else record
+    if not isinstance(record, dict):
+        raise TypeError(f"record must be a dict (how the network was made), got {type(record).__name__}")
+    try:
+        json.dumps(record)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"record must be JSON-serialisable: {exc}") from None
+    if not isinstance(half, bool):
+        raise TypeError(f"half must be a bool, got {type(half).__name__}")
+    tensors = dict(tensors or {})
+    for name in tensors:
+        if not isinstance(name, str) or not _NAME.match(name) or name in ("model", "config", "checksums"):
+            raise ValueError(f"tensors: {name!r} must be a file name of letters, digits and _ . + - (not 'model')")
+    if write is not None and not callable(write):
+        raise TypeError(f"write must be a callable that writes files into a folder, got {type(write).__name__}")
+    files = {"model": _state(model, "model", half), **{n: _state(m, f"tensors[{n!r}]", half) for n, m in
+                                                       tensors.items()}}
+    dtypes = {str(v.dtype).removeprefix("torch.") for v in files["model"].values() if v.is_floating_point()}
+    config = {"format": FORMAT, "_class_name": type(model).__name__, "config": model_config(model), "record": record,
+              "dtype": dtypes.pop() if len(dtypes) == 1 else ("mixed" if dtypes else None)}
+
+    def fill(tmp: Path) -> None:
+        for name, state in files.items():
+            save_file(state, str(tmp / f"{name}.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        if write is not None:
+            write(tmp)
+
+    return write_folder(folder, fill)
+
+
+def _read(folder: Path, name: str) -> tuple[Path, dict, dict]:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"name must be the name of a tensor file of the folder, got {name!r}")
+    from safetensors.torch import load_file
+
+    where, sums, config = _verified(folder)
+    path = where / f"{name}.safetensors"
+    if path.name not in sums:
+        raise StoreError(f"{path} is not part of the stored network (it holds {sorted(sums)})")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - checksummed but not safetensors: written by something else
+        raise StoreError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+    if config.get("dtype") == "float16":
+        state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
+    return where, state, config
+
+
+def load_state(folder, name: str = "model") -> tuple[dict, dict]:
+    """``(state dict, config.json)`` of ``<name>.safetensors`` in a stored network, after verifying every file;
+    float16 tensors of a half-precision folder come back in float32."""
+    return _read(_folder(folder), name)[1:]
+
+
+def build(class_name: str, config: dict) -> torch.nn.Module:
+    """A fresh network of a class of :data:`CLASSES` from its config (nested ``_class_name`` mappings built first)."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    cls = CLASSES.get(class_name)
+    if cls is None:
+        raise ValueError(f"no known class {class_name!r} (known: {', '.join(sorted(CLASSES))}): build the network "
+                         "yourself and pass it as model=, or register its class")
+    if isinstance(cls, str):
+        cls = getattr(importlib.import_module(cls, __package__ if cls.startswith(".") else None), class_name)
+    kwargs = {k: build(v["_class_name"], {a: b for a, b in v.items() if a != "_class_name"})
+              if isinstance(v, dict) and "_class_name" in v else v for k, v in config.items()}
+    return cls.from_config(kwargs) if hasattr(cls, "from_config") else cls(**kwargs)
+
+
+def register(cls: type, name: str | None = None) -> type:
+    """Let :func:`load` build ``cls`` (called with its stored config as keyword arguments) by its name."""
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise TypeError(f"cls must be a torch.nn.Module subclass, got {cls!r}")
+    CLASSES[name or cls.__name__] = cls
+    return cls
+
+
+def load(folder, model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict]:
+    """``(network, record)`` of a stored network, every file verified first.
+
+    Without ``model`` the network is built from its class name and config (:func:`build`); a given ``model``
+    must be of the stored class and config, and is loaded into (strictly: every key and shape).
+    """
+    folder = _folder(folder)
+    if model is not None:
+        _module(model)
+    where, state, config = _read(folder, "model")
+    path = where / "config.json"
+    stored, name = config["config"], config["_class_name"]
+    if model is None:
+        try:
+            model = build(name, stored)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{path}: cannot build its {name} ({exc})") from None
+    elif type(model).__name__ != name:
+        raise StoreError(f"{path} holds class {name}; the model given is of class {type(model).__name__}")
+    elif model_config(model) != stored:
+        ours = model_config(model)
+        diff = {k: (stored.get(k), ours.get(k)) for k in sorted({*stored, *ours}) if stored.get(k) != ours.get(k)}
+        raise StoreError(f"{path} holds a {name} of another configuration than the model given (stored vs given: "
+                         f"{diff}): build the model as stored, or load without one")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise StoreError(f"{where / 'model.safetensors'} does not fit the {name}: {exc}") from None
+    return model, config["record"]

@@ -211,6 +211,8 @@ def _locate(folder: Path) -> Path:
         try:
             os.replace(copy, folder)
         except OSError:
+            if (folder / CHECKSUMS).exists():   # another reader restored it first
+                return folder
             warnings.warn(f"{folder} is missing; reading the complete copy {copy} that a write left beside it",
                           RuntimeWarning, stacklevel=3)
             return copy

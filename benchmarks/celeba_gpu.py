@@ -6,7 +6,7 @@
 
 What it measures, on the first CUDA device (the CPU when there is none, which is only meaningful with --quick):
 
-* one training step (forward, backward, AdamW; ``training.measure_step``) of ``unet-small`` and ``DiT-B/2`` on
+* one training step (forward, backward, AdamW; ``devices.measure_step``) of ``unet-small`` and ``DiT-B/2`` on
   4 x 32 x 32 latents at batch 64, in fp32 and in bf16 (fp16 with a gradient scaler where the GPU has no bf16),
   and of ``unet-small`` on 3 x 256 x 256 pixels at the same batch: median time and CUDA peak memory;
 * ``sd-vae-ft-mse``'s encoder and decoder at 256 px: images per second at batch 32 (the architecture's cost,
@@ -40,7 +40,7 @@ def sync(device):
 
 
 def step_cost(net: str, shape, batch: int, precision: str, device, repeats: int) -> dict:
-    from lfm_core import nets, paths, training
+    from lfm_core import devices, nets, paths, training
 
     torch.manual_seed(0)
     kind, preset = net.split(":")
@@ -56,8 +56,8 @@ def step_cost(net: str, shape, batch: int, precision: str, device, repeats: int)
     row = {"network": net, "shape": list((shape[0], shape[1], shape[1])), "batch": batch, "precision": precision,
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     try:
-        r = training.measure_step(model, batch_fn, lambda m, **b: training.cfm_loss(m, path, **b), repeats=repeats,
-                                  warmup=2, device=device, precision=precision)
+        r = devices.measure_step(model, batch_fn, lambda m, **b: training.cfm_loss(m, path, **b), repeats=repeats,
+                                 warmup=2, device=device, precision=precision)
         row.update(ms_per_step=round(r["ms"], 2), peak_mib=None if r["peak_mb"] is None else round(r["peak_mb"]),
                    activations_mib=round(r["activations_mb"], 1))
     except torch.cuda.OutOfMemoryError:
@@ -105,7 +105,7 @@ def sampling_cost(ae, n: int, latent: int, preset: str, device) -> dict:
 
 
 def main(argv=None) -> int:
-    from lfm_core import autoencoders, training
+    from lfm_core import autoencoders, devices
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, any device")
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
             sys.exit("celeba_gpu.py measures a GPU; this machine has none (use --quick for a small CPU run)")
         nets_, size, batch, latent, ae_size, ae_batch, n_samples, repeats = (
             ["unet:small", "dit:DiT-B/2"], 256, 64, 32, 256, 32, 64, args.repeats)
-    low = training.resolve_precision("auto", device)   # bf16 where the GPU has it, else fp16; fp32 on a CPU
+    low = devices.resolve_precision("auto", device)   # bf16 where the GPU has it, else fp16; fp32 on a CPU
     precisions = ["fp32"] + ([low] if low != "fp32" else [])
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {gpu}; precisions {precisions}", flush=True)

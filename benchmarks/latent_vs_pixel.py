@@ -5,7 +5,7 @@
     python benchmarks/latent_vs_pixel.py --quick --out /tmp/x   # a small run (tests/test_benchmarks.py)
 
 Same network family on both sides: lfm_core.nets.UNetVelocity (diffusers UNet2DModel, preset --preset),
-one CFM training step (forward, backward, AdamW) at batch --batch, measured by lfm_core.training.measure_step
+one CFM training step (forward, backward, AdamW) at batch --batch, measured by lfm_core.devices.measure_step
 (the function notebook 04 calls):
 
 * pixel: RGB images, 3 x S x S;
@@ -35,7 +35,7 @@ FACTOR, LATENT_CHANNELS = 8, 4
 
 def measure(kind: str, size: int, preset: str, batch: int, repeats: int, device: str) -> dict:
     """Time and memory of one configuration's training step."""
-    from lfm_core import nets, paths, training
+    from lfm_core import devices, nets, paths, training
 
     torch.manual_seed(0)
     c, s = (3, size) if kind == "pixel" else (LATENT_CHANNELS, size // FACTOR)
@@ -50,7 +50,7 @@ def measure(kind: str, size: int, preset: str, batch: int, repeats: int, device:
     def loss_fn(m, x0, x1, t):
         return training.cfm_loss(m, path, x0, x1, t=t)
 
-    r = training.measure_step(model, batch_fn, loss_fn, repeats=repeats, warmup=2, device=device)
+    r = devices.measure_step(model, batch_fn, loss_fn, repeats=repeats, warmup=2, device=device)
     return {"kind": kind, "size": size, "shape": [c, s, s], "device": device, "ms_per_step": r["ms"],
             "activations_mb": r["activations_mb"], "cuda_peak_mb": r["peak_mb"],
             "params": sum(p.numel() for p in model.parameters())}
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
              f"(torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} CPU threads).", "",
              f"UNetVelocity preset `{args.preset}`, batch {args.batch}; latent = 4 channels at 1/8 of the image side "
              "(the shape of sd-vae-ft-mse's latents). Time: median of "
-             f"{args.repeats} steps after 2 warm-up steps (lfm_core.training.measure_step). Memory: the tensors "
+             f"{args.repeats} steps after 2 warm-up steps (lfm_core.devices.measure_step). Memory: the tensors "
              "autograd keeps for the backward pass.", "",
              "| device | image size | pixel shape | latent shape | pixel ms/step | latent ms/step | speed-up | "
              "pixel activations MB | latent activations MB |", "|---|---|---|---|---|---|---|---|---|"]

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from lfm_core import metrics, nets, paths, solvers, toy, training
+from lfm_core.batches import CFMBatches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,8 +184,8 @@ def train_peer(method: str, datas, seeds, cfg: Config):
     np.random.seed(seeds[0])  # noqa: NPY002 - torchcfm draws its plan samples from numpy's global generator
     # the same (uncoupled) batches as train_cfm draws, member by member
     sources = [gaussian if d["gaussian_source"] else d["source"] for d in datas]
-    batches = training.CFMBatches(paths.LinearPath(), sources, [d["target"] for d in datas], cfg.batch, seed=seeds[0],
-                                  sampling="epochs")
+    batches = CFMBatches(paths.LinearPath(), sources, [d["target"] for d in datas], cfg.batch, seed=seeds[0],
+                         sampling="epochs")
     b = cfg.batch
     start = time.perf_counter()
     for step in range(cfg.steps):

@@ -13,10 +13,13 @@ tensor shaped like ``x``.
 from . import (
     autoencoders,
     average_velocity,
+    batches,
     bounds,
+    checkpoints,
     compare,
     conditioning,
     couplings,
+    devices,
     guidance,
     hub,
     images,
@@ -30,12 +33,13 @@ from . import (
     solvers,
     store,
     toy,
+    trainer,
     training,
     utils,
 )
 
 __version__ = "0.1.0"
 
-__all__ = ["autoencoders", "average_velocity", "bounds", "compare", "conditioning", "couplings", "guidance", "hub",
-           "images", "interpolants", "metrics", "mixtures", "nets", "paths", "pretrained", "runtime", "solvers",
-           "store", "toy", "training", "utils"]
+__all__ = ["autoencoders", "average_velocity", "batches", "bounds", "checkpoints", "compare", "conditioning",
+           "couplings", "devices", "guidance", "hub", "images", "interpolants", "metrics", "mixtures", "nets", "paths",
+           "pretrained", "runtime", "solvers", "store", "toy", "trainer", "training", "utils"]

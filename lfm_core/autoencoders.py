@@ -24,8 +24,8 @@ names the offline alternative.
 :func:`cached_latents` encodes a data set once and keeps the latents on disk, keyed by the content of the
 images and of the autoencoder, so that they are reused exactly when both are the same.
 
-Copy with: utils, hub, images, store, training, couplings, runtime, solvers (the last four for
-:func:`fit_autoencoder` only; ``torch``, ``diffusers``, ``safetensors``).
+Copy with: utils, hub, images, store, and for :func:`fit_autoencoder` only training, trainer, batches,
+checkpoints, devices, runtime, couplings, guidance, solvers (``torch``, ``diffusers``, ``safetensors``).
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def fit_autoencoder(model, images: torch.Tensor, *, steps: int, batch_size: int 
 
     The loss is ``|x - x^|_1 + |x - x^|^2 + kl_weight * KL(q(z|x) || N(0, I))`` per pixel, as a small
     stand-in for the perceptual and adversarial losses of the real VAEs. Horizontal flips augment the
-    data when ``flip``. Returns the :class:`lfm_core.training.FitResult`.
+    data when ``flip``. Returns the :class:`lfm_core.trainer.FitResult`.
     """
     from .training import fit
 

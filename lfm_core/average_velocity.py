@@ -55,7 +55,8 @@ and the network's own time input gets ``r``, the time of the point ``x`` (the pa
 ``(t, t - r)`` in its Table 1, in our letters). At ``h = 0`` the network is an ordinary velocity, which
 :meth:`AverageVelocity.velocity` exposes for every solver of :mod:`lfm_core.solvers`.
 
-Copy with: utils, solvers, training, couplings, runtime (``torch``; ``torchdiffeq`` for adaptive solvers).
+Copy with: utils, solvers, trainer, batches, checkpoints, devices, images, hub, runtime, couplings, guidance
+(``torch``; ``torchdiffeq`` for adaptive solvers; the Trainer's own, ``safetensors``, ``tqdm``, ``Pillow``).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class TimePairs:
     With probability ``equal_fraction`` the pair is ``r = t`` (a flow matching sample); otherwise two times
     are drawn from ``distribution`` and sorted, ``r <= t``. ``"logit_normal"``: ``sigmoid(N(mean, std^2))``
     (``mean = 0.4`` here is the paper's ``-0.4`` in its flipped time); ``"uniform"``: ``U[0, 1)``.
-    :meth:`sample_time` returns them stacked as ``[n, 2]``, the form :class:`lfm_core.training.CFMBatches`
+    :meth:`sample_time` returns them stacked as ``[n, 2]``, the form :class:`lfm_core.batches.CFMBatches`
     passes on as a batch's ``"t"``.
     """
 
@@ -266,15 +267,17 @@ def train_meanflow(model, source, target, *, steps: int, batch_size: int = 256, 
                    weight_decay: float = 0.0, lr_schedule: str = "constant", warmup: int = 0, seed: int = 0,
                    grad_clip: float | None = None, ema_decay: float | None = None, progress: bool | None = None,
                    device=None, callback=None, out_dir=None, checkpoint_every: int = 0, resume: bool = True):
-    """Train an :class:`AverageVelocity` by :func:`meanflow_loss` with :class:`lfm_core.training.Trainer`.
+    """Train an :class:`AverageVelocity` by :func:`meanflow_loss` with :class:`lfm_core.trainer.Trainer`.
 
     The batches are those of :func:`lfm_core.training.train_cfm` (``source`` / ``target`` tensors or samplers
     ``(n, generator) -> points``, pairs by ``coupling``, batch ``k`` a function of ``(seed, k)``, so runs
     resume exactly), with the pair ``(r, t)`` drawn from ``times`` in place of CFM's single time. The other
-    arguments are :class:`lfm_core.training.TrainerConfig`'s. Returns the :class:`lfm_core.training.FitResult`
+    arguments are :class:`lfm_core.trainer.TrainerConfig`'s. Returns the :class:`lfm_core.trainer.FitResult`
     (its losses are the weighted loss, which with ``power = 1`` stays near 1 while the error is above ``eps``).
     """
-    from . import couplings, training
+    from . import couplings
+    from .batches import CFMBatches
+    from .trainer import Trainer, TrainerConfig
 
     _check_model(model)
     check_positive_int(batch_size, "batch_size")
@@ -288,17 +291,17 @@ def train_meanflow(model, source, target, *, steps: int, batch_size: int = 256, 
     check_nonnegative(eps, "eps", strict=True)
     if device is None:
         device = next(model.parameters()).device
-    batches = training.CFMBatches(times, [source], [target], batch_size, coupling=coupling,
-                                  coupling_kwargs=coupling_kwargs, seed=seed)
+    batches = CFMBatches(times, [source], [target], batch_size, coupling=coupling,
+                         coupling_kwargs=coupling_kwargs, seed=seed)
 
     def loss_fn(m, x0, x1, t):
         return meanflow_loss(m, x0, x1, r=t[:, 0], t=t[:, 1], power=power, eps=eps, tangent=tangent)
 
-    cfg = training.TrainerConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                 lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay, grad_clip=grad_clip,
-                                 checkpoint_every=checkpoint_every, seed=seed)
-    trainer = training.Trainer(model, batches, loss_fn, cfg, out_dir=out_dir, callback=callback, progress=progress,
-                               device=device, desc=f"MeanFlow ({coupling})")
+    cfg = TrainerConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay, grad_clip=grad_clip,
+                        checkpoint_every=checkpoint_every, seed=seed)
+    trainer = Trainer(model, batches, loss_fn, cfg, out_dir=out_dir, callback=callback, progress=progress,
+                      device=device, desc=f"MeanFlow ({coupling})")
     try:
         return trainer.fit(resume=resume)
     finally:

@@ -19,8 +19,9 @@ held-out source points and held-out data after ``n`` steps (``n`` jumps for an a
 Rectified Flow's straightness ``S`` and the normalised path energy of the finest trajectory. Notebooks 03 and 07
 and ``benchmarks/straight_flows.py`` and ``benchmarks/one_step.py`` use these functions.
 
-Copy with: utils, metrics, paths, solvers, training, couplings, runtime, hub, average_velocity, store (``torch``,
-``numpy``, ``POT``, ``safetensors``).
+Copy with: utils, metrics, paths, solvers, training, trainer, batches, checkpoints, devices, images, couplings,
+guidance, runtime, hub, average_velocity, store (``torch``, ``numpy``, ``POT``, ``safetensors``, ``tqdm``,
+``Pillow``).
 """
 
 from __future__ import annotations

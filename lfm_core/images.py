@@ -34,6 +34,8 @@ same antialiased bilinear filter. A hub download asks :mod:`lfm_core.hub` first 
 deadline when the hub cannot be reached, naming the offline alternatives. Sources and licences:
 ``data/README.md``.
 
+:func:`save_image_grid` writes the other way: images in ``[-1, 1]`` as one PNG grid (samples during training).
+
 Copy with: hub, utils (``torch``, ``numpy``, ``Pillow``; ``pyarrow`` for parquet; ``scikit-image`` /
 ``scikit-learn`` for the offline sets; ``huggingface_hub`` for the download).
 """
@@ -43,6 +45,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +61,7 @@ from .utils import check_positive_int, check_tensor
 
 __all__ = ["ImageData", "ImageFiles", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "resize", "FASHION_MNIST_DIR",
            "CELEBA_HQ_REPO", "CELEBA_HQ_ENV", "CELEBA_HQ_CLASSES", "CELEBAMASK_HQ_ENV", "CELEBAMASK_HQ_PARTS",
-           "load_celebamask_hq"]
+           "load_celebamask_hq", "save_image_grid"]
 
 NAMES = ("lfw_faces", "digits", "fashion_mnist", "celeba_hq")
 OFFLINE = ("lfw_faces", "digits", "fashion_mnist")
@@ -516,3 +519,26 @@ def load_celebamask_hq(root=None, *, size: int = 256, limit: int | None = None, 
     data = ImageData(torch.stack(pics), None, "celebamask_hq",
                      f"CelebAMask-HQ in {root}; non-commercial research use only", None)
     return data, torch.stack(maps)  # uint8: 19 labels, a quarter of the memory of int64
+
+
+def save_image_grid(images: torch.Tensor, path, *, nrow: int | None = None) -> Path:
+    """Save ``[N, C, H, W]`` images in ``[-1, 1]`` as one PNG grid (1 or 3 channels)."""
+    from PIL import Image
+
+    check_tensor(images, "images", min_dim=4)
+    n, c, h, w = images.shape
+    if images.dim() != 4 or c not in (1, 3):
+        raise ValueError(f"images must have shape [N, 1 or 3, H, W], got {tuple(images.shape)}")
+    if nrow is not None:
+        check_positive_int(nrow, "nrow")
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.ones(c, rows * (h + 2), nrow * (w + 2))
+    for i, img in enumerate(images.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1)):
+        r, q = divmod(i, nrow)
+        grid[:, r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = img
+    arr = ((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[:, :, 0] if c == 1 else arr).save(path)
+    return path

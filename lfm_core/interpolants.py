@@ -36,8 +36,9 @@ possible. This module holds the pieces:
 
 Time runs from the source at ``t = 0`` to the data at ``t = 1``.
 
-Copy with: utils, training, couplings, runtime, solvers (the last four for :func:`fit_interpolant` and
-:func:`fit_straight_flow` only), store (for :func:`load_pretrained` only).
+Copy with: utils, training, trainer, batches, checkpoints, devices, images, hub, runtime, couplings, guidance,
+solvers (all but utils for :func:`fit_interpolant` and :func:`fit_straight_flow` only), store (for
+:func:`load_pretrained` only).
 """
 
 from __future__ import annotations
@@ -467,7 +468,7 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
     ``t_max = 0.95`` 2.29 / 1.37 / 0.63; ``t_max = 0.98`` 2.96 / 1.74 / 0.67 (the objective rose in both).
     Lowering the objective on ``[0, t_max]`` alone is not enough: the window has to reach close to ``t = 1``.
     Returns the
-    :class:`lfm_core.training.FitResult`.
+    :class:`lfm_core.trainer.FitResult`.
     """
     from .training import fit
 

@@ -14,7 +14,7 @@ overhead.
 
 Every network is a velocity in the project's one convention: ``v(x, t, **cond)`` with ``t`` of shape ``[B]``
 (a float is broadcast), returning a tensor shaped like ``x``; each carries a ``config`` dict that checkpoints
-store (:func:`lfm_core.training.model_config`).
+store (:func:`lfm_core.checkpoints.model_config`).
 
 Copy with: utils (``torch``; the image networks import ``diffusers`` when built).
 """

@@ -133,7 +133,7 @@ def start(model: torch.nn.Module, folder, entry: str | None, *, steps: int,
 
 def finish(model: torch.nn.Module, folder, entry: str | None, result, settings: dict | None = None) -> None:
     """While pretraining, store ``model`` (the network to start from: usually the EMA) under ``folder/entry``
-    with ``result``'s steps, seconds and losses (a :class:`lfm_core.training.FitResult`) and ``settings``, in
+    with ``result``'s steps, seconds and losses (a :class:`lfm_core.trainer.FitResult`) and ``settings``, in
     float16. Otherwise, or with ``entry=None``, nothing."""
     if entry is None or not pretraining():
         return
@@ -149,7 +149,7 @@ def _check_start(start) -> None:
 
 def history(start: dict | None, result) -> list:
     """Every training step's loss of a network :func:`start` prepared: the stored pretraining's (when it was
-    loaded), then ``result``'s (the :class:`lfm_core.training.FitResult` of the training that followed)."""
+    loaded), then ``result``'s (the :class:`lfm_core.trainer.FitResult` of the training that followed)."""
     _check_start(start)
     return (list(start.get("losses", [])) if start else []) + list(result.losses)
 

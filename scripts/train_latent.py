@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lfm_core import autoencoders, images, nets, paths, runtime, solvers, training
+from lfm_core import autoencoders, devices, images, nets, paths, runtime, solvers, training
 
 
 def build_model(name: str, channels: int, size: int, num_classes: int | None):
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=training.PRECISIONS,
+    p.add_argument("--precision", default="auto", choices=devices.PRECISIONS,
                    help="auto: bf16 on GPUs that have it, else fp16 with a gradient scaler; fp32 on a CPU")
     p.add_argument("--override", action="store_true",
                    help="resume a run whose checkpoints used other settings, applying the new ones")
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path)
     args = p.parse_args(argv)
 
-    rank, world = training.init_distributed()
+    rank, world = devices.init_distributed()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     runtime.seed_everything(args.seed)

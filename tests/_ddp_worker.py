@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trainer_task import make_trainer  # noqa: E402
 
-from lfm_core.training import dist_info, init_distributed  # noqa: E402
+from lfm_core.devices import dist_info, init_distributed  # noqa: E402
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])

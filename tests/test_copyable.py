@@ -74,6 +74,24 @@ def _use(module: str, mod, tmp_path: Path):
         res = mod.fit(lin, lambda step, g: lin(x).pow(2).mean(), steps=3, progress=False,
                       out_dir=tmp_path / "ckpt")
         assert len(res.losses) == 3 and (tmp_path / "ckpt" / "latest").exists()
+    elif module == "trainer":
+        lin = torch.nn.Linear(2, 2)
+        cfg = mod.TrainerConfig(steps=3, batch_size=4, sample_every=3)
+        tr = mod.Trainer(lin, lambda step, g: {"x": x[:4]}, lambda m, x: m(x).pow(2).mean(), cfg, progress=False,
+                         out_dir=tmp_path / "ckpt", sample_fn=lambda m: torch.zeros(1, 1, 4, 4))
+        assert len(tr.fit().losses) == 3 and (tmp_path / "ckpt" / "samples" / "step-00000003.png").exists()
+    elif module == "checkpoints":
+        folder = mod.write_folder(tmp_path / "ckpt-1", lambda f: (f / "a.txt").write_text("a"))
+        mod.verify_folder(folder, ("a.txt",))
+        assert mod.model_config(torch.nn.Linear(2, 2)) == {"_class_name": "Linear"}
+    elif module == "devices":
+        assert mod.resolve_precision("auto", "cpu") == "fp32" and mod.dist_info() == (0, 1)
+        assert mod.measure_step(torch.nn.Linear(2, 2), lambda i: {"x": x}, lambda m, x: m(x).sum(), repeats=1,
+                                warmup=0)["ms"] > 0
+    elif module == "batches":
+        b = mod.CFMBatches(type("P", (), {"sample_time": lambda self, n, generator, dtype: torch.rand(n)})(), [x],
+                           [x + 1], 4, coupling="ot", labels=[torch.arange(16) % 2], label_dropout=0.5, null_label=2)
+        assert b(0)["x0"].shape == (4, 2) and b(0)["labels"].shape == (4,)
     elif module == "interpolants":
         interp = mod.AffineInterpolant(3)
         res = mod.fit_interpolant(interp, x, x + 2, steps=2, batch_size=4, n_reference=4, progress=False)

@@ -29,6 +29,7 @@ from lfm_core import (
     runtime,
     solvers,
     toy,
+    trainer,
     training,
 )
 
@@ -193,10 +194,10 @@ API = [
       "precision": "name", "lr": "pos_float", "seed": "nonneg_int"}),
     ("reflow_pairs", lambda **k: training.reflow_pairs(mlp(), **k), dict(source=pts(), n=4, steps=2),
      {"source": "points", "n": "posint", "steps": "posint", "batch_size": "posint"}),
-    ("TrainerConfig", training.TrainerConfig, dict(steps=1, batch_size=2),
+    ("TrainerConfig", trainer.TrainerConfig, dict(steps=1, batch_size=2),
      {"steps": "posint", "lr": "pos_float", "ema_decay": "prob", "grad_clip": "pos_float", "warmup": "nonneg_int",
       "checkpoint_every": "nonneg_int", "keep_checkpoints": "posint", "precision": "name", "seed": "nonneg_int"}),
-    ("save_image_grid", lambda **k: training.save_image_grid(path="/tmp/lfm-fuzz-grid.png", **k),
+    ("save_image_grid", lambda **k: images.save_image_grid(path="/tmp/lfm-fuzz-grid.png", **k),
      dict(images=torch.zeros(2, 1, 8, 8), nrow=2), {"images": "images", "nrow": "posint"}),
     ("images.load", images.load, dict(name="digits", size=8, limit=3), {"name": "name", "size": "posint",
                                                                        "limit": "posint"}),
@@ -236,7 +237,7 @@ def _finite(value) -> bool:
         return all(_finite(v) for v in value)
     if isinstance(value, dict):
         return all(_finite(v) for v in value.values())
-    if isinstance(value, training.FitResult):
+    if isinstance(value, trainer.FitResult):
         return all(math.isfinite(v) for v in value.losses)
     return True
 

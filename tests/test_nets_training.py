@@ -9,7 +9,7 @@ from lfm_core.mixtures import GaussianMixture
 from lfm_core.nets import MLP, MLPEnsemble
 from lfm_core.paths import LinearPath
 from lfm_core.solvers import integrate
-from lfm_core.training import FitResult, cfm_loss, fit, reflow_pairs, train_cfm
+from lfm_core.training import cfm_loss, fit, reflow_pairs, train_cfm
 
 
 def test_mlp_shapes_and_structure():
@@ -138,10 +138,6 @@ def test_callback_sees_every_step():
     assert [s for s, _ in seen] == list(range(1, 8)) and [v for _, v in seen] == res.losses
 
 
-def test_smoothed():
-    assert FitResult(losses=[1.0, 3.0, 5.0]).smoothed(2) == [1.0, 2.0, 4.0]
-
-
 # ---------------------------------------------------------------- runtime
 @pytest.mark.parametrize("value, quick", [("1", True), ("true", True), ("YES", True), ("0", False), ("", False),
                                           ("off", False)])
@@ -222,7 +218,7 @@ def test_ensemble_trained_by_train_cfm_equals_members_trained_alone():
     train_cfm(ens, LinearPath(0.1), lambda n, g: torch.randn(n, 2, generator=g), data, steps=5, batch_size=16,
               coupling="ot", progress=False)
     # the same batches, member by member: rows of member m of each step's ensemble batch
-    from lfm_core.training import CFMBatches
+    from lfm_core.batches import CFMBatches
 
     batches = CFMBatches(LinearPath(0.1), [lambda n, g: torch.randn(n, 2, generator=g)] * 2, data, 16,
                           coupling="ot", coupling_kwargs=None, prefetch=0, seed=0, paired=False, labels=None,
@@ -257,56 +253,6 @@ def test_ensemble_bad_inputs():
         MLPEnsemble.from_models([MLP(2, hidden=8), MLP(2, hidden=16)])
     with pytest.raises(ValueError, match="one per ensemble member"):
         train_cfm(ens, LinearPath(), torch.randn(8, 3), [torch.randn(8, 3)] * 3, steps=1, progress=False)
-
-
-def test_prefetch_does_not_change_the_run():
-    src = lambda n, g: torch.randn(n, 2, generator=g)  # noqa: E731
-    tgt = lambda n, g: torch.randn(n, 2, generator=g) + 3  # noqa: E731
-    runs = []
-    for prefetch in (0, 2):
-        torch.manual_seed(0)
-        res = train_cfm(MLP(2, hidden=16), LinearPath(0.1), src, tgt, steps=15, batch_size=64, coupling="ot",
-                        coupling_kwargs={"block_size": 16}, prefetch=prefetch, progress=False)
-        runs.append(res.losses)
-    assert runs[0] == runs[1]
-
-
-def test_cfm_batches_are_coupled_and_bad_prefetch_is_rejected():
-    from lfm_core.training import CFMBatches
-
-    batches = CFMBatches(LinearPath(), [lambda n, g: torch.randn(n, 2, generator=g)],
-                          [lambda n, g: torch.randn(n, 2, generator=g) + 5], 32, coupling="ot", coupling_kwargs=None,
-                          prefetch=1, seed=0, paired=False, labels=None, label_dropout=0.0, null_label=None,
-                          sampling="replacement")
-    b = batches(0)
-    again = batches(0)  # a jump back (as on resume) redraws the same batch
-    batches.close()
-    assert torch.equal(b["x0"], again["x0"]) and torch.equal(b["t"], again["t"])
-    x0, x1 = b["x0"], b["x1"]
-    indep = float((x0[torch.randperm(32)] - x1).pow(2).sum(1).mean())
-    assert float((x0 - x1).pow(2).sum(1).mean()) < indep
-    with pytest.raises(ValueError, match="prefetch"):
-        train_cfm(MLP(2), LinearPath(), torch.zeros(4, 2), torch.zeros(4, 2), steps=1, prefetch=-1)
-    with pytest.raises(ValueError, match="unknown coupling"):
-        train_cfm(MLP(2), LinearPath(), torch.zeros(4, 2), torch.zeros(4, 2), steps=1, coupling="emd")
-
-
-def test_epoch_sampling_visits_every_row_once_per_epoch():
-    data = torch.arange(40, dtype=torch.float32)[:, None].repeat(1, 2)
-    seen = []
-    model = MLP(2, hidden=8)
-
-    def spy(m, x0, x1, t, noise=None, labels=None):
-        seen.append(x1[:, 0].long().tolist())
-        return m(x1, t).pow(2).mean()
-
-    from lfm_core.training import CFMBatches, Trainer, TrainerConfig
-
-    batches = CFMBatches(LinearPath(), [lambda n, g: torch.randn(n, 2, generator=g)], [data], 16, seed=3,
-                         sampling="epochs")
-    Trainer(model, batches, spy, TrainerConfig(steps=4, batch_size=16, ema_decay=None), progress=False).fit()
-    first, second = seen[0] + seen[1], seen[2] + seen[3]  # 40 rows, batch 16: 2 batches per epoch, 8 rows dropped
-    assert len(set(first)) == 32 and len(set(second)) == 32 and first != second
 
 
 def test_grad_clip_bounds_the_step_and_is_validated():
@@ -363,3 +309,31 @@ def test_reflow_pairs_are_the_flow_of_the_model():
         assert torch.allclose(x1, integrate(m, x0, method="euler", steps=5).x, atol=1e-6)
     with pytest.raises(ValueError, match="n"):
         reflow_pairs(m, torch.randn(5, 2), 0)
+
+
+def test_trainer_settings_are_passed_by_name_over_the_defaults():
+    """train_cfm and fit take TrainerConfig's fields by name (over lr=1e-3, no EMA, no clipping, fp32) or as a
+    config; a name that is neither theirs nor a field is a TypeError naming it."""
+    from lfm_core.trainer import TrainerConfig
+
+    src, tgt = torch.randn(32, 2), torch.randn(32, 2) + 3
+    with pytest.raises(TypeError, match=r"train_cfm\(\) got an unexpected keyword argument 'lrr'"):
+        train_cfm(MLP(2), LinearPath(), src, tgt, steps=1, lrr=1e-3)
+    m = MLP(2)
+    with pytest.raises(TypeError, match=r"fit\(\) got an unexpected keyword argument 'batch'"):
+        fit(m, lambda s, g: m(torch.zeros(1, 2), 0.0).sum(), steps=1, batch=4)
+    with pytest.raises(TypeError, match="batch_size"):
+        fit(m, lambda s, g: m(torch.zeros(1, 2), 0.0).sum(), steps=1, batch_size=4)
+    with pytest.raises(TypeError, match="config must be a TrainerConfig"):
+        train_cfm(MLP(2), LinearPath(), src, tgt, steps=1, config={"lr": 1e-3})
+    runs = []
+    for kwargs in (dict(lr=3e-3, warmup=2, ema_decay=0.9),
+                   dict(config=TrainerConfig(steps=99, batch_size=1, lr=3e-3, warmup=2, ema_decay=0.9, grad_clip=None,
+                                             precision="fp32"))):
+        torch.manual_seed(0)
+        runs.append(train_cfm(MLP(2, hidden=8), LinearPath(), src, tgt, steps=4, batch_size=8, progress=False,
+                              **kwargs))
+    assert runs[0].losses == runs[1].losses and len(runs[0].losses) == 4 and runs[0].ema is not None
+    torch.manual_seed(0)
+    plain = train_cfm(MLP(2, hidden=8), LinearPath(), src, tgt, steps=2, batch_size=8, progress=False)
+    assert plain.ema is None  # train_cfm's default: no EMA

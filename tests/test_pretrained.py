@@ -158,7 +158,7 @@ def test_the_notebooks_pretrained_networks_load_into_their_architectures():
 
 
 def test_history_and_summary_join_the_pretraining_and_the_continuation():
-    from lfm_core.training import FitResult
+    from lfm_core.trainer import FitResult
 
     res = FitResult(losses=[0.5, 0.4], seconds=2.0)
     start = {"steps": 3, "seconds": 30.2, "losses": [3.0, 2.0, 1.0]}

@@ -1,4 +1,4 @@
-"""The Trainer: checkpoints, exact resume, configuration checks on resume, the non-finite guard, corrupt files."""
+"""The Trainer: the loop, the buffered non-finite guard, its configuration, several processes."""
 
 import json
 import os
@@ -10,25 +10,9 @@ import pytest
 import torch
 from trainer_task import make_trainer
 
-from lfm_core.training import (
-    CheckpointError,
-    NonFiniteError,
-    Trainer,
-    TrainerConfig,
-    resolve_precision,
-    save_image_grid,
-)
+from lfm_core.trainer import FitResult, NonFiniteError, Trainer, TrainerConfig
 
 HERE = Path(__file__).resolve().parent
-
-
-def params(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_weights(a, b):
-    for (k, x), y in zip(params(a).items(), params(b).values(), strict=True):
-        assert torch.equal(x, y), k
 
 
 def test_trains_keeps_an_ema_and_checkpoints(tmp_path):
@@ -47,64 +31,6 @@ def test_trains_keeps_an_ema_and_checkpoints(tmp_path):
     assert cfg["training"]["lr"] == 3e-2 and cfg["step"] == 60
     assert len(list(tmp_path.glob("ckpt-*"))) == 2  # keep_checkpoints
     assert not list(tmp_path.glob(".tmp-*"))
-
-
-def test_exact_resume_including_the_global_random_state(tmp_path):
-    """Stopped at step 3 and resumed to 6: the same losses and weights as 6 steps in one go, although the loss also
-    draws from torch's and numpy's global generators."""
-    straight = make_trainer(steps=6, out_dir=tmp_path / "a", global_rng=True)
-    straight.fit()
-    first = make_trainer(steps=3, out_dir=tmp_path / "b", global_rng=True)
-    first.fit()
-    torch.manual_seed(123)  # disturb the global state between the two processes' worth of work
-    resumed = make_trainer(steps=6, out_dir=tmp_path / "b", global_rng=True)
-    resumed.fit()
-    assert resumed.step == 6 and resumed.losses == straight.losses
-    assert_same_weights(straight.model, resumed.model)
-    assert_same_weights(straight.ema, resumed.ema)
-
-
-def test_resume_refuses_other_settings_and_lists_them(tmp_path):
-    make_trainer(steps=4, out_dir=tmp_path).fit()
-    with pytest.raises(ValueError, match=r"lr: 0\.01 -> 0\.05, weight_decay: 0\.0 -> 0\.1"):
-        make_trainer(steps=8, out_dir=tmp_path, lr=0.05, weight_decay=0.1).fit()
-    with pytest.raises(ValueError, match=r"warmup: 2 -> 5"):
-        make_trainer(steps=8, out_dir=tmp_path, warmup=5).fit()
-    with pytest.raises(ValueError, match="another model configuration"):
-        make_trainer(steps=8, out_dir=tmp_path, hidden=32).fit()
-    with pytest.raises(ValueError, match="at step 4, beyond steps = 2"):
-        make_trainer(steps=2, out_dir=tmp_path).fit()
-    # more steps with a constant schedule is a continuation, not a change
-    longer = make_trainer(steps=6, out_dir=tmp_path)
-    longer.fit()
-    assert longer.step == 6
-
-
-def test_override_applies_and_records_the_new_settings(tmp_path):
-    make_trainer(steps=4, out_dir=tmp_path).fit()
-    tr = make_trainer(steps=6, out_dir=tmp_path, lr=0.05, weight_decay=0.1)
-    seen = []
-    orig = torch.optim.AdamW.step
-
-    def spy(self, *a, **k):
-        seen.append((self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]))
-        return orig(self, *a, **k)
-
-    torch.optim.AdamW.step = spy
-    try:
-        tr.fit(override=True)
-    finally:
-        torch.optim.AdamW.step = orig
-    assert seen == [(0.05, 0.1), (0.05, 0.1)]  # the new values, not the checkpoint's
-    cfg = json.loads((tmp_path / "ckpt-00000006" / "config.json").read_text())
-    assert cfg["training"]["lr"] == 0.05
-    assert cfg["history"] == [{"step": 4, "changes": {"lr": [0.01, 0.05], "weight_decay": [0.0, 0.1]}}]
-
-
-def test_cosine_schedule_makes_steps_part_of_the_configuration(tmp_path):
-    make_trainer(steps=4, out_dir=tmp_path, lr_schedule="cosine").fit()
-    with pytest.raises(ValueError, match="steps: 4 -> 8"):
-        make_trainer(steps=8, out_dir=tmp_path, lr_schedule="cosine").fit()
 
 
 def test_nan_loss_stops_before_anything_is_saved(tmp_path):
@@ -144,57 +70,6 @@ def test_nonfinite_parameters_are_never_saved(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-00000002"]
 
 
-def _corrupt(path: Path, how: str):
-    if how == "truncate":
-        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    elif how == "garble":
-        raw = bytearray(path.read_bytes())
-        for i in range(10, len(raw), 97):
-            raw[i] ^= 0x5A
-        path.write_bytes(bytes(raw))
-    else:
-        path.unlink()
-
-
-@pytest.mark.parametrize("name, how", [("state.pt", "truncate"), ("state.pt", "garble"),
-                                       ("model.safetensors", "garble"), ("checksums.json", "delete"),
-                                       ("config.json", "truncate")])
-def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(tmp_path, name, how):
-    make_trainer(steps=6, out_dir=tmp_path, checkpoint_every=3).fit()
-    reference = make_trainer(steps=3, out_dir=None)
-    reference.fit()
-    newest = tmp_path / "ckpt-00000006"
-    _corrupt(newest / name, how)
-    tr = make_trainer(steps=6, out_dir=tmp_path, checkpoint_every=3)
-    with pytest.warns(RuntimeWarning, match=r"corrupt checkpoint: .*ckpt-00000006.*falling back to .*ckpt-00000003"):
-        assert tr.load_checkpoint()
-    assert tr.step == 3 and tr.losses == reference.losses
-    assert_same_weights(tr.model, reference.model)
-    with pytest.raises(CheckpointError, match="ckpt-00000006"):
-        tr.load_checkpoint(newest)
-
-
-def test_no_usable_checkpoint_is_an_error_that_lists_them(tmp_path):
-    make_trainer(steps=4, out_dir=tmp_path, checkpoint_every=2).fit()
-    for folder in tmp_path.glob("ckpt-*"):
-        _corrupt(folder / "state.pt", "truncate")
-    listing = "(?s)no usable checkpoint.*ckpt-00000002.*resume=False"
-    with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match=listing):
-        make_trainer(steps=4, out_dir=tmp_path).fit()
-    fresh = make_trainer(steps=4, out_dir=tmp_path)
-    fresh.fit(resume=False)
-    assert fresh.step == 4
-
-
-def test_partial_writes_are_cleaned_up(tmp_path):
-    (tmp_path / ".tmp-ckpt-00000002-dead").mkdir(parents=True)
-    (tmp_path / ".tmp-ckpt-00000002-dead" / "model.safetensors").write_bytes(b"partial")
-    (tmp_path / ".tmp-latest-dead").write_text("ckpt-00000002\n")
-    tr = make_trainer(steps=2, out_dir=tmp_path)
-    assert not list(tmp_path.glob(".tmp-*"))
-    assert not tr.load_checkpoint()
-
-
 @pytest.mark.parametrize("field, value, err", [
     ("steps", 0, ValueError), ("steps", 2.5, TypeError), ("batch_size", 0, ValueError),
     ("lr", -1e-3, ValueError), ("lr", float("nan"), ValueError), ("lr", "big", TypeError),
@@ -231,34 +106,6 @@ def test_trainer_bad_arguments():
         tr.fit()
 
 
-def test_precision_is_chosen_by_the_device(monkeypatch):
-    assert resolve_precision("auto", "cpu") == "fp32"
-    assert resolve_precision("fp32", "cpu") == "fp32"
-    with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        resolve_precision("bf16", "cpu")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
-    assert resolve_precision("auto", "cuda") == "fp16"
-    with pytest.raises(ValueError, match=r"not supported by this GPU \(Tesla T4\)"):
-        resolve_precision("bf16", "cuda")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_precision("auto", "cuda") == "bf16"
-
-
-def test_measure_step_takes_the_trainers_precision_rule():
-    from lfm_core import training
-
-    model = torch.nn.Linear(3, 3)
-    batch_fn = lambda i: {"x": torch.randn(4, 3)}   # noqa: E731
-    loss_fn = lambda m, x: m(x).pow(2).mean()       # noqa: E731
-    r = training.measure_step(model, batch_fn, loss_fn, repeats=1, warmup=0, precision="auto")
-    assert r["ms"] > 0 and r["peak_mb"] is None
-    with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        training.measure_step(model, batch_fn, loss_fn, repeats=1, precision="bf16")
-    with pytest.raises(ValueError, match="precision must be one of"):
-        training.measure_step(model, batch_fn, loss_fn, repeats=1, precision="half")
-
-
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_processes_match_one(tmp_path):
     """torchrun, 2 CPU processes (gloo): identical weights on both ranks, equal to one process (same global batch)."""
@@ -278,10 +125,55 @@ def test_two_processes_match_one(tmp_path):
                                torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
 
 
-def test_save_image_grid(tmp_path):
-    from PIL import Image
+def test_the_guard_reads_back_in_batches_and_names_the_right_step(tmp_path):
+    """Losses are read back every log_every steps and before a checkpoint (on the CPU too): a NaN at step 7 is
+    found at step 10, before the checkpoint of step 10, and named as step 7; the checkpoint of step 5 is kept."""
+    tr = make_trainer(steps=20, out_dir=tmp_path, checkpoint_every=5, log_every=50)
+    inner = tr.loss_fn
+    tr.loss_fn = lambda model, **b: inner(model, **b) * (float("nan") if tr.step == 7 else 1.0)
+    with pytest.raises(NonFiniteError, match=r"step 7: the loss was nan.*ckpt-00000005"):
+        tr.fit()
+    assert tr.step == 10 and len(tr.losses) == 5
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-00000005"]
 
-    p = save_image_grid(torch.rand(5, 1, 8, 8) * 2 - 1, tmp_path / "g.png")
-    assert Image.open(p).size == (3 * 10, 2 * 10)
-    with pytest.raises(ValueError, match="1 or 3"):
-        save_image_grid(torch.zeros(2, 2, 4, 4), tmp_path / "x.png")
+
+def test_losses_are_read_back_when_due(monkeypatch):
+    seen = []
+    orig = Trainer._read_back
+
+    def spy(self):
+        if self._pending:
+            seen.append(self.step)
+        return orig(self)
+
+    monkeypatch.setattr(Trainer, "_read_back", spy)
+    make_trainer(steps=10, out_dir=None, log_every=4).fit()
+    assert seen == [4, 8, 10]
+    seen.clear()
+    every = make_trainer(steps=5, out_dir=None, log_every=4)
+    every.callback = lambda step, loss: None
+    every.fit()
+    assert seen == [1, 2, 3, 4, 5]
+    seen.clear()
+    batched = make_trainer(steps=5, out_dir=None, log_every=50)
+    batched.fit()
+    assert batched.losses == every.losses  # when they are read back changes nothing
+
+
+def test_an_error_after_a_nonfinite_step_reports_that_step():
+    """A loss that raises on NaN weights (here a ValueError) must not hide the non-finite step that made them."""
+    tr = make_trainer(steps=10, out_dir=None, log_every=50)
+    inner = tr.loss_fn
+
+    def loss_fn(model, **b):
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise ValueError("non-finite weights")
+        return inner(model, **b) * (float("inf") if tr.step == 2 else 1.0)
+
+    tr.loss_fn = loss_fn
+    with pytest.raises(NonFiniteError, match="step 2: the loss was inf"):
+        tr.fit()
+
+
+def test_smoothed():
+    assert FitResult(losses=[1.0, 3.0, 5.0]).smoothed(2) == [1.0, 2.0, 4.0]

@@ -7,7 +7,7 @@ import torch
 
 from lfm_core.nets import MLP
 from lfm_core.paths import LinearPath
-from lfm_core.training import Trainer, TrainerConfig
+from lfm_core.trainer import Trainer, TrainerConfig
 
 BATCH = 8
 

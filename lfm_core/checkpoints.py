@@ -1,0 +1,332 @@
+r"""Training checkpoints: written atomically, checksummed, and resumed bit for bit.
+
+**Format** (:data:`FORMAT`, one folder ``out_dir/ckpt-<step>/`` per checkpoint):
+
+* ``model.safetensors`` and ``ema.safetensors``: the weights of the model and of its moving average;
+* ``state.pt``: the optimiser, the gradient scaler, every random state (the trainer's generator, torch's,
+  Python's, NumPy's and CUDA's) and the losses so far; read back with ``weights_only=True``;
+* ``config.json``: the model's configuration (:func:`model_config`, diffusers-style), a signature of its
+  parameter shapes, the training configuration and the history of the changes applied on resume;
+* ``checksums.json``: the SHA-256 of every other file, written last.
+
+**Atomic writes.** :func:`write_folder` writes a folder under a hidden temporary name (``.tmp-*``), flushes
+it to disk and renames it: a folder named ``ckpt-*`` is always complete, whenever the process is killed.
+``latest`` names the newest; :func:`clean_partial` removes what killed writes left.
+
+**Resume.** :func:`load` takes the newest checkpoint that verifies (:func:`verify_folder`: every file
+matches its checksum), warning about each corrupt one it skips (naming its path). It compares the stored
+configuration with the new one and refuses differences in the settings that change the optimisation (listing
+them) unless ``override=True``, which applies them and records them in the history.
+
+:func:`save` and :func:`load` take the trainer (:class:`lfm_core.trainer.Trainer`: its ``model``, ``ema``,
+``opt``, ``scaler``, ``generator``, ``device``, ``config``, ``step``, ``losses``, ``history``, ``out_dir``).
+
+Copy with: nothing else (``torch``, ``numpy``, ``safetensors``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["FORMAT", "CheckpointError", "save", "load", "verify", "write_folder", "verify_folder", "clean_partial",
+           "newest", "model_config", "parameter_signature", "rng_state", "set_rng_state"]
+
+FORMAT = "lfm_core.checkpoint/1"
+REQUIRED = ("model.safetensors", "state.pt", "config.json")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that cannot be used (corrupt, truncated, incomplete), with its path."""
+
+
+# --------------------------------------------------------------------------- atomic, checksummed folders
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_folder(final: Path, fill) -> Path:
+    """Write the folder ``final`` atomically: ``fill(folder)`` writes the files into a hidden temporary folder,
+    which gets ``checksums.json`` (the SHA-256 of each file, written last), is flushed to disk and renamed to
+    ``final``, replacing a folder of that name."""
+    final = Path(final)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in names:
+            _fsync_file(tmp / name)
+        (tmp / "checksums.json").write_text(json.dumps({n: _sha256(tmp / n) for n in names}, indent=1) + "\n")
+        _fsync_file(tmp / "checksums.json")
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (e.g. after an override): replace it
+            old = final.parent / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def verify_folder(path, required=()) -> None:
+    """Check each file of the folder ``path`` against its ``checksums.json``, which must list ``required``.
+
+    Raises :class:`CheckpointError` naming the folder and what is wrong.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint folder")
+    try:
+        sums = json.loads((path / "checksums.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checksums.json is missing or unreadable ({exc}); the write was "
+                              "interrupted or the folder was changed") from None
+    for name in required:
+        if name not in sums:
+            raise CheckpointError(f"{path}: checksums.json does not list {name}")
+    for name, digest in sums.items():
+        f = path / name
+        if not f.exists():
+            raise CheckpointError(f"{path}: {name} is missing")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{path}: {name} does not match its checksum (truncated or corrupted)")
+
+
+def clean_partial(out_dir) -> None:
+    """Remove the temporary folders and files left in ``out_dir`` by writes that were killed."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    for p in out_dir.glob(".tmp-*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _step_of(folder: Path) -> int:
+    try:
+        return int(folder.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _folders(out_dir: Path) -> list:
+    """The ``ckpt-*`` folders of ``out_dir``, oldest first."""
+    if out_dir is None or not out_dir.exists():
+        return []
+    return sorted((p for p in out_dir.glob("ckpt-*") if p.is_dir()), key=_step_of)
+
+
+def newest(out_dir) -> Path | None:
+    """The newest ``ckpt-*`` folder of ``out_dir`` (verified or not), or None."""
+    folders = _folders(None if out_dir is None else Path(out_dir))
+    return folders[-1] if folders else None
+
+
+# ------------------------------------------------------------------------------- what is recorded
+def model_config(model: torch.nn.Module) -> dict:
+    """The model's configuration as JSON-ready data: ``{"_class_name": ..., **model.config}`` (diffusers-style).
+
+    Models of this project, like diffusers models, carry a ``config`` mapping; for others only the class
+    name is known.
+    """
+    cfg = getattr(model, "config", None)
+    out = {"_class_name": type(model).__name__}
+    if isinstance(cfg, dict) or hasattr(cfg, "items"):
+        out.update({str(k): _jsonable(v) for k, v in dict(cfg).items() if not str(k).startswith("_")})
+    return out
+
+
+def _jsonable(v):
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(u) for u in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(u) for k, u in v.items()}
+    return repr(v)
+
+
+def parameter_signature(model: torch.nn.Module) -> str:
+    """A short hash of the names and shapes of the model's parameters and buffers."""
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha256(shapes.encode()).hexdigest()[:16]
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every global random state a training step may draw from: torch's, Python's, NumPy's (and CUDA's)."""
+    np_state = np.random.get_state()  # noqa: NPY002 - user code may draw from the legacy global generator
+    out = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                     float(np_state[4]))}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what :func:`rng_state` recorded."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------ the trainer's checkpoints
+def save(trainer) -> Path:
+    """Write ``out_dir/ckpt-<step>`` of ``trainer`` atomically, point ``out_dir/latest`` at it and keep the newest
+    ``config.keep_checkpoints``."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(trainer.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT, "step": trainer.step, "model": model_config(trainer.model),
+              "parameter_signature": parameter_signature(trainer.model), "training": trainer.config.to_dict(),
+              "precision_used": trainer.precision, "world_size": trainer.world, "history": trainer.history,
+              "torch": torch.__version__}
+    state = {"step": trainer.step, "optimizer": trainer.opt.state_dict(),
+             "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+             "generator": trainer.generator.get_state(), "rng": rng_state(trainer.device),
+             "losses": torch.tensor(trainer.losses, dtype=torch.float64)}
+
+    def fill(folder: Path):
+        modules = {"model.safetensors": trainer.model}
+        if trainer.ema is not None:
+            modules["ema.safetensors"] = trainer.ema
+        for name, module in modules.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(folder / name))
+        torch.save(state, folder / "state.pt")
+        (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    final = write_folder(out_dir / f"ckpt-{trainer.step:08d}", fill)
+    latest_tmp = out_dir / f".tmp-latest-{uuid.uuid4().hex[:8]}"
+    latest_tmp.write_text(final.name + "\n")
+    os.replace(latest_tmp, out_dir / "latest")
+    older = [p for p in _folders(out_dir) if p != final]
+    for p in older[: max(0, len(older) - (trainer.config.keep_checkpoints - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def verify(path) -> dict:
+    """Check a checkpoint folder's files against its checksums and its format; return its ``config.json``."""
+    verify_folder(path, REQUIRED)
+    path = Path(path)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: config.json is not valid JSON ({exc})") from None
+    if cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {cfg.get('format')!r} (expected {FORMAT!r})")
+    return cfg
+
+
+def _changes(stored: dict, trainer, path: Path, override: bool) -> dict:
+    """The settings that differ from the checkpoint's, as ``{name: (stored, now)}``; refused unless ``override``."""
+    new_model = model_config(trainer.model)
+    if stored["model"] != new_model or stored["parameter_signature"] != parameter_signature(trainer.model):
+        diff = {k: (stored["model"].get(k), new_model.get(k)) for k in set(stored["model"]) | set(new_model)
+                if stored["model"].get(k) != new_model.get(k)}
+        raise ValueError(f"the checkpoint {path} was made for another model configuration "
+                         f"(stored vs now: {diff or 'parameter shapes differ'}): build the model as stored, or "
+                         "train into another out_dir")
+    old, new = stored["training"], trainer.config.to_dict()
+    changed = {k: (old.get(k), new[k]) for k in trainer.config.must_match() if old.get(k) != new[k]}
+    if changed and not override:
+        listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"the checkpoint {path} was trained with another configuration ({listing}); pass "
+                         "override=True to apply the new values from here on, or use another out_dir")
+    return changed
+
+
+def _read(folder: Path, device: torch.device):
+    from safetensors.torch import load_file
+
+    try:
+        model_sd = load_file(str(folder / "model.safetensors"), device=str(device))
+        ema_sd = (load_file(str(folder / "ema.safetensors"), device=str(device))
+                  if (folder / "ema.safetensors").exists() else None)
+        state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+    except Exception as exc:  # unreadable although the checksums match (e.g. written by another version)
+        raise CheckpointError(f"{folder}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    return model_sd, ema_sd, state
+
+
+def load(trainer, path=None, *, override: bool = False) -> bool:
+    """Resume ``trainer`` from ``path`` (a ``ckpt-*`` folder) or from the newest good checkpoint in its ``out_dir``.
+
+    Returns False when there is none. Each corrupt checkpoint on the way is skipped with a warning that
+    names it; a corrupt ``path`` given explicitly raises :class:`CheckpointError`, and so does an ``out_dir``
+    whose checkpoints are all corrupt. The stored configuration must match the trainer's (or ``override``).
+    """
+    explicit = path is not None
+    candidates = [Path(path)] if explicit else _folders(trainer.out_dir)[::-1]
+    problems = []
+    for i, folder in enumerate(candidates):
+        try:
+            stored = verify(folder)
+            changed = _changes(stored, trainer, folder, override)
+            model_sd, ema_sd, state = _read(folder, trainer.device)
+        except CheckpointError as exc:
+            if explicit:
+                raise
+            problems.append(str(exc))
+            nxt = candidates[i + 1] if i + 1 < len(candidates) else None
+            warnings.warn(f"skipping a corrupt checkpoint: {exc}; "
+                          + (f"falling back to {nxt}" if nxt else "no older checkpoint is left"),
+                          RuntimeWarning, stacklevel=3)
+            continue
+        trainer.model.load_state_dict(model_sd)
+        if trainer.ema is not None:
+            trainer.ema.load_state_dict(ema_sd if ema_sd is not None else model_sd)
+        trainer.opt.load_state_dict(state["optimizer"])
+        if trainer.scaler is not None and state.get("scaler"):
+            trainer.scaler.load_state_dict(state["scaler"])
+        trainer.generator.set_state(state["generator"])
+        set_rng_state(state["rng"], trainer.device)
+        trainer.step = int(state["step"])
+        trainer.losses = state["losses"].tolist()
+        trainer.history = list(stored.get("history", []))
+        if changed:
+            trainer.history.append({"step": trainer.step, "changes": {k: list(v) for k, v in changed.items()}})
+        return True
+    if problems:
+        raise CheckpointError(f"no usable checkpoint in {trainer.out_dir}:\n  " + "\n  ".join(problems)
+                              + "\nremove them, or pass resume=False to start again")
+    return False

@@ -1,0 +1,167 @@
+"""Checkpoints: exact resume, configuration checks on resume, corrupt and partial folders, the atomic write."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from trainer_task import make_trainer
+
+from lfm_core import checkpoints
+from lfm_core.checkpoints import CheckpointError
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    for (k, x), y in zip(params(a).items(), params(b).values(), strict=True):
+        assert torch.equal(x, y), k
+
+
+def test_exact_resume_including_the_global_random_state(tmp_path):
+    """Stopped at step 3 and resumed to 6: the same losses and weights as 6 steps in one go, although the loss also
+    draws from torch's and numpy's global generators."""
+    straight = make_trainer(steps=6, out_dir=tmp_path / "a", global_rng=True)
+    straight.fit()
+    first = make_trainer(steps=3, out_dir=tmp_path / "b", global_rng=True)
+    first.fit()
+    torch.manual_seed(123)  # disturb the global state between the two processes' worth of work
+    resumed = make_trainer(steps=6, out_dir=tmp_path / "b", global_rng=True)
+    resumed.fit()
+    assert resumed.step == 6 and resumed.losses == straight.losses
+    assert_same_weights(straight.model, resumed.model)
+    assert_same_weights(straight.ema, resumed.ema)
+
+
+def test_resume_refuses_other_settings_and_lists_them(tmp_path):
+    make_trainer(steps=4, out_dir=tmp_path).fit()
+    with pytest.raises(ValueError, match=r"lr: 0\.01 -> 0\.05, weight_decay: 0\.0 -> 0\.1"):
+        make_trainer(steps=8, out_dir=tmp_path, lr=0.05, weight_decay=0.1).fit()
+    with pytest.raises(ValueError, match=r"warmup: 2 -> 5"):
+        make_trainer(steps=8, out_dir=tmp_path, warmup=5).fit()
+    with pytest.raises(ValueError, match="another model configuration"):
+        make_trainer(steps=8, out_dir=tmp_path, hidden=32).fit()
+    with pytest.raises(ValueError, match="at step 4, beyond steps = 2"):
+        make_trainer(steps=2, out_dir=tmp_path).fit()
+    # more steps with a constant schedule is a continuation, not a change
+    longer = make_trainer(steps=6, out_dir=tmp_path)
+    longer.fit()
+    assert longer.step == 6
+
+
+def test_override_applies_and_records_the_new_settings(tmp_path):
+    make_trainer(steps=4, out_dir=tmp_path).fit()
+    tr = make_trainer(steps=6, out_dir=tmp_path, lr=0.05, weight_decay=0.1)
+    seen = []
+    orig = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append((self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]))
+        return orig(self, *a, **k)
+
+    torch.optim.AdamW.step = spy
+    try:
+        tr.fit(override=True)
+    finally:
+        torch.optim.AdamW.step = orig
+    assert seen == [(0.05, 0.1), (0.05, 0.1)]  # the new values, not the checkpoint's
+    cfg = json.loads((tmp_path / "ckpt-00000006" / "config.json").read_text())
+    assert cfg["training"]["lr"] == 0.05
+    assert cfg["history"] == [{"step": 4, "changes": {"lr": [0.01, 0.05], "weight_decay": [0.0, 0.1]}}]
+
+
+def test_cosine_schedule_makes_steps_part_of_the_configuration(tmp_path):
+    make_trainer(steps=4, out_dir=tmp_path, lr_schedule="cosine").fit()
+    with pytest.raises(ValueError, match="steps: 4 -> 8"):
+        make_trainer(steps=8, out_dir=tmp_path, lr_schedule="cosine").fit()
+
+
+def _corrupt(path: Path, how: str):
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    elif how == "garble":
+        raw = bytearray(path.read_bytes())
+        for i in range(10, len(raw), 97):
+            raw[i] ^= 0x5A
+        path.write_bytes(bytes(raw))
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("name, how", [("state.pt", "truncate"), ("state.pt", "garble"),
+                                       ("model.safetensors", "garble"), ("checksums.json", "delete"),
+                                       ("config.json", "truncate")])
+def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(tmp_path, name, how):
+    make_trainer(steps=6, out_dir=tmp_path, checkpoint_every=3).fit()
+    reference = make_trainer(steps=3, out_dir=None)
+    reference.fit()
+    newest = tmp_path / "ckpt-00000006"
+    _corrupt(newest / name, how)
+    tr = make_trainer(steps=6, out_dir=tmp_path, checkpoint_every=3)
+    with pytest.warns(RuntimeWarning, match=r"corrupt checkpoint: .*ckpt-00000006.*falling back to .*ckpt-00000003"):
+        assert tr.load_checkpoint()
+    assert tr.step == 3 and tr.losses == reference.losses
+    assert_same_weights(tr.model, reference.model)
+    with pytest.raises(CheckpointError, match="ckpt-00000006"):
+        tr.load_checkpoint(newest)
+
+
+def test_no_usable_checkpoint_is_an_error_that_lists_them(tmp_path):
+    make_trainer(steps=4, out_dir=tmp_path, checkpoint_every=2).fit()
+    for folder in tmp_path.glob("ckpt-*"):
+        _corrupt(folder / "state.pt", "truncate")
+    listing = "(?s)no usable checkpoint.*ckpt-00000002.*resume=False"
+    with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match=listing):
+        make_trainer(steps=4, out_dir=tmp_path).fit()
+    fresh = make_trainer(steps=4, out_dir=tmp_path)
+    fresh.fit(resume=False)
+    assert fresh.step == 4
+
+
+def test_partial_writes_are_cleaned_up(tmp_path):
+    (tmp_path / ".tmp-ckpt-00000002-dead").mkdir(parents=True)
+    (tmp_path / ".tmp-ckpt-00000002-dead" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / ".tmp-latest-dead").write_text("ckpt-00000002\n")
+    tr = make_trainer(steps=2, out_dir=tmp_path)
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert not tr.load_checkpoint()
+
+
+def test_write_folder_is_atomic_and_verified(tmp_path):
+    def fill(folder):
+        (folder / "a.txt").write_text("one")
+        (folder / "b.bin").write_bytes(b"\x00\x01")
+
+    final = checkpoints.write_folder(tmp_path / "ckpt-00000001", fill)
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt", "b.bin", "checksums.json"]
+    checkpoints.verify_folder(final, ("a.txt",))
+    checkpoints.write_folder(final, lambda folder: (folder / "a.txt").write_text("two"))  # replaces the folder
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt", "checksums.json"]
+    assert not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(CheckpointError, match="does not list b.bin"):
+        checkpoints.verify_folder(final, ("b.bin",))
+    (final / "a.txt").write_text("changed")
+    with pytest.raises(CheckpointError, match="a.txt does not match its checksum"):
+        checkpoints.verify_folder(final)
+
+    def failing(folder):
+        (folder / "a.txt").write_text("partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        checkpoints.write_folder(tmp_path / "ckpt-00000002", failing)
+    assert not (tmp_path / "ckpt-00000002").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_model_config_and_parameter_signature():
+    from lfm_core.nets import MLP
+
+    assert checkpoints.model_config(MLP(2, hidden=8)) == {"_class_name": "MLP", "dim": 2, "hidden": 8, "depth": 3,
+                                                          "activation": "selu"}
+    assert checkpoints.model_config(torch.nn.Linear(2, 2)) == {"_class_name": "Linear"}
+    assert (checkpoints.parameter_signature(torch.nn.Linear(2, 3))
+            != checkpoints.parameter_signature(torch.nn.Linear(3, 2)))
+    assert checkpoints.parameter_signature(torch.nn.Linear(2, 3)) == checkpoints.parameter_signature(
+        torch.nn.Linear(2, 3))

@@ -1,34 +1,44 @@
 #!/usr/bin/env python3
-"""The project's two jobs, each setting up what it needs and safe to run again.
+"""The project's commands, each setting up what it needs and safe to run again.
 
-    python3 tasks.py run       # execute every notebook headless in quick mode -> build/, record the times
+    python3 tasks.py run       # execute every notebook headless in quick mode -> build/
     python3 tasks.py test      # lint, unit tests, and every notebook through nbval (quick mode)
     python3 tasks.py rehearse  # notebooks 04 and 05 in full-mode configuration, short, offline -> build/rehearsal/
-    python3 tasks.py pretrain  # retrain the networks that quick mode of notebooks 04 and 05 starts from
-    python3 tasks.py colab OWNER/REPO   # point every Open-in-Colab badge and setup cell at github.com/OWNER/REPO
+    python3 tasks.py pretrain  # retrain the networks that quick mode of 04 and 05 starts from -> lfm_core/assets/
     python3 tasks.py readme    # rebuild the README's runtime table from the notebooks' metadata
     python3 tasks.py lab       # student versions (marked solutions blanked) -> build/lab/
+    python3 tasks.py colab OWNER/REPO   # point every Open-in-Colab badge and setup cell at github.com/OWNER/REPO
     python3 tasks.py peer      # also install the peer libraries the benchmarks compare against (torchcfm)
+    python3 tasks.py setup     # only create or update the virtual environment
 
-Both create a virtual environment in .venv (once), install torch into it if it has none, and
-install this project with its notebook and dev extras (again only when pyproject.toml changed).
-Standard library only, so it runs on a machine with nothing but Python 3.10+ and pip.
+`run` and `test` are the README's two commands. `run`, `test`, `rehearse`, `pretrain`, `peer` and `setup` first
+create a virtual environment in .venv (once), install torch into it if it has none, and install this project with
+its notebook and dev extras (again only when pyproject.toml changed); `readme`, `lab` and `colab` need none. This
+file is standard library only, so it runs on a machine with nothing but Python 3.10+ and pip.
+
+What each writes: `run`, `rehearse` and `lab` write under build/ only, `pretrain` into lfm_core/assets/ (and
+build/pretrain/), `readme` into README.md, `colab` into pyproject.toml and the notebooks. With --record, `run` and
+`rehearse` also write each passing notebook's measured time into its metadata (metadata.lfm.runtime, the one
+source of measured notebook times) and rebuild the README's runtime table from it.
 
 Options:
     run --full            execute in full mode instead (GPU sizes; slow on a CPU)
-    run NAME ...          execute only the notebooks whose file name contains NAME
-    run --no-record       do not write the measured times into the notebooks' metadata and the README
-                          (`run` and `rehearse` record them by default: metadata.lfm.runtime is their one source)
-    test -- ARGS          pass ARGS on to pytest (e.g. `python3 tasks.py test -- tests -k paths`)
-
+    run NAME ...          execute only the notebooks whose file name contains NAME (a NAME that matches none stops
+                          the command and lists the notebooks)
+    run --record          also record the measured times (above); `rehearse --record` likewise
     rehearse --celeba DIR the CelebA-HQ folder to rehearse with (default $LFM_CELEBA_HQ_DIR, else
                           ../shared/data/celeba_hq_sample when it exists)
+    rehearse NAME ...     only some of notebooks 04 and 05 (`pretrain NAME ...` likewise)
+    test -- ARGS          pass ARGS on to pytest (e.g. `python3 tasks.py test -- tests -k paths`)
+    lab NAME ...          only some notebooks
 
 Environment:
     LFM_TORCH_SPEC        the torch requirement installed into a fresh .venv (default torch==2.13.0,
                           a CPU build on the project's CI machines; on Linux elsewhere PyPI's default
                           build includes CUDA)
     LFM_VENV              where the virtual environment lives (default .venv)
+The commands set LFM_MODE (quick, full, rehearsal or pretrain) for the notebooks they run; the README's table of
+environment variables lists the others.
 """
 
 from __future__ import annotations
@@ -82,26 +92,58 @@ def setup() -> None:
         STAMP.write_text(digest + "\n")
 
 
-def _env(quick: bool) -> dict:
+def _env(mode: str) -> dict:
+    """This process's environment with ``LFM_MODE=mode``, for running notebooks and tests."""
     env = dict(os.environ)
-    env["LFM_QUICK"] = "1" if quick else "0"
+    env["LFM_MODE"] = mode
     env.pop("MPLBACKEND", None)  # the inline backend is headless already; Agg would drop figures
     env.setdefault("PYTHONHASHSEED", "0")
     return env
 
 
+def _run_notebooks():
+    """scripts/run_notebooks.py as a module: notebook discovery and the README's table (standard library only)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _options(command: str, args: list[str], flags: tuple[str, ...]) -> tuple[set[str], list[str]]:
+    """``args`` split into the given ``--flags`` and the notebook names; any other ``--option`` stops the command."""
+    unknown = [a for a in args if a.startswith("-") and a not in flags]
+    if unknown:
+        sys.exit(f"{command}: unknown option {unknown[0]} (options: {', '.join(flags) or 'none'}; see tasks.py)")
+    return {a for a in args if a in flags}, [a for a in args if a not in flags]
+
+
+def _check_names(names: list[str], allowed: tuple[str, ...] | None = None) -> None:
+    """Stop with the list of notebooks when a name matches none (or, with ``allowed``, is not one of them)."""
+    if allowed is not None:
+        unknown = sorted(set(names) - set(allowed))
+        if unknown:
+            sys.exit(f"only notebooks {', '.join(allowed)} can be given here, got {unknown}")
+    try:
+        _run_notebooks().find_notebooks(names)
+    except ValueError as exc:
+        sys.exit(str(exc))
+
+
 def run(args: list[str]) -> None:
+    """Execute the notebooks (quick mode, or full with --full) into build/; with --record, record their times."""
+    flags, names = _options("run", args, ("--full", "--record"))
+    _check_names(names)
     setup()
-    full = "--full" in args
-    record = [] if "--no-record" in args else ["--record"]
-    names = [a for a in args if a not in ("--full", "--no-record")]
+    record = ["--record"] if "--record" in flags else []
     _run([_python(), ROOT / "scripts" / "run_notebooks.py", "--out", ROOT / "build", *record, *names],
-         env=_env(quick=not full), cwd=ROOT)
+         env=_env("full" if "--full" in flags else "quick"), cwd=ROOT)
 
 
 def test(args: list[str]) -> None:
     setup()
-    env = _env(quick=True)
+    env = _env("quick")
     env["LFM_PROGRESS"] = "0"
     py = _python()
     _run([py, "-m", "ruff", "check", ROOT], env=env, cwd=ROOT)
@@ -120,9 +162,9 @@ def rehearse(args: list[str]) -> None:
 
     The CelebA-HQ images come from --celeba, $LFM_CELEBA_HQ_DIR or ../shared/data/celeba_hq_sample; the
     autoencoder is sd-vae-ft-mse's architecture with random weights (scripts/make_standin_autoencoder.py,
-    written once to data/cache/). Executed notebooks and figures go to build/rehearsal/.
+    written once to data/cache/). Executed notebooks and figures go to build/rehearsal/; with --record, the times
+    and peak memory also go into the notebooks' metadata and the README's runtime table.
     """
-    setup()
     celeba = None
     if "--celeba" in args:
         i = args.index("--celeba")
@@ -130,18 +172,21 @@ def rehearse(args: list[str]) -> None:
             sys.exit("--celeba needs a folder")
         celeba = args[i + 1]
         args = args[:i] + args[i + 2:]
+    flags, names = _options("rehearse", args, ("--record",))
+    names = names or list(REHEARSAL_NOTEBOOKS)
+    _check_names(names, REHEARSAL_NOTEBOOKS)
     celeba = celeba or os.environ.get("LFM_CELEBA_HQ_DIR") or (str(SHARED_SAMPLE) if SHARED_SAMPLE.is_dir() else None)
     if not celeba or not Path(celeba).is_dir():
         sys.exit("the rehearsal needs CelebA-HQ images in the StarGAN v2 layout: pass --celeba DIR or set "
                  "LFM_CELEBA_HQ_DIR (the shared sample is ../shared/data/celeba_hq_sample)")
+    setup()
     standin = ROOT / "data" / "cache" / "standin-sd-vae-ft-mse"
     if not (standin / "config.json").exists():
         _run([_python(), ROOT / "scripts" / "make_standin_autoencoder.py", "--out", standin], cwd=ROOT)
-    env = _env(quick=False)
-    env.update(LFM_REHEARSAL="1", LFM_CELEBA_HQ_DIR=str(Path(celeba).resolve()), LFM_SD_VAE=str(standin),
-               HF_HUB_OFFLINE="1", LFM_PROGRESS=env.get("LFM_PROGRESS", "0"))
-    record = [] if "--no-record" in args else ["--record"]
-    names = [a for a in args if a != "--no-record"] or list(REHEARSAL_NOTEBOOKS)
+    env = _env("rehearsal")
+    env.update(LFM_CELEBA_HQ_DIR=str(Path(celeba).resolve()), LFM_SD_VAE=str(standin), HF_HUB_OFFLINE="1",
+               LFM_PROGRESS=env.get("LFM_PROGRESS", "0"))
+    record = ["--record"] if "--record" in flags else []
     start = time.perf_counter()
     _run([_python(), ROOT / "scripts" / "run_notebooks.py", "--out", ROOT / "build" / "rehearsal", "--memory",
           *record, *names], env=env, cwd=ROOT)
@@ -152,8 +197,8 @@ PRETRAIN_NOTEBOOKS = ("04", "05")
 
 
 def pretrain(args: list[str]) -> None:
-    """Run notebooks 04 and 05 in quick mode with LFM_PRETRAIN=1: their own training code trains the networks that
-    their quick mode starts from, for the pretraining lengths of their config cells, and writes them to
+    """Run notebooks 04 and 05 with LFM_MODE=pretrain (quick sizes): their own training code trains the networks
+    that their quick mode starts from, for the pretraining lengths of their config cells, and writes them to
     lfm_core/assets/notebookNN/ (lfm_core.pretrained). Executed notebooks go to build/pretrain/."""
     names = args or list(PRETRAIN_NOTEBOOKS)
     unknown = sorted(set(names) - set(PRETRAIN_NOTEBOOKS))
@@ -162,8 +207,8 @@ def pretrain(args: list[str]) -> None:
     setup()
     for name in names:   # stale entries must not survive a retraining
         shutil.rmtree(ROOT / "lfm_core" / "assets" / f"notebook{name}", ignore_errors=True)
-    env = _env(quick=True)
-    env.update(LFM_PRETRAIN="1", LFM_PROGRESS=env.get("LFM_PROGRESS", "0"))
+    env = _env("pretrain")
+    env["LFM_PROGRESS"] = env.get("LFM_PROGRESS", "0")
     _run([_python(), ROOT / "scripts" / "run_notebooks.py", "--out", ROOT / "build" / "pretrain", *names],
          env=env, cwd=ROOT)
 
@@ -183,7 +228,7 @@ def colab(args: list[str], root: Path = ROOT) -> None:
     pyproject.write_text(text.replace(f'Repository = "https://github.com/{old}"',
                                       f'Repository = "https://github.com/{new}"'))
     changed = 0
-    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in _run_notebooks().find_notebooks(folder=root / "notebooks"):
         nb = json.loads(path.read_text())
         for cell in nb["cells"]:
             src = "".join(cell["source"])
@@ -199,16 +244,8 @@ def colab(args: list[str], root: Path = ROOT) -> None:
 
 def readme(args: list[str]) -> None:
     """Rebuild the README's runtime table from the notebooks' metadata (no virtual environment needed)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except ImportError:  # nbclient lives in the virtual environment
-        setup()
-        _run([_python(), __file__, "readme"], cwd=ROOT)
-        return
-    print("README's runtime table", "rebuilt" if module.update_readme() else "already current")
+    _options("readme", args, ())
+    print("README's runtime table", "rebuilt" if _run_notebooks().update_readme() else "already current")
 
 
 def lab(args: list[str]) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import run_notebooks  # noqa: E402  (how the project executes notebooks: the error line, the machine)
+import run_notebooks  # noqa: E402  (how the project finds and executes notebooks: the error line, the machine)
 
 RESULTS = ROOT / "benchmarks" / "results"
 OPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
@@ -121,7 +121,7 @@ def run_notebook(path: Path, seed: int, timeout: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "claims.jsonl"
         nb.cells.insert(0, nbformat.v4.new_code_cell(_RECORDER.format(path=str(log))))
-        env = {"LFM_QUICK": "1", "LFM_SEED": str(seed), "LFM_PROGRESS": "0", "LFM_PRETRAIN": "0"}
+        env = {"LFM_MODE": "quick", "LFM_SEED": str(seed), "LFM_PROGRESS": "0"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         start, error = time.perf_counter(), None
@@ -237,11 +237,10 @@ def main(argv=None) -> int:
     if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
         print(f"--seeds must be distinct non-negative integers, got {args.seeds}", file=sys.stderr)
         return 2
-    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if args.notebooks:
-        paths = [p for p in paths if any(n in p.name for n in args.notebooks)]
-    if not paths:
-        print(f"no notebook matched {args.notebooks}", file=sys.stderr)
+    try:
+        paths = run_notebooks.find_notebooks(args.notebooks)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
     import torch
 

@@ -1,9 +1,10 @@
 """One door to the network: every download of the project (Hugging Face hub, FID weights) asks here first.
 
-:func:`probe` decides within a **total deadline** (5 s by default, ``LFM_HUB_DEADLINE`` to change it)
-whether a host answers HTTPS: the name lookup, the TCP connection, the TLS handshake and the first
-line of an HTTP reply all count against the same clock, so a slow DNS server or a captive proxy that
-accepts connections and never answers cost at most the deadline instead of minutes. A proxy in
+:func:`probe` decides within a **total deadline** (its ``deadline`` argument, by default
+:data:`DEFAULT_DEADLINE`: 5 s, which a program on a slow link may raise for every download at once with
+``hub.DEFAULT_DEADLINE = 15``) whether a host answers HTTPS: the name lookup, the TCP connection, the TLS
+handshake and the first line of an HTTP reply all count against the same clock, so a slow DNS server or a
+captive proxy that accepts connections and never answers cost at most the deadline instead of minutes. A proxy in
 ``HTTPS_PROXY`` is used the way download libraries use it (an HTTP ``CONNECT`` tunnel).
 ``HF_HUB_OFFLINE=1`` makes every probe of the hub fail at once.
 
@@ -23,8 +24,7 @@ import threading
 import time
 from urllib.parse import urlparse
 
-__all__ = ["HF_HOST", "DEFAULT_DEADLINE", "OFFLINE_ALTERNATIVES", "HubUnavailable", "probe", "require",
-           "deadline_seconds", "forget"]
+__all__ = ["HF_HOST", "DEFAULT_DEADLINE", "OFFLINE_ALTERNATIVES", "HubUnavailable", "probe", "require", "forget"]
 
 HF_HOST = "huggingface.co"
 DEFAULT_DEADLINE = 5.0
@@ -40,20 +40,6 @@ _REMEMBER_S = 60.0
 
 class HubUnavailable(RuntimeError):
     """A download was asked for and the host cannot be reached (offline, blocked, or too slow)."""
-
-
-def deadline_seconds() -> float:
-    """The default total deadline of a probe: ``LFM_HUB_DEADLINE`` seconds if set, else 5."""
-    raw = os.environ.get("LFM_HUB_DEADLINE")
-    if raw is None or not raw.strip():
-        return DEFAULT_DEADLINE
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"environment variable LFM_HUB_DEADLINE={raw!r} is not a number of seconds") from None
-    if not (0 < value < float("inf")):
-        raise ValueError(f"environment variable LFM_HUB_DEADLINE must be > 0 seconds, got {raw!r}")
-    return value
 
 
 def _hf_offline() -> bool:
@@ -139,10 +125,11 @@ def _https_answers(host: str, deadline: float) -> None:
 
 
 def probe(host: str = HF_HOST, deadline: float | None = None) -> str | None:
-    """``None`` when ``host`` answers HTTPS within ``deadline`` seconds, else the reason it does not (a str)."""
+    """``None`` when ``host`` answers HTTPS within ``deadline`` seconds (default :data:`DEFAULT_DEADLINE`), else the
+    reason it does not (a str)."""
     if not isinstance(host, str) or not host:
         raise TypeError(f"host must be a non-empty str, got {host!r}")
-    deadline = deadline_seconds() if deadline is None else deadline
+    deadline = DEFAULT_DEADLINE if deadline is None else deadline
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < float("inf"):
         raise ValueError(f"deadline must be a number of seconds > 0, got {deadline!r}")
     if host == HF_HOST and _hf_offline():

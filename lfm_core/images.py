@@ -66,7 +66,7 @@ __all__ = ["ImageData", "ImageFiles", "NAMES", "OFFLINE", "SPLITS", "load", "str
 NAMES = ("lfw_faces", "digits", "fashion_mnist", "celeba_hq")
 OFFLINE = ("lfw_faces", "digits", "fashion_mnist")
 SPLITS = ("train", "val")
-FASHION_MNIST_DIR = Path(os.environ.get("LFM_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")   # Debian's dataset-fashion-mnist package
 CELEBA_HQ_REPO = "mattymchen/celeba-hq"
 CELEBA_HQ_ENV = "LFM_CELEBA_HQ_DIR"
 CELEBA_HQ_CLASSES = ("female", "male")
@@ -300,15 +300,15 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _fashion_mnist():
-    d = FASHION_MNIST_DIR
+def _fashion_mnist(root=None):
+    d = FASHION_MNIST_DIR if root is None else Path(root).expanduser()
     images, labels = [], []
     for prefix in ("train", "t10k"):
         ip, lp = _find(d, f"{prefix}-images-idx3-ubyte"), _find(d, f"{prefix}-labels-idx1-ubyte")
         if ip is None or lp is None:
             raise FileNotFoundError(
                 f"Fashion-MNIST was not found in {d}: install Debian's dataset-fashion-mnist package "
-                "(sudo apt install dataset-fashion-mnist), point LFM_FASHION_MNIST_DIR at the IDX files, or use "
+                "(sudo apt install dataset-fashion-mnist), pass root= (the folder of the IDX files), or use "
                 "the offline data sets 'lfw_faces' or 'digits'"
             )
         images.append(_read_idx(ip))
@@ -451,9 +451,10 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, split:
          repo: str = CELEBA_HQ_REPO) -> ImageData:
     """Load the image data set ``name`` (one of :data:`NAMES`) into memory, in ``[-1, 1]``, resized to ``size``.
 
-    ``limit`` keeps the first ``limit`` images. For ``celeba_hq`` (``size`` 256 by default), ``split``, ``root``
-    and ``repo`` are those of :func:`stream`; mind the memory: 1000 images at 256 px take 0.8 GB as float32,
-    and the latent cache reads the stream instead.
+    ``limit`` keeps the first ``limit`` images. For ``fashion_mnist``, ``root`` is the folder of its IDX files
+    (default :data:`FASHION_MNIST_DIR`). For ``celeba_hq`` (``size`` 256 by default), ``split``, ``root`` and
+    ``repo`` are those of :func:`stream`; mind the memory: 1000 images at 256 px take 0.8 GB as float32, and the
+    latent cache reads the stream instead.
     """
     _check_name(name)
     if size is not None:
@@ -462,7 +463,12 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, split:
         check_positive_int(limit, "limit")
     if name == "celeba_hq":
         return stream(name, size=size, limit=limit, split=split, root=root, repo=repo).load()
-    images, labels, source = {"lfw_faces": _lfw_faces, "digits": _digits, "fashion_mnist": _fashion_mnist}[name]()
+    if root is not None and name != "fashion_mnist":
+        raise ValueError(f"root is the folder of 'fashion_mnist' or 'celeba_hq'; {name!r} is built in, pass no root")
+    if name == "fashion_mnist":
+        images, labels, source = _fashion_mnist(root)
+    else:
+        images, labels, source = {"lfw_faces": _lfw_faces, "digits": _digits}[name]()
     num_classes = None if labels is None else 10
     if limit is not None:
         images = images[:limit]

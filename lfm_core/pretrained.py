@@ -9,7 +9,7 @@ length ahead of time, and trains a short continuation live; it says so where it 
   loss history, the settings and the command that made it. :func:`add` writes one entry atomically (floating
   tensors optionally in float16, which halves the size and is far below what training changes), :func:`load`
   verifies and reads the folder back in float32.
-* ``LFM_PRETRAIN=1`` (set by ``python3 tasks.py pretrain``, which runs the notebooks in quick mode) makes a
+* ``LFM_MODE=pretrain`` (set by ``python3 tasks.py pretrain``; the notebooks run their quick sizes) makes a
   notebook *write* its networks: :func:`start` returns the pretraining length and leaves the network as
   initialised, :func:`finish` stores it with :func:`add`.
 * In quick mode :func:`start` loads the stored weights into the network and returns the live continuation's
@@ -89,12 +89,10 @@ def load(folder, entries=None) -> tuple[dict, dict]:
 
 
 def pretraining() -> bool:
-    """True while ``LFM_PRETRAIN=1`` (``python3 tasks.py pretrain``): the notebook writes its networks."""
-    on = runtime._flag("LFM_PRETRAIN", False)
-    if on and not runtime.is_quick():
-        raise ValueError("LFM_PRETRAIN=1 writes the networks that quick mode starts from: set LFM_QUICK=1 too")
+    """True while ``LFM_MODE=pretrain`` (``python3 tasks.py pretrain``): the notebook writes its networks."""
+    on = runtime.mode_setting() == "pretrain"
     if on and runtime.seed() != 0:
-        raise ValueError(f"LFM_PRETRAIN=1 writes the seed-0 networks that quick mode starts from; LFM_SEED is "
+        raise ValueError(f"LFM_MODE=pretrain writes the seed-0 networks that quick mode starts from; LFM_SEED is "
                          f"{runtime.seed()}: unset it (with another seed, quick mode trains from scratch anyway)")
     return on
 

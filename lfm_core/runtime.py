@@ -1,15 +1,15 @@
-"""Quick or full mode, device choice, seeding, and whether to show progress bars.
+"""The run's mode, device choice, seeding, and whether to show progress bars.
 
-* Mode: the environment variable ``LFM_QUICK`` set to ``1`` / ``true`` / ``yes`` / ``on``
-  selects *quick* mode (sizes for 2 CPU cores: CI and the test command); unset, empty or
-  ``0`` / ``false`` / ``no`` / ``off`` selects *full* mode (sizes for a GPU, e.g. Colab).
-  Anything else is an error, not a silent guess.
-* Progress bars: ``LFM_PROGRESS`` (same spellings) turns them on or off; by default they are on.
-  The test command turns them off so that logs stay short.
-* :func:`pick` chooses a value by mode: ``steps = pick(quick=500, full=20_000)``.
-* Rehearsal: ``LFM_REHEARSAL=1`` runs the full-mode configuration (sizes, architectures, data path) with
-  only its lengths shortened (steps, images, samples: ``pick(..., rehearsal=...)``), on local stand-ins of
-  the downloads; ``python3 tasks.py rehearse`` sets it. It cannot be combined with quick mode.
+* Mode: the environment variable ``LFM_MODE`` is one of :data:`MODES`. ``quick`` selects sizes for 2 CPU cores
+  (CI and the test command), ``full`` (also when unset or empty) sizes for a GPU, e.g. Colab. ``rehearsal`` runs
+  the full-mode configuration of notebooks 04 and 05 (sizes, architectures, data path) with only its lengths
+  shortened, on local stand-ins of the downloads (``python3 tasks.py rehearse``). ``pretrain`` runs the quick
+  sizes while the notebooks write the networks that quick mode starts from (``python3 tasks.py pretrain``,
+  :func:`lfm_core.pretrained.pretraining`). Anything else is an error, not a silent guess.
+* A notebook picks its configuration by :func:`mode`: ``CFG = {"quick": dict(...), "full": dict(...)}[mode()]``.
+* Progress bars: ``LFM_PROGRESS`` (``1`` / ``true`` / ``yes`` / ``on`` or ``0`` / ``false`` / ``no`` / ``off``)
+  turns them on or off; by default they are on. The test command turns them off so that logs stay short.
+* Seeds: ``LFM_SEED``, the base seed every seed of a notebook is derived from (:func:`seed`).
 
 Copy with: nothing else (``torch``, ``numpy``).
 """
@@ -23,9 +23,10 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["is_quick", "is_rehearsal", "mode", "pick", "get_device", "seed", "seed_everything", "show_progress",
-           "in_colab", "describe"]
+__all__ = ["MODES", "mode_setting", "mode", "is_quick", "is_rehearsal", "get_device", "seed", "seed_everything",
+           "show_progress", "in_colab", "describe"]
 
+MODES = ("quick", "full", "rehearsal", "pretrain")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
@@ -42,34 +43,30 @@ def _flag(name: str, default: bool) -> bool:
     raise ValueError(f"environment variable {name}={raw!r} is not understood; use 1/0, true/false, yes/no or on/off")
 
 
-def is_quick() -> bool:
-    """True in quick mode (``LFM_QUICK=1``)."""
-    return _flag("LFM_QUICK", False)
-
-
-def is_rehearsal() -> bool:
-    """True in a dress rehearsal (``LFM_REHEARSAL=1``): full-mode sizes, short lengths, local stand-ins."""
-    rehearsal = _flag("LFM_REHEARSAL", False)
-    if rehearsal and is_quick():
-        raise ValueError("LFM_REHEARSAL=1 rehearses full mode: unset LFM_QUICK (or set it to 0)")
-    return rehearsal
+def mode_setting() -> str:
+    """``LFM_MODE`` as set: one of :data:`MODES`, ``"full"`` when unset or empty."""
+    raw = os.environ.get("LFM_MODE", "")
+    value = raw.strip() or "full"
+    if value not in MODES:
+        raise ValueError(f"environment variable LFM_MODE={raw!r} is not a mode; use one of {', '.join(MODES)} "
+                         "(unset: full)")
+    return value
 
 
 def mode() -> str:
-    """``"quick"``, ``"full"`` or ``"rehearsal"``."""
-    return "rehearsal" if is_rehearsal() else "quick" if is_quick() else "full"
+    """The configuration to run: ``"quick"``, ``"full"`` or ``"rehearsal"`` (``LFM_MODE=pretrain`` runs quick)."""
+    setting = mode_setting()
+    return "quick" if setting == "pretrain" else setting
 
 
-_UNSET = object()
+def is_quick() -> bool:
+    """True in quick mode and while pretraining (``LFM_MODE=quick`` or ``pretrain``): the sizes for 2 CPU cores."""
+    return mode() == "quick"
 
 
-def pick(*, quick, full, rehearsal=_UNSET):
-    """``quick`` in quick mode, ``rehearsal`` (when given) in a rehearsal, else ``full``."""
-    if is_quick():
-        return quick
-    if rehearsal is not _UNSET and is_rehearsal():
-        return rehearsal
-    return full
+def is_rehearsal() -> bool:
+    """True in a dress rehearsal (``LFM_MODE=rehearsal``): full-mode sizes, short lengths, local stand-ins."""
+    return mode() == "rehearsal"
 
 
 def show_progress() -> bool:
@@ -139,8 +136,8 @@ def describe(**sizes) -> str:
     """One-paragraph description of the run (mode, device, versions, sizes), for a notebook's config cell."""
     dev = get_device()
     lines = [
-        f"mode     : {mode()}  (LFM_QUICK={os.environ.get('LFM_QUICK', '')!r}, "
-        f"LFM_REHEARSAL={os.environ.get('LFM_REHEARSAL', '')!r})",
+        f"mode     : {mode()}  (LFM_MODE={os.environ.get('LFM_MODE', '')!r}"
+        + ("; writing the networks quick mode starts from)" if mode_setting() == "pretrain" else ")"),
         f"device   : {dev}" + (f" ({torch.cuda.get_device_name(0)})" if dev.type == "cuda" else ""),
         f"seed     : {seed()}  (LFM_SEED={os.environ.get('LFM_SEED', '')!r})",
         f"torch    : {torch.__version__}, {torch.get_num_threads()} CPU threads, Python {platform.python_version()}",

@@ -1,17 +1,17 @@
 """Input checks and the one time-reshaping helper that every module shares.
 
-Conventions (see DESIGN.md): tensors are batch first; time ``t`` has shape ``[B]``
-(a Python float is broadcast to the batch); ``t = 0`` is the source (noise) and
-``t = 1`` the target (data). Bad input raises ``ValueError`` / ``TypeError``
-naming the argument, before any work is done.
+Conventions (the README's "Time convention" section): tensors are batch first; time ``t`` has shape
+``[B]`` (a Python float is broadcast to the batch); ``t = 0`` is the source (noise) and ``t = 1`` the
+target (data). Bad input raises ``ValueError`` / ``TypeError`` naming the argument, before any work is
+done.
 
 **Checks on values and the GPU.** A check of a tensor's *values* (finite, in range) reads a
 result back to the host; on a GPU that synchronisation stalls the pipeline, so inside loops it
 would cost more than the work it guards. :func:`check_finite` and the range check of
 :func:`as_time` therefore inspect CPU tensors always, and accelerator tensors only at the
 boundaries of the library (``boundary=True``: once per call of a solver, an encoder, a
-metric) or when the debug switch is on (``LFM_DEBUG=1``, or :func:`debug_checks`). Shape,
-dtype and device checks cost nothing and always run.
+metric) or inside a :func:`debug_checks` block. Shape, dtype and device checks cost nothing
+and always run.
 
 Copy with: nothing else (depends on ``torch`` only).
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from numbers import Real
 
 import torch
@@ -41,13 +40,11 @@ __all__ = [
     "values_checked",
 ]
 
-_DEBUG = [None]  # None: follow LFM_DEBUG; True / False: set by debug_checks
+_DEBUG = [False]  # set by debug_checks
 
 
 def _debug_on() -> bool:
-    if _DEBUG[0] is not None:
-        return _DEBUG[0]
-    return os.environ.get("LFM_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    return _DEBUG[0]
 
 
 @contextlib.contextmanager

@@ -25,6 +25,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_notebooks import find_notebooks  # noqa: E402  (the one notebook discovery; standard library only)
+
 CODE_BEGIN, CODE_END = "### BEGIN SOLUTION", "### END SOLUTION"
 MD_BEGIN, MD_END = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
 CODE_BLANK = ("# YOUR CODE HERE", "raise NotImplementedError()")
@@ -101,11 +104,10 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help="only notebooks whose file name contains one of these")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "lab")
     args = parser.parse_args()
-    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if args.names:
-        paths = [p for p in paths if any(n in p.name for n in args.names)]
-    if not paths:
-        print("no notebook matched", file=sys.stderr)
+    try:
+        paths = find_notebooks(args.names)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for path in paths:

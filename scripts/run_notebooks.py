@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
 """Execute the notebooks headless and write them, their figures and their timings under build/.
 
-    python scripts/run_notebooks.py --out build [--memory] [NAME ...]
+    python scripts/run_notebooks.py --out build [--memory] [--record] [NAME ...]
 
-For each ``notebooks/NN_topic.ipynb`` (or those whose name contains one of the NAMEs):
-executes it in the current environment (mode from ``LFM_QUICK``), writes the executed notebook to
+For each ``notebooks/NN_topic.ipynb`` (or those whose name contains one of the NAMEs, :func:`find_notebooks`):
+executes it in the current environment (mode from ``LFM_MODE``), writes the executed notebook to
 ``build/notebooks/``, every PNG figure it shows to ``build/figures/NN_topic/``, and a summary of
 wall times against each notebook's budget (``metadata.lfm.quick_budget_s``) to
 ``build/summary.json``; with ``--memory``, also the kernel's peak resident memory (Linux: the ``VmHWM``
 high-water mark of ``/proc/<pid>/status``, read every 0.2 s while the notebook runs). Exits non-zero if a
 notebook fails; a budget overrun is reported, not fatal.
 
-With ``--record``, each notebook that passed gets its time written into its own metadata
-(``metadata.lfm.runtime.<quick|full|rehearsal>``: seconds, machine, date; the rehearsal also its peak memory),
-and the README's runtime table, between ``<!-- runtimes:begin -->`` and ``<!-- runtimes:end -->``, is rebuilt
-from the metadata of all notebooks (``runtime_table``). The metadata is the one place measured notebook times
-live; ``tests/test_project.py`` checks that the README agrees with it.
-Usually run through ``python3 tasks.py run`` (which records).
+Without ``--record`` nothing outside ``--out`` is written. With it, each notebook that passed gets its time
+written into its own metadata (``metadata.lfm.runtime.<quick|full|rehearsal>``: seconds, machine, date; the
+rehearsal also its peak memory), and the README's runtime table, between ``<!-- runtimes:begin -->`` and
+``<!-- runtimes:end -->``, is rebuilt from the metadata of all notebooks (``runtime_table``). The metadata is the
+one place measured notebook times live; ``tests/test_project.py`` checks that the README agrees with it.
+Usually run through ``python3 tasks.py run`` (``--record`` passed on).
+
+Importing this module needs the standard library only (``tasks.py`` finds notebooks and rebuilds the README's
+table with it before any virtual environment exists); executing notebooks needs ``nbclient`` and ``lfm_core``.
 """
 
 from __future__ import annotations
@@ -32,11 +35,23 @@ import threading
 import time
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
-
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"   # the course: NN_topic.ipynb
+README = ROOT / "README.md"
+
+
+def find_notebooks(names=(), folder: Path | None = None) -> list[Path]:
+    """The notebooks ``folder/NN_*.ipynb`` (default :data:`NOTEBOOKS`) in order; with ``names``, those whose file
+    name contains one of them. A name that matches no notebook is a ``ValueError`` listing the notebooks."""
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of strings, got the string {names!r}")
+    folder = NOTEBOOKS if folder is None else Path(folder)
+    paths = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    unmatched = [n for n in names if not any(n in p.name for p in paths)]
+    if unmatched:
+        raise ValueError(f"no notebook matches {', '.join(map(repr, unmatched))}; the notebooks are: "
+                         + ", ".join(p.stem for p in paths))
+    return [p for p in paths if any(n in p.name for n in names)] if names else paths
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -51,9 +66,9 @@ def peak_rss_mib(pid: int) -> float | None:
 
 
 class KernelMemory(threading.Thread):
-    """Follows the peak resident memory of ``client``'s kernel while it runs (VmHWM only grows)."""
+    """Follows the peak resident memory of ``client``'s kernel (nbclient) while it runs (VmHWM only grows)."""
 
-    def __init__(self, client: NotebookClient):
+    def __init__(self, client):
         super().__init__(daemon=True)
         self.client, self.peak, self.done = client, None, threading.Event()
 
@@ -73,6 +88,10 @@ def error_line(exc: Exception) -> str:
 
 
 def execute(path: Path, out: Path, timeout: int, memory: bool = False) -> dict:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
@@ -115,10 +134,16 @@ TABLE_BEGIN, TABLE_END = "<!-- runtimes:begin -->", "<!-- runtimes:end -->"
 
 
 def run_mode() -> str:
-    """The mode this process runs notebooks in: ``rehearsal`` (``LFM_REHEARSAL``), else ``quick`` or ``full``."""
-    if os.environ.get("LFM_REHEARSAL", "0") not in ("", "0", "false", "no", "off"):
-        return "rehearsal"
-    return "quick" if os.environ.get("LFM_QUICK", "0") not in ("", "0", "false", "no", "off") else "full"
+    """The mode this process runs notebooks in (``LFM_MODE``, read by :func:`lfm_core.runtime.mode`)."""
+    from lfm_core import runtime
+
+    return runtime.mode()
+
+
+def _pretraining() -> bool:
+    from lfm_core import runtime
+
+    return runtime.mode_setting() == "pretrain"
 
 
 def machine() -> str:
@@ -170,12 +195,12 @@ def _cell(entry: dict | None, budget: float | None = None) -> str:
     return text
 
 
-def runtime_table(notebooks: Path = ROOT / "notebooks") -> str:
+def runtime_table(notebooks: Path | None = None) -> str:
     """The README's runtime table, built from every notebook's ``metadata.lfm`` (``runtime``, ``quick_budget_s``,
     and ``full_note``: what full mode does beyond the measured configuration)."""
     rows = ["| notebook | quick mode (budget) | full mode | full-mode rehearsal on local stand-ins |",
             "|---|---|---|---|"]
-    for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
+    for path in find_notebooks(folder=notebooks):
         meta = json.loads(path.read_text()).get("metadata", {}).get("lfm", {})
         runs = meta.get("runtime", {})
         full = _cell(runs.get("full"))
@@ -187,8 +212,10 @@ def runtime_table(notebooks: Path = ROOT / "notebooks") -> str:
     return "\n".join(rows)
 
 
-def update_readme(readme: Path = ROOT / "README.md", notebooks: Path = ROOT / "notebooks") -> bool:
-    """Rebuild the runtime table between the README's markers; True when the README changed."""
+def update_readme(readme: Path | None = None, notebooks: Path | None = None) -> bool:
+    """Rebuild the runtime table between the README's markers (default :data:`README`, from the notebooks in
+    ``notebooks``, default :data:`NOTEBOOKS`); True when the README changed."""
+    readme = README if readme is None else readme
     text = readme.read_text()
     if text.count(TABLE_BEGIN) != 1 or text.count(TABLE_END) != 1:
         raise ValueError(f"{readme} needs exactly one {TABLE_BEGIN} ... {TABLE_END} block")
@@ -200,7 +227,7 @@ def update_readme(readme: Path = ROOT / "README.md", notebooks: Path = ROOT / "n
     return new != text
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="run only notebooks whose file name contains one of these")
     parser.add_argument("--out", type=Path, default=ROOT / "build")
@@ -208,12 +235,15 @@ def main() -> int:
     parser.add_argument("--memory", action="store_true", help="record each kernel's peak resident memory (Linux)")
     parser.add_argument("--record", action="store_true",
                         help="write each passing notebook's time into its metadata and rebuild the README's table")
-    args = parser.parse_args()
-    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if args.names:
-        paths = [p for p in paths if any(n in p.name for n in args.names)]
-    if not paths:
-        print("no notebook matched", file=sys.stderr)
+    args = parser.parse_args(argv)
+    try:
+        paths = find_notebooks(args.names)
+        mode, pretraining = run_mode(), _pretraining()   # a bad LFM_MODE stops here, before any notebook runs
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.record and pretraining:
+        print("--record: a pretraining run (LFM_MODE=pretrain) is not a quick-mode measurement", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -230,7 +260,7 @@ def main() -> int:
     if args.record:
         for p, r in zip(paths, results, strict=True):
             if not r["error"]:
-                record(p, r, run_mode())
+                record(p, r, mode)
         if update_readme():
             print("recorded the times in the notebooks' metadata and rebuilt the README's runtime table")
     return 1 if any(r["error"] for r in results) else 0

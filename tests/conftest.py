@@ -4,14 +4,14 @@ import pytest
 import torch
 
 # Unit tests run single-threaded and quick regardless of the caller's environment.
-os.environ.setdefault("LFM_QUICK", "1")
+os.environ.setdefault("LFM_MODE", "quick")
 os.environ["LFM_PROGRESS"] = "0"
 
 # The CelebA-HQ folder CI points at (the real 56-image sample), kept for the tests that ask for it. The variables
 # that steer the notebooks' data and weights are taken out of every test's environment, so a test that expects the
 # hub path (or the default autoencoder) gets it whatever the caller exported.
 SHARED_CELEBA_HQ_DIR = os.environ.pop("LFM_CELEBA_HQ_DIR", None)
-for _name in ("LFM_CELEBAMASK_HQ_DIR", "LFM_SD_VAE", "LFM_REHEARSAL"):
+for _name in ("LFM_CELEBAMASK_HQ_DIR", "LFM_SD_VAE"):
     os.environ.pop(_name, None)
 
 

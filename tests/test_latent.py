@@ -41,6 +41,10 @@ def test_fashion_mnist_idx_files(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path)
     fm = images.load("fashion_mnist", size=32)
     assert fm.images.shape == (10, 1, 32, 32) and fm.labels.shape == (10,) and fm.num_classes == 10
+    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path / "elsewhere")
+    assert images.load("fashion_mnist", root=tmp_path).images.shape == (10, 1, 28, 28)   # the folder as an argument
+    with pytest.raises(ValueError, match="root"):
+        images.load("digits", root=tmp_path)
 
 
 def test_missing_and_unreachable_data_fail_fast(tmp_path, monkeypatch):
@@ -370,18 +374,6 @@ def test_fid_runs_its_real_path_with_a_standin_feature_extractor():
         metrics.fid(a, b[:, :, :16, :16], feature_extractor=feats)
     with pytest.raises(TypeError, match="feature_extractor"):
         metrics.fid(a, b, feature_extractor=lambda x: x)
-
-
-def test_rehearsal_mode(monkeypatch):
-    from lfm_core import runtime
-
-    monkeypatch.setenv("LFM_QUICK", "0")
-    monkeypatch.setenv("LFM_REHEARSAL", "1")
-    assert runtime.mode() == "rehearsal" and runtime.pick(quick=1, full=2, rehearsal=3) == 3
-    assert runtime.pick(quick=1, full=2) == 2  # without a rehearsal value: the full one
-    monkeypatch.setenv("LFM_QUICK", "1")
-    with pytest.raises(ValueError, match="LFM_REHEARSAL"):
-        runtime.mode()
 
 
 def test_standin_features_check_their_seed():

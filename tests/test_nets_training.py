@@ -139,26 +139,6 @@ def test_callback_sees_every_step():
 
 
 # ---------------------------------------------------------------- runtime
-@pytest.mark.parametrize("value, quick", [("1", True), ("true", True), ("YES", True), ("0", False), ("", False),
-                                          ("off", False)])
-def test_quick_mode_parsing(monkeypatch, value, quick):
-    monkeypatch.setenv("LFM_QUICK", value)
-    assert runtime.is_quick() is quick
-    assert runtime.mode() == ("quick" if quick else "full")
-    assert runtime.pick(quick="q", full="f") == ("q" if quick else "f")
-
-
-def test_quick_mode_unset_is_full(monkeypatch):
-    monkeypatch.delenv("LFM_QUICK", raising=False)
-    assert runtime.mode() == "full"
-
-
-def test_bad_mode_value(monkeypatch):
-    monkeypatch.setenv("LFM_QUICK", "maybe")
-    with pytest.raises(ValueError, match="LFM_QUICK"):
-        runtime.is_quick()
-
-
 def test_seed_reads_lfm_seed(monkeypatch):
     monkeypatch.delenv("LFM_SEED", raising=False)
     assert runtime.seed() == 0

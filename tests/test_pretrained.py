@@ -73,8 +73,7 @@ def test_load_and_add_refuse_what_they_cannot_do(tmp_path):
 def test_start_and_finish_by_mode(tmp_path, monkeypatch):
     stored = nets.MLP(2, 16, 1)
     # pretraining writes: start leaves the network as it is and asks for the pretraining length
-    monkeypatch.setenv("LFM_QUICK", "1")
-    monkeypatch.setenv("LFM_PRETRAIN", "1")
+    monkeypatch.setenv("LFM_MODE", "pretrain")
     steps, start = pretrained.start(stored, tmp_path, "m", steps=2, pretrain_steps=4)
     assert (steps, start) == (4, None)
     res = _fit(stored, steps)
@@ -82,7 +81,7 @@ def test_start_and_finish_by_mode(tmp_path, monkeypatch):
     record = pretrained.load(tmp_path)[1]["m"]
     assert record["steps"] == 4 and len(record["losses"]) == 4 and record["settings"] == {"batch": 8}
     # quick mode continues the stored weights for the short length
-    monkeypatch.setenv("LFM_PRETRAIN", "0")
+    monkeypatch.setenv("LFM_MODE", "quick")
     fresh = nets.MLP(2, 16, 1)
     steps, start = pretrained.start(fresh, tmp_path, "m", steps=2, pretrain_steps=4)
     assert steps == 2 and start["steps"] == 4
@@ -98,7 +97,7 @@ def test_start_and_finish_by_mode(tmp_path, monkeypatch):
     # full mode, and entry=None anywhere: the network as initialised, the given steps
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     assert pretrained.start(fresh, tmp_path, None, steps=3, pretrain_steps=4) == (3, None)
-    monkeypatch.setenv("LFM_QUICK", "0")
+    monkeypatch.setenv("LFM_MODE", "full")
     assert pretrained.start(fresh, tmp_path, "m", steps=3, pretrain_steps=4) == (3, None)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
 
@@ -106,8 +105,7 @@ def test_start_and_finish_by_mode(tmp_path, monkeypatch):
 def test_another_seed_trains_from_scratch_and_never_writes(tmp_path, monkeypatch):
     """The stored networks are seed 0's: quick mode with LFM_SEED=1 trains for the pretraining length instead
     of loading them, and pretraining (which writes them) refuses any other seed."""
-    monkeypatch.setenv("LFM_QUICK", "1")
-    monkeypatch.setenv("LFM_PRETRAIN", "0")
+    monkeypatch.setenv("LFM_MODE", "quick")
     torch.manual_seed(0)
     stored = nets.MLP(2, 16, 1)
     pretrained.add(tmp_path, "m", stored, {"steps": 4})
@@ -116,7 +114,7 @@ def test_another_seed_trains_from_scratch_and_never_writes(tmp_path, monkeypatch
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     assert pretrained.start(fresh, tmp_path, "m", steps=2, pretrain_steps=4) == (4, None)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
-    monkeypatch.setenv("LFM_PRETRAIN", "1")
+    monkeypatch.setenv("LFM_MODE", "pretrain")
     with pytest.raises(ValueError, match="LFM_SEED is 1"):
         pretrained.start(fresh, tmp_path, "m", steps=2, pretrain_steps=4)
     monkeypatch.setenv("LFM_SEED", "0")
@@ -131,9 +129,8 @@ def test_start_refuses_bad_arguments(tmp_path, monkeypatch):
             pretrained.start(nets.MLP(2, 8, 1), tmp_path, "m", **kwargs)
     with pytest.raises(ValueError, match="entry"):
         pretrained.start(nets.MLP(2, 8, 1), tmp_path, "a/b", steps=1, pretrain_steps=1)
-    monkeypatch.setenv("LFM_QUICK", "0")
-    monkeypatch.setenv("LFM_PRETRAIN", "1")
-    with pytest.raises(ValueError, match="LFM_QUICK=1"):
+    monkeypatch.setenv("LFM_MODE", "pretraining")
+    with pytest.raises(ValueError, match="LFM_MODE"):
         pretrained.pretraining()
 
 

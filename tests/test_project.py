@@ -13,8 +13,24 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(path: Path):
+    """A project script (tasks.py, scripts/*.py) imported as a module by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_notebooks_module():
+    return _load_script(ROOT / "scripts" / "run_notebooks.py")
+
+
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = _run_notebooks_module().find_notebooks()
 README = (ROOT / "README.md").read_text()
 
 
@@ -158,18 +174,95 @@ def test_run_notebooks_records_the_kernels_peak_memory(tmp_path):
     assert "peak_rss_mib" not in run_notebooks.execute(path, tmp_path / "out", timeout=60)
 
 
-def _load_script(path: Path):
-    """A project script (tasks.py, scripts/*.py) imported as a module by its path."""
-    import importlib.util
+def test_find_notebooks_filters_by_name_and_lists_the_notebooks_when_a_name_matches_none(tmp_path):
+    rn = _run_notebooks_module()
+    assert len(NOTEBOOKS) == 7 and [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
+    assert rn.find_notebooks(["05", "01"]) == [NOTEBOOKS[0], NOTEBOOKS[4]]
+    assert [p.name for p in rn.find_notebooks(["flow"])] == [p.name for p in NOTEBOOKS if "flow" in p.name]
+    with pytest.raises(ValueError, match=r"no notebook matches 'nope'; the notebooks are: 01_flow_matching_2d, "):
+        rn.find_notebooks(["01", "nope"])
+    with pytest.raises(TypeError, match="names"):
+        rn.find_notebooks("01")
+    (tmp_path / "00_a.ipynb").write_text("{}")
+    (tmp_path / "scratch.ipynb").write_text("{}")   # not NN_topic: not part of the course
+    assert rn.find_notebooks(folder=tmp_path) == [tmp_path / "00_a.ipynb"]
 
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+def _tasks_with_recorded_commands(monkeypatch):
+    """tasks.py with setup() skipped and _run() recording its commands and their LFM_MODE instead of running them."""
+    tasks = _load_script(ROOT / "tasks.py")
+    calls = []
+    monkeypatch.setattr(tasks, "setup", lambda: None)
+    monkeypatch.setattr(tasks, "_run", lambda cmd, **kw: calls.append(
+        ([str(c) for c in cmd], kw.get("env", {}).get("LFM_MODE"))))
+    return tasks, calls
 
 
-def _run_notebooks_module():
-    return _load_script(ROOT / "scripts" / "run_notebooks.py")
+def test_tasks_run_and_rehearse_record_only_when_asked(monkeypatch, tmp_path):
+    tasks, calls = _tasks_with_recorded_commands(monkeypatch)
+    tasks.run([])
+    (cmd, mode), = calls
+    assert cmd[1].endswith("run_notebooks.py") and "--record" not in cmd and mode == "quick"
+    assert cmd[cmd.index("--out") + 1] == str(ROOT / "build")
+    calls.clear()
+    tasks.run(["--full", "--record", "01"])
+    (cmd, mode), = calls
+    assert "--record" in cmd and cmd[-1] == "01" and mode == "full"
+    calls.clear()
+    tasks.rehearse(["--celeba", str(tmp_path)])
+    cmd, mode = calls[-1]
+    assert "--record" not in cmd and cmd[-2:] == ["04", "05"] and mode == "rehearsal"
+    assert cmd[cmd.index("--out") + 1] == str(ROOT / "build" / "rehearsal")
+    calls.clear()
+    tasks.rehearse(["--celeba", str(tmp_path), "--record", "05"])
+    assert "--record" in calls[-1][0] and calls[-1][0][-1] == "05"
+
+
+def test_tasks_refuse_unknown_options_and_names_before_running_anything(monkeypatch, tmp_path, capsys):
+    tasks, calls = _tasks_with_recorded_commands(monkeypatch)
+    with pytest.raises(SystemExit, match="run: unknown option --no-record"):
+        tasks.run(["--no-record"])
+    with pytest.raises(SystemExit, match="no notebook matches 'xyz'; the notebooks are: 01_flow_matching_2d.*07_"):
+        tasks.run(["xyz"])
+    with pytest.raises(SystemExit, match=r"only notebooks 04, 05 can be given here, got \['01'\]"):
+        tasks.rehearse(["--celeba", str(tmp_path), "01"])
+    with pytest.raises(SystemExit, match="rehearse: unknown option --full"):
+        tasks.rehearse(["--celeba", str(tmp_path), "--full"])
+    assert calls == []
+
+
+def test_run_notebooks_writes_only_under_out_unless_recording(monkeypatch, tmp_path):
+    """`python3 tasks.py run` leaves tracked files alone: without --record, run_notebooks writes under --out only;
+    with --record, the notebook's metadata and the README's table. On a stand-in notebook and README."""
+    import nbformat
+
+    rn = _run_notebooks_module()
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("assert 1 + 1 == 2")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["lfm"] = {"quick_budget_s": 60}
+    path = folder / "00_standin.ipynb"
+    path.write_text(json.dumps(nb, indent=1) + "\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- runtimes:begin -->\nold\n<!-- runtimes:end -->\n")
+    monkeypatch.setattr(rn, "NOTEBOOKS", folder)
+    monkeypatch.setattr(rn, "README", readme)
+    monkeypatch.setenv("LFM_MODE", "quick")
+    before = {p: p.read_bytes() for p in (path, readme)}
+    assert rn.main(["--out", str(tmp_path / "build"), "00"]) == 0
+    assert {p: p.read_bytes() for p in (path, readme)} == before
+    summary = json.loads((tmp_path / "build" / "summary.json").read_text())
+    assert [r["notebook"] for r in summary] == [path.name] and summary[0]["mode"] == "quick"
+    assert (tmp_path / "build" / "notebooks" / path.name).is_file()
+    assert rn.main(["--out", str(tmp_path / "build"), "--record", "00"]) == 0
+    assert json.loads(path.read_text())["metadata"]["lfm"]["runtime"]["quick"]["seconds"] > 0
+    assert "| 00 | " in readme.read_text() and "\nold\n" not in readme.read_text()
+    monkeypatch.setenv("LFM_MODE", "pretrain")   # a pretraining run is not a measurement of quick mode
+    assert rn.main(["--out", str(tmp_path / "build"), "--record", "00"]) == 2
+    monkeypatch.setenv("LFM_MODE", "fast")
+    assert rn.main(["--out", str(tmp_path / "build"), "00"]) == 2
+    assert rn.main(["--out", str(tmp_path / "build"), "01"]) == 2   # no such notebook in the folder
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -317,7 +410,7 @@ def test_a_student_version_runs_up_to_its_first_blank_and_stops_there(monkeypatc
     lab, _ = ml.student_version(json.loads(path.read_text()), path.name)
     first = ml.first_blank(lab)
     nb = nbformat.reads(json.dumps(lab), as_version=4)
-    monkeypatch.setenv("LFM_QUICK", "1")
+    monkeypatch.setenv("LFM_MODE", "quick")
     monkeypatch.setenv("LFM_PROGRESS", "0")
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     with client.setup_kernel():

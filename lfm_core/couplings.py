@@ -34,10 +34,10 @@ group is coupled with its class. Output position ``k`` always holds an ``x1`` of
 
 ``block_size`` solves the coupling on random sub-batches: both batches are shuffled, cut into
 blocks of ``block_size`` points, and each ``x0`` block is coupled with one ``x1`` block. The
-exact solver's cost grows faster than quadratically (on a 2-core CPU, 2D points: about 28 ms
-for one 512-point plan, 1.3 ms for a 128-point one), so four 128-blocks cost a fifth of one
-512-plan. The price is a coarser coupling, the one of batch ``block_size``; notebook 02 and
-``benchmarks/ot_cfm_2d.py`` measure what it costs in straightness (NPE) and sample quality (W2).
+exact solver's cost grows faster than quadratically in the batch, so ``k`` blocks cost far less
+than one plan of ``k`` times their size (``benchmarks/results/couplings_cost.md``). The price is a
+coarser coupling, the one of batch ``block_size``; notebook 02 and ``benchmarks/ot_cfm_2d.py``
+measure what it costs in training time, straightness (NPE) and sample quality (W2).
 
 Copy with: utils (``numpy``, ``POT`` for the exact plans, ``torch``).
 """
@@ -70,7 +70,7 @@ def _logsumexp(x: torch.Tensor, dim: int, floor: float) -> torch.Tensor:
 
     The clamp changes nothing measurable (a term ``exp(floor)`` times smaller than the largest one
     is far below the precision of the sum) but keeps ``exp`` off its very slow path for arguments
-    that underflow (measured here: 6x faster in float32).
+    that underflow.
     """
     m = x.amax(dim=dim, keepdim=True)
     return (x - m).clamp_(min=floor).exp_().sum(dim=dim, keepdim=True).log_() + m
@@ -100,13 +100,13 @@ def sinkhorn(cost: torch.Tensor, reg: float, *, tol: float = 1e-6, max_iter: int
     every row sum is within a relative ``tol`` of ``1 / n`` (the columns are exact after each
     ``g`` update).
 
-    **When it cannot converge, it says so.** The iterations needed grow like ``max C / reg`` (measured on
-    2D Gaussian-to-8-Gaussians costs: about ``0.5 max C / reg``), so a ``reg`` with
-    ``max C / reg > 4 max_iter`` is refused at once (``ValueError``, naming the smallest ``reg`` that can
-    work); a run that ends above ``tol`` raises :class:`ConvergenceError` with the marginal error reached.
+    **When it cannot converge, it says so.** The iterations needed grow in proportion to ``max C / reg``
+    (``benchmarks/results/couplings_cost.md``), so a ``reg`` with ``max C / reg > 4 max_iter`` is refused at
+    once (``ValueError``, naming the smallest ``reg`` that can work); a run that ends above ``tol`` raises
+    :class:`ConvergenceError` with the marginal error reached.
 
     Precision: the iterations run in float32 when ``tol >= 1e-3`` and float32's rounding of
-    ``C / reg`` stays below ``tol / 10`` (about 4x faster here; enough to pair points), else in float64.
+    ``C / reg`` stays below ``tol / 10`` (faster; enough to pair points), else in float64.
     The plans are returned in float64.
     """
     if not isinstance(cost, torch.Tensor):

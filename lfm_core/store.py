@@ -15,20 +15,17 @@ copies beside the missing folder, and :func:`load` moves the newest that verifie
 
 :func:`load` verifies every file against ``checksums.json`` first: a changed byte, a truncated or missing file,
 broken JSON or an unknown format is a :class:`StoreError` naming the file. Without a model it builds the network
-from ``_class_name`` and ``config`` (classes of :data:`CLASSES`, or :func:`register` ed; nested mappings with a
-``_class_name`` are built first, e.g. a ``ConditionedVelocity``'s ``net`` and ``encoder``); a given model must
-be of the stored class and config. Half-precision tensors come back in float32. :data:`ASSETS` is the one folder
-of the networks that ship with the package. :func:`write_folder` and :func:`verify` are the atomic write and the
-check on their own.
+from ``_class_name`` and ``config`` (:data:`CLASSES`; nested mappings with a ``_class_name`` are built first,
+e.g. a ``ConditionedVelocity``'s ``net`` and ``encoder``); a given model must be of the stored class and config.
+Half-precision tensors come back in float32. :data:`ASSETS` is the one folder of the networks that ship with the
+package. :func:`write_folder`, :func:`verify` and :func:`tidy` are the atomic write, the check and the clean-up
+after killed writes on their own.
 
-Copy with: nothing else (``torch``, ``safetensors``); building a network by its class name imports the
-sibling module that defines it.
+Copy with: nothing else (``torch``, ``safetensors``); building a network by its class name imports its module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
 import importlib
 import json
@@ -40,15 +37,17 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 __all__ = ["ASSETS", "FORMAT", "CLASSES", "StoreError", "save", "load", "load_state", "verify", "write_folder",
-           "build", "register", "model_config"]
+           "tidy", "build", "model_config"]
 
 #: the folder of the networks that ship with the package (one store folder, or a folder of them, per use)
 ASSETS = Path(__file__).resolve().parent / "assets"
 FORMAT = "lfm_core.network/1"
 CHECKSUMS = "checksums.json"
-#: class name -> where it is defined (".module": a sibling module of this package), or the class itself
+#: what :func:`load` can build: class name -> its module (".module": a sibling of this one), or the class itself
+#: (add your own: ``CLASSES["MyNet"] = MyNet``, built as ``MyNet(**config)``)
 CLASSES: dict = {
     **dict.fromkeys(("MLP", "MLPEnsemble", "AffineVelocity", "UNetVelocity", "DiTVelocity"), ".nets"),
     **dict.fromkeys(("GlowInterpolant", "AffineInterpolant"), ".interpolants"),
@@ -57,6 +56,7 @@ CLASSES: dict = {
     **dict.fromkeys(("AutoencoderKL", "AutoencoderTiny"), "diffusers"),
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_LEFTOVER = re.compile(r"^\.(.+)\.(?:tmp|old)-(\d+)-[0-9a-f]+$")   # .<name>.tmp-<pid>-<id>, .<name>.old-<pid>-<id>
 
 
 class StoreError(ValueError):
@@ -71,9 +71,9 @@ def _folder(folder) -> Path:
     return Path(folder)
 
 
-def _module(model, name: str = "model") -> torch.nn.Module:
+def _module(model) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return model
 
 
@@ -86,12 +86,14 @@ def _sha256(path: Path) -> str:
 
 
 def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
+    try:
         fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    except OSError:  # not every platform can open a directory
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_json(path: Path):
@@ -114,10 +116,9 @@ def model_config(model: torch.nn.Module) -> dict:
 
 # ------------------------------------------------------------------------------------ the atomic folder write
 def _alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill would end the process there: treat every writer as alive
-        return True
     try:
-        os.kill(pid, 0)
+        if os.name != "nt":  # os.kill would end the process there: every writer counts as alive
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # exists, owned by someone else
@@ -127,8 +128,18 @@ def _alive(pid: int) -> bool:
 
 def _leftovers(folder: Path) -> list[Path]:
     """The temporary and aside copies of ``folder`` beside it, newest first."""
-    found = [p for kind in ("tmp", "old") for p in folder.parent.glob(f".{glob.escape(folder.name)}.{kind}-*")]
+    found = [p for p in folder.parent.iterdir() if (m := _LEFTOVER.match(p.name)) and m.group(1) == folder.name]
     return sorted(found, key=lambda p: p.stat().st_mtime if p.exists() else 0.0, reverse=True)
+
+
+def _remove_stale(folder: Path, also: Path | None = None) -> None:
+    """Delete the copies of ``folder`` left by writers that are gone (and ``also``)."""
+    for p in _leftovers(folder):
+        if p == also or not _alive(int(_LEFTOVER.match(p.name).group(2))):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def write_folder(folder, write) -> Path:
@@ -166,18 +177,12 @@ def write_folder(folder, write) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync(folder.parent)
-    for p in _leftovers(folder):  # the aside copy, and those of writers that are gone: the new version supersedes
-        pid = re.match(r"^\.(?:.*)\.(?:tmp|old)-(\d+)-", p.name)
-        if p == aside or pid is None or not _alive(int(pid.group(1))):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+    _remove_stale(folder, aside)   # the new version supersedes the aside copy and the copies of writers gone
     return folder
 
 
-def _checked(folder: Path) -> tuple[Path, dict]:
-    """``(where the files are, their checksums)``, every file verified."""
+def _checked(folder: Path) -> dict:
+    """The checksums of ``folder``, every file verified against them."""
     sums_file = folder / CHECKSUMS
     sums = _read_json(sums_file)
     if not isinstance(sums, dict) or not all(isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d)
@@ -191,18 +196,24 @@ def _checked(folder: Path) -> tuple[Path, dict]:
             raise StoreError(f"{path} is missing (listed in {CHECKSUMS}): the folder is incomplete")
         if _sha256(path) != digest:
             raise StoreError(f"{path} does not match its checksum in {CHECKSUMS}: truncated or changed")
-    return folder, sums
+    return sums
 
 
 def _locate(folder: Path) -> Path:
     """``folder``, or, when only copies left beside it by a killed write remain, the newest that verifies (moved
     into place when the parent folder can be written to)."""
     if folder.exists():
-        if not (folder / CHECKSUMS).exists():
-            if not (folder / "config.json").exists():
-                raise FileNotFoundError(f"no stored network in {folder} (no config.json, no {CHECKSUMS})")
-            raise StoreError(f"{folder / CHECKSUMS} is missing: the folder was not written whole by lfm_core.store")
-        return folder
+        if not (folder / CHECKSUMS).exists() and not (folder / "config.json").exists():
+            raise FileNotFoundError(f"no stored network in {folder} (no config.json, no {CHECKSUMS})")
+        return folder   # without checksums.json: _checked names it
+    if (where := _restore(folder)) is None:
+        raise FileNotFoundError(f"no stored network in {folder} (the folder does not exist)")
+    return where
+
+
+def _restore(folder: Path) -> Path | None:
+    """Move the newest complete copy that a killed write left beside the missing ``folder`` into its place (where
+    that cannot be done, read the copy); None when there is none."""
     for copy in _leftovers(folder):
         try:
             _checked(copy)
@@ -210,20 +221,27 @@ def _locate(folder: Path) -> Path:
             continue
         try:
             os.replace(copy, folder)
-        except OSError:
-            if (folder / CHECKSUMS).exists():   # another reader restored it first
-                return folder
-            warnings.warn(f"{folder} is missing; reading the complete copy {copy} that a write left beside it",
-                          RuntimeWarning, stacklevel=3)
-            return copy
+        except OSError:   # a folder that cannot be written to, or another reader restored it first
+            return folder if (folder / CHECKSUMS).exists() else copy
         warnings.warn(f"{folder} was missing (a write was stopped between two renames); restored the complete copy "
-                      f"{copy.name} in its place", RuntimeWarning, stacklevel=3)
+                      f"{copy.name} in its place", RuntimeWarning, stacklevel=4)
         return folder
-    raise FileNotFoundError(f"no stored network in {folder} (the folder does not exist)")
+    return None
+
+
+def tidy(parent) -> None:
+    """Settle what killed writes left in the folder ``parent``: each missing folder gets back the newest complete
+    copy of it, and the copies of writers that are gone are deleted (superseded, or incomplete)."""
+    parent = _folder(parent)
+    names = {m.group(1) for p in (parent.iterdir() if parent.is_dir() else ()) if (m := _LEFTOVER.match(p.name))}
+    for name in sorted(names):
+        if not (parent / name).exists():
+            _restore(parent / name)
+        _remove_stale(parent / name)
 
 
 def _verified(folder: Path) -> tuple[Path, dict, dict]:
-    where, sums = _checked(_locate(folder))
+    sums = _checked(where := _locate(folder))
     for name in ("config.json", "model.safetensors"):
         if name not in sums:
             raise StoreError(f"{where / name} is not listed in {where / CHECKSUMS}: not a stored network")
@@ -264,11 +282,7 @@ def save(folder, model: torch.nn.Module, record: dict | None = None, *, half: bo
     float16. ``tensors``: name -> module or state dict, each written to ``<name>.safetensors`` (also halved with
     ``half``). ``write(tmp)``: writes further files into the temporary folder (all are checksummed).
     """
-    from safetensors.torch import save_file
-
-    folder = _folder(folder)
-    _module(model)
-    record = {} if record is None else record
+    folder, record, tensors = _folder(folder), {} if record is None else record, dict(tensors or {})
     if not isinstance(record, dict):
         raise TypeError(f"record must be a dict (how the network was made), got {type(record).__name__}")
     try:
@@ -277,14 +291,13 @@ def save(folder, model: torch.nn.Module, record: dict | None = None, *, half: bo
         raise TypeError(f"record must be JSON-serialisable: {exc}") from None
     if not isinstance(half, bool):
         raise TypeError(f"half must be a bool, got {type(half).__name__}")
-    tensors = dict(tensors or {})
+    if write is not None and not callable(write):
+        raise TypeError(f"write must be a callable that writes files into a folder, got {type(write).__name__}")
     for name in tensors:
         if not isinstance(name, str) or not _NAME.match(name) or name in ("model", "config", "checksums"):
             raise ValueError(f"tensors: {name!r} must be a file name of letters, digits and _ . + - (not 'model')")
-    if write is not None and not callable(write):
-        raise TypeError(f"write must be a callable that writes files into a folder, got {type(write).__name__}")
-    files = {"model": _state(model, "model", half), **{n: _state(m, f"tensors[{n!r}]", half) for n, m in
-                                                       tensors.items()}}
+    files = {"model": _state(_module(model), "model", half)}
+    files.update({n: _state(m, f"tensors[{n!r}]", half) for n, m in tensors.items()})
     dtypes = {str(v.dtype).removeprefix("torch.") for v in files["model"].values() if v.is_floating_point()}
     config = {"format": FORMAT, "_class_name": type(model).__name__, "config": model_config(model), "record": record,
               "dtype": dtypes.pop() if len(dtypes) == 1 else ("mixed" if dtypes else None)}
@@ -302,8 +315,6 @@ def save(folder, model: torch.nn.Module, record: dict | None = None, *, half: bo
 def _read(folder: Path, name: str) -> tuple[Path, dict, dict]:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"name must be the name of a tensor file of the folder, got {name!r}")
-    from safetensors.torch import load_file
-
     where, sums, config = _verified(folder)
     path = where / f"{name}.safetensors"
     if path.name not in sums:
@@ -330,20 +341,12 @@ def build(class_name: str, config: dict) -> torch.nn.Module:
     cls = CLASSES.get(class_name)
     if cls is None:
         raise ValueError(f"no known class {class_name!r} (known: {', '.join(sorted(CLASSES))}): build the network "
-                         "yourself and pass it as model=, or register its class")
+                         "yourself and pass it as model=, or add its class to CLASSES")
     if isinstance(cls, str):
         cls = getattr(importlib.import_module(cls, __package__ if cls.startswith(".") else None), class_name)
     kwargs = {k: build(v["_class_name"], {a: b for a, b in v.items() if a != "_class_name"})
               if isinstance(v, dict) and "_class_name" in v else v for k, v in config.items()}
     return cls.from_config(kwargs) if hasattr(cls, "from_config") else cls(**kwargs)
-
-
-def register(cls: type, name: str | None = None) -> type:
-    """Let :func:`load` build ``cls`` (called with its stored config as keyword arguments) by its name."""
-    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        raise TypeError(f"cls must be a torch.nn.Module subclass, got {cls!r}")
-    CLASSES[name or cls.__name__] = cls
-    return cls
 
 
 def load(folder, model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict]:
@@ -352,12 +355,9 @@ def load(folder, model: torch.nn.Module | None = None) -> tuple[torch.nn.Module,
     Without ``model`` the network is built from its class name and config (:func:`build`); a given ``model``
     must be of the stored class and config, and is loaded into (strictly: every key and shape).
     """
-    folder = _folder(folder)
-    if model is not None:
-        _module(model)
+    folder, model = _folder(folder), model if model is None else _module(model)
     where, state, config = _read(folder, "model")
-    path = where / "config.json"
-    stored, name = config["config"], config["_class_name"]
+    path, stored, name = where / "config.json", config["config"], config["_class_name"]
     if model is None:
         try:
             model = build(name, stored)
@@ -365,8 +365,7 @@ def load(folder, model: torch.nn.Module | None = None) -> tuple[torch.nn.Module,
             raise StoreError(f"{path}: cannot build its {name} ({exc})") from None
     elif type(model).__name__ != name:
         raise StoreError(f"{path} holds class {name}; the model given is of class {type(model).__name__}")
-    elif model_config(model) != stored:
-        ours = model_config(model)
+    elif (ours := model_config(model)) != stored:
         diff = {k: (stored.get(k), ours.get(k)) for k in sorted({*stored, *ours}) if stored.get(k) != ours.get(k)}
         raise StoreError(f"{path} holds a {name} of another configuration than the model given (stored vs given: "
                          f"{diff}): build the model as stored, or load without one")

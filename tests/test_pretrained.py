@@ -37,7 +37,7 @@ def test_a_failed_add_leaves_the_previous_network_and_a_corrupt_one_is_named(tmp
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.torch.save_file", fail)
+    monkeypatch.setattr(store, "save_file", fail)
     with pytest.raises(OSError, match="disk full"):
         pretrained.add(tmp_path, "a", nets.MLP(2, 8, 1), {"steps": 2})
     monkeypatch.undo()

@@ -1,17 +1,19 @@
 r"""Training checkpoints: written atomically, checksummed, and resumed bit for bit.
 
-**Format** (:data:`FORMAT`, one folder ``out_dir/ckpt-<step>/`` per checkpoint):
+**Format** (:data:`FORMAT`, one folder ``out_dir/ckpt-<step>/`` per checkpoint): the model stored as a
+:mod:`lfm_core.store` folder, with the optimisation's files beside it under the same checksums:
 
 * ``model.safetensors`` and ``ema.safetensors``: the weights of the model and of its moving average;
 * ``state.pt``: the optimiser, the gradient scaler, every random state (the trainer's generator, torch's,
   Python's, NumPy's and CUDA's) and the losses so far; read back with ``weights_only=True``;
-* ``config.json``: the model's configuration (:func:`model_config`, diffusers-style), a signature of its
-  parameter shapes, the training configuration and the history of the changes applied on resume;
+* ``config.json``: the model's class and configuration (diffusers-style), and as its record the step, a
+  signature of its parameter shapes, the training configuration and the history of the changes applied on
+  resume; ``lfm_core.store.load(folder)`` rebuilds the model from it;
 * ``checksums.json``: the SHA-256 of every other file, written last.
 
-**Atomic writes.** :func:`write_folder` writes a folder under a hidden temporary name (``.tmp-*``), flushes
-it to disk and renames it: a folder named ``ckpt-*`` is always complete, whenever the process is killed.
-``latest`` names the newest; :func:`clean_partial` removes what killed writes left.
+**Atomic writes.** :func:`write_folder` (:func:`lfm_core.store.write_folder`) writes a folder under a hidden
+temporary name, flushes it to disk and renames it: a folder named ``ckpt-*`` is always complete, whenever the
+process is killed. ``latest`` names the newest; :func:`clean_partial` settles what killed writes left.
 
 **Resume.** :func:`load` takes the newest checkpoint that verifies (:func:`verify_folder`: every file
 matches its checksum), warning about each corrupt one it skips (naming its path). It compares the stored
@@ -21,7 +23,7 @@ them) unless ``override=True``, which applies them and records them in the histo
 :func:`save` and :func:`load` take the trainer (:class:`lfm_core.trainer.Trainer`: its ``model``, ``ema``,
 ``opt``, ``scaler``, ``generator``, ``device``, ``config``, ``step``, ``losses``, ``history``, ``out_dir``).
 
-Copy with: nothing else (``torch``, ``numpy``, ``safetensors``).
+Copy with: store (``torch``, ``numpy``, ``safetensors``).
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import store
+
 __all__ = ["FORMAT", "CheckpointError", "save", "load", "verify", "write_folder", "verify_folder", "clean_partial",
            "newest", "model_config", "parameter_signature", "rng_state", "set_rng_state"]
 
-FORMAT = "lfm_core.checkpoint/1"
+FORMAT = "lfm_core.checkpoint/2"
+FORMAT_1 = "lfm_core.checkpoint/1"   # the layout before checkpoints were store folders: still resumed
 REQUIRED = ("model.safetensors", "state.pt", "config.json")
 
 
@@ -51,57 +56,15 @@ class CheckpointError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- atomic, checksummed folders
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_folder(final: Path, fill) -> Path:
-    """Write the folder ``final`` atomically: ``fill(folder)`` writes the files into a hidden temporary folder,
-    which gets ``checksums.json`` (the SHA-256 of each file, written last), is flushed to disk and renamed to
-    ``final``, replacing a folder of that name."""
-    final = Path(final)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        names = sorted(p.name for p in tmp.iterdir())
-        for name in names:
-            _fsync_file(tmp / name)
-        (tmp / "checksums.json").write_text(json.dumps({n: _sha256(tmp / n) for n in names}, indent=1) + "\n")
-        _fsync_file(tmp / "checksums.json")
-        _fsync_dir(tmp)
-        if final.exists():  # the same step saved again (e.g. after an override): replace it
-            old = final.parent / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    """Write the folder ``final`` atomically (:func:`lfm_core.store.write_folder`): ``fill(folder)`` writes the
+    files into a hidden temporary folder, which gets ``checksums.json`` and replaces ``final``."""
+    return store.write_folder(final, fill)
 
 
 def verify_folder(path, required=()) -> None:
-    """Check each file of the folder ``path`` against its ``checksums.json``, which must list ``required``.
+    """Check each file of the folder ``path`` against its ``checksums.json``, which must list ``required``
+    (:func:`lfm_core.store.verify_files`).
 
     Raises :class:`CheckpointError` naming the folder and what is wrong.
     """
@@ -109,26 +72,18 @@ def verify_folder(path, required=()) -> None:
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint folder")
     try:
-        sums = json.loads((path / "checksums.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: checksums.json is missing or unreadable ({exc}); the write was "
-                              "interrupted or the folder was changed") from None
-    for name in required:
-        if name not in sums:
-            raise CheckpointError(f"{path}: checksums.json does not list {name}")
-    for name, digest in sums.items():
-        f = path / name
-        if not f.exists():
-            raise CheckpointError(f"{path}: {name} is missing")
-        if _sha256(f) != digest:
-            raise CheckpointError(f"{path}: {name} does not match its checksum (truncated or corrupted)")
+        store.verify_files(path, required)
+    except (store.StoreError, OSError) as exc:
+        raise CheckpointError(f"{exc}; the write was interrupted or the folder was changed") from None
 
 
 def clean_partial(out_dir) -> None:
-    """Remove the temporary folders and files left in ``out_dir`` by writes that were killed."""
+    """Settle what killed writes left in ``out_dir`` (:func:`lfm_core.store.tidy`: a missing checkpoint gets back
+    a complete copy of it, other copies go) and remove the temporary ``latest`` files."""
     out_dir = Path(out_dir)
     if not out_dir.exists():
         return
+    store.tidy(out_dir)
     for p in out_dir.glob(".tmp-*"):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
@@ -164,21 +119,7 @@ def model_config(model: torch.nn.Module) -> dict:
     Models of this project, like diffusers models, carry a ``config`` mapping; for others only the class
     name is known.
     """
-    cfg = getattr(model, "config", None)
-    out = {"_class_name": type(model).__name__}
-    if isinstance(cfg, dict) or hasattr(cfg, "items"):
-        out.update({str(k): _jsonable(v) for k, v in dict(cfg).items() if not str(k).startswith("_")})
-    return out
-
-
-def _jsonable(v):
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(u) for u in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(u) for k, u in v.items()}
-    return repr(v)
+    return {"_class_name": type(model).__name__, **store.model_config(model)}
 
 
 def parameter_signature(model: torch.nn.Module) -> str:
@@ -210,31 +151,20 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 # ------------------------------------------------------------------------------ the trainer's checkpoints
 def save(trainer) -> Path:
-    """Write ``out_dir/ckpt-<step>`` of ``trainer`` atomically, point ``out_dir/latest`` at it and keep the newest
-    ``config.keep_checkpoints``."""
-    from safetensors.torch import save_file
-
+    """Write ``out_dir/ckpt-<step>`` of ``trainer`` atomically (:func:`lfm_core.store.save`), point
+    ``out_dir/latest`` at it and keep the newest ``config.keep_checkpoints``."""
     out_dir = Path(trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = {"format": FORMAT, "step": trainer.step, "model": model_config(trainer.model),
-              "parameter_signature": parameter_signature(trainer.model), "training": trainer.config.to_dict(),
-              "precision_used": trainer.precision, "world_size": trainer.world, "history": trainer.history,
-              "torch": torch.__version__}
+    record = {"checkpoint": FORMAT, "step": trainer.step, "parameter_signature": parameter_signature(trainer.model),
+              "training": trainer.config.to_dict(), "precision_used": trainer.precision, "world_size": trainer.world,
+              "history": trainer.history, "torch": torch.__version__}
     state = {"step": trainer.step, "optimizer": trainer.opt.state_dict(),
              "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
              "generator": trainer.generator.get_state(), "rng": rng_state(trainer.device),
              "losses": torch.tensor(trainer.losses, dtype=torch.float64)}
-
-    def fill(folder: Path):
-        modules = {"model.safetensors": trainer.model}
-        if trainer.ema is not None:
-            modules["ema.safetensors"] = trainer.ema
-        for name, module in modules.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(folder / name))
-        torch.save(state, folder / "state.pt")
-        (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-
-    final = write_folder(out_dir / f"ckpt-{trainer.step:08d}", fill)
+    final = store.save(out_dir / f"ckpt-{trainer.step:08d}", trainer.model, record,
+                       tensors={"ema": trainer.ema} if trainer.ema is not None else None,
+                       write=lambda folder: torch.save(state, folder / "state.pt"))
     latest_tmp = out_dir / f".tmp-latest-{uuid.uuid4().hex[:8]}"
     latest_tmp.write_text(final.name + "\n")
     os.replace(latest_tmp, out_dir / "latest")
@@ -245,16 +175,22 @@ def save(trainer) -> Path:
 
 
 def verify(path) -> dict:
-    """Check a checkpoint folder's files against its checksums and its format; return its ``config.json``."""
+    """Check a checkpoint folder's files against its checksums and its format; return what it records: the
+    ``step``, ``parameter_signature``, ``training``, ``history`` ... and the ``model`` (class and config)."""
     verify_folder(path, REQUIRED)
     path = Path(path)
     try:
         cfg = json.loads((path / "config.json").read_text())
     except ValueError as exc:
         raise CheckpointError(f"{path}: config.json is not valid JSON ({exc})") from None
-    if cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {cfg.get('format')!r} (expected {FORMAT!r})")
-    return cfg
+    if isinstance(cfg, dict) and cfg.get("format") == store.FORMAT and isinstance(cfg.get("record"), dict) \
+            and cfg["record"].get("checkpoint") == FORMAT:
+        return {**cfg["record"], "model": {"_class_name": cfg.get("_class_name"), **cfg.get("config", {})}}
+    if isinstance(cfg, dict) and cfg.get("format") == FORMAT_1:   # written before checkpoints were store folders
+        return cfg
+    found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+    raise CheckpointError(f"{path}: unknown checkpoint format {found!r} (expected a {store.FORMAT!r} folder whose "
+                          f"record is a {FORMAT!r} checkpoint)")
 
 
 def _changes(stored: dict, trainer, path: Path, override: bool) -> dict:

@@ -18,8 +18,8 @@ broken JSON or an unknown format is a :class:`StoreError` naming the file. Witho
 from ``_class_name`` and ``config`` (:data:`CLASSES`; nested mappings with a ``_class_name`` are built first,
 e.g. a ``ConditionedVelocity``'s ``net`` and ``encoder``); a given model must be of the stored class and config.
 Half-precision tensors come back in float32. :data:`ASSETS` is the one folder of the networks that ship with the
-package. :func:`write_folder`, :func:`verify` and :func:`tidy` are the atomic write, the check and the clean-up
-after killed writes on their own.
+package. :func:`write_folder`, :func:`verify_files` and :func:`tidy` are the atomic write, the checksum check and
+the clean-up after killed writes on their own (the Trainer's checkpoints use them).
 
 Copy with: nothing else (``torch``, ``safetensors``); building a network by its class name imports its module.
 """
@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["ASSETS", "FORMAT", "CLASSES", "StoreError", "save", "load", "load_state", "verify", "write_folder",
-           "tidy", "build", "model_config"]
+__all__ = ["ASSETS", "FORMAT", "CLASSES", "StoreError", "save", "load", "load_state", "verify", "verify_files",
+           "write_folder", "tidy", "build", "model_config"]
 
 #: the folder of the networks that ship with the package (one store folder, or a folder of them, per use)
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -181,8 +181,8 @@ def write_folder(folder, write) -> Path:
     return folder
 
 
-def _checked(folder: Path) -> dict:
-    """The checksums of ``folder``, every file verified against them."""
+def _checked(folder: Path, required=()) -> dict:
+    """The checksums of ``folder``, which must list ``required``, every file verified against them."""
     sums_file = folder / CHECKSUMS
     sums = _read_json(sums_file)
     if not isinstance(sums, dict) or not all(isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d)
@@ -196,6 +196,9 @@ def _checked(folder: Path) -> dict:
             raise StoreError(f"{path} is missing (listed in {CHECKSUMS}): the folder is incomplete")
         if _sha256(path) != digest:
             raise StoreError(f"{path} does not match its checksum in {CHECKSUMS}: truncated or changed")
+    for name in required:
+        if name not in sums:
+            raise StoreError(f"{folder / name} is not listed in {sums_file}")
     return sums
 
 
@@ -223,8 +226,8 @@ def _restore(folder: Path) -> Path | None:
             os.replace(copy, folder)
         except OSError:   # a folder that cannot be written to, or another reader restored it first
             return folder if (folder / CHECKSUMS).exists() else copy
-        warnings.warn(f"{folder} was missing (a write was stopped between two renames); restored the complete copy "
-                      f"{copy.name} in its place", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"{folder} was missing; restored the complete copy {copy.name} that a stopped write left "
+                      "beside it", RuntimeWarning, stacklevel=4)
         return folder
     return None
 
@@ -241,10 +244,7 @@ def tidy(parent) -> None:
 
 
 def _verified(folder: Path) -> tuple[Path, dict, dict]:
-    sums = _checked(where := _locate(folder))
-    for name in ("config.json", "model.safetensors"):
-        if name not in sums:
-            raise StoreError(f"{where / name} is not listed in {where / CHECKSUMS}: not a stored network")
+    sums = _checked(where := _locate(folder), ("config.json", "model.safetensors"))
     path = where / "config.json"
     config = _read_json(path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
@@ -260,6 +260,12 @@ def verify(folder) -> dict:
     """Check a stored network's files against ``checksums.json`` and return its ``config.json``
     (:class:`StoreError` naming the file that is wrong; ``FileNotFoundError`` when nothing is stored there)."""
     return _verified(_folder(folder))[2]
+
+
+def verify_files(folder, required=()) -> dict:
+    """Check every file of a folder that :func:`write_folder` wrote against its ``checksums.json``, which must
+    list ``required``; return the checksums (:class:`StoreError` naming the file that is wrong)."""
+    return _checked(_locate(_folder(folder)), tuple(required))
 
 
 # ---------------------------------------------------------------------------------------------- save, load

@@ -26,8 +26,8 @@ a checkpoint with non-finite weights is refused too, so every checkpoint can be 
 **Checkpoints** (:mod:`lfm_core.checkpoints`): atomic, checksummed, resumed bit for bit, refused on resume
 when the settings that change the optimisation differ (unless ``override=True``).
 
-Copy with: checkpoints, devices, images, hub, runtime, utils (``torch``, ``numpy``, ``safetensors``, ``tqdm``,
-``Pillow``).
+Copy with: checkpoints, store, devices, images, hub, runtime, utils (``torch``, ``numpy``, ``safetensors``,
+``tqdm``, ``Pillow``).
 """
 
 from __future__ import annotations

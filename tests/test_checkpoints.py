@@ -1,13 +1,15 @@
 """Checkpoints: exact resume, configuration checks on resume, corrupt and partial folders, the atomic write."""
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from trainer_task import make_trainer
 
-from lfm_core import checkpoints
+from lfm_core import checkpoints, store
 from lfm_core.checkpoints import CheckpointError
 
 
@@ -67,7 +69,7 @@ def test_override_applies_and_records_the_new_settings(tmp_path):
     finally:
         torch.optim.AdamW.step = orig
     assert seen == [(0.05, 0.1), (0.05, 0.1)]  # the new values, not the checkpoint's
-    cfg = json.loads((tmp_path / "ckpt-00000006" / "config.json").read_text())
+    cfg = json.loads((tmp_path / "ckpt-00000006" / "config.json").read_text())["record"]
     assert cfg["training"]["lr"] == 0.05
     assert cfg["history"] == [{"step": 4, "changes": {"lr": [0.01, 0.05], "weight_decay": [0.0, 0.1]}}]
 
@@ -123,10 +125,39 @@ def test_no_usable_checkpoint_is_an_error_that_lists_them(tmp_path):
 def test_partial_writes_are_cleaned_up(tmp_path):
     (tmp_path / ".tmp-ckpt-00000002-dead").mkdir(parents=True)
     (tmp_path / ".tmp-ckpt-00000002-dead" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / ".ckpt-00000002.tmp-999999999-dead0001").mkdir()             # a killed write of lfm_core.store
+    (tmp_path / ".ckpt-00000002.tmp-999999999-dead0001" / "model.safetensors").write_bytes(b"partial")
     (tmp_path / ".tmp-latest-dead").write_text("ckpt-00000002\n")
     tr = make_trainer(steps=2, out_dir=tmp_path)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*"))
     assert not tr.load_checkpoint()
+
+
+def test_a_complete_checkpoint_left_beside_its_folder_by_a_kill_is_restored(tmp_path):
+    make_trainer(steps=4, out_dir=tmp_path, checkpoint_every=2).fit()
+    # killed between checksums.json and the rename: the copy is complete, the folder is missing
+    os.replace(tmp_path / "ckpt-00000004", tmp_path / ".ckpt-00000004.tmp-999999999-dead0002")
+    with pytest.warns(RuntimeWarning, match="restored the complete copy"):
+        tr = make_trainer(steps=4, out_dir=tmp_path, checkpoint_every=2)
+    assert tr.load_checkpoint() and tr.step == 4 and not list(tmp_path.glob(".*"))
+    model, record = store.load(tmp_path / "ckpt-00000004")                   # the model alone, from its config
+    assert record["step"] == 4 and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                                          tr.model.state_dict().values(), strict=True))
+
+
+def test_checkpoints_of_the_previous_layout_still_resume(tmp_path):
+    """lfm_core.checkpoint/1: config.json held the record at its top level, with the model's config as "model"."""
+    make_trainer(steps=2, out_dir=tmp_path).fit()
+    folder = tmp_path / "ckpt-00000002"
+    cfg = json.loads((folder / "config.json").read_text())
+    old = {"format": checkpoints.FORMAT_1, **{k: v for k, v in cfg["record"].items() if k != "checkpoint"},
+           "model": {"_class_name": cfg["_class_name"], **cfg["config"]}}
+    (folder / "config.json").write_text(json.dumps(old))
+    sums = json.loads((folder / "checksums.json").read_text())
+    sums["config.json"] = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
+    (folder / "checksums.json").write_text(json.dumps(sums))
+    tr = make_trainer(steps=4, out_dir=tmp_path)
+    assert tr.load_checkpoint() and tr.step == 2
 
 
 def test_write_folder_is_atomic_and_verified(tmp_path):
@@ -139,8 +170,8 @@ def test_write_folder_is_atomic_and_verified(tmp_path):
     checkpoints.verify_folder(final, ("a.txt",))
     checkpoints.write_folder(final, lambda folder: (folder / "a.txt").write_text("two"))  # replaces the folder
     assert sorted(p.name for p in final.iterdir()) == ["a.txt", "checksums.json"]
-    assert not list(tmp_path.glob(".tmp-*"))
-    with pytest.raises(CheckpointError, match="does not list b.bin"):
+    assert not list(tmp_path.glob(".*"))                                       # no temporary or aside copy left
+    with pytest.raises(CheckpointError, match="b.bin is not listed in .*checksums.json"):
         checkpoints.verify_folder(final, ("b.bin",))
     (final / "a.txt").write_text("changed")
     with pytest.raises(CheckpointError, match="a.txt does not match its checksum"):
@@ -152,7 +183,7 @@ def test_write_folder_is_atomic_and_verified(tmp_path):
 
     with pytest.raises(OSError, match="disk full"):
         checkpoints.write_folder(tmp_path / "ckpt-00000002", failing)
-    assert not (tmp_path / "ckpt-00000002").exists() and not list(tmp_path.glob(".tmp-*"))
+    assert not (tmp_path / "ckpt-00000002").exists() and not list(tmp_path.glob(".*"))
 
 
 def test_model_config_and_parameter_signature():

@@ -36,7 +36,7 @@ def test_checkpoints_survive_sigkill(tmp_path):
     for i in range(TRIES):
         out = tmp_path / f"try-{i}"
         probe = make_trainer(10**9, out, checkpoint_every=1, global_rng=True)  # cleans partial writes
-        assert not list(out.glob(".tmp-*")) if out.exists() else True
+        assert not list(out.glob(".*")) if out.exists() else True
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a folder that was killed mid-write must never look like a checkpoint
             found = probe.load_checkpoint()

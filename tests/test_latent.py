@@ -342,7 +342,7 @@ def test_train_latent_script_trains_resumes_and_refuses_changed_settings(tmp_pat
         script.main([*args, "--steps", "6", "--lr", "1e-3"])
     assert "--override" in capsys.readouterr().err
     assert script.main([*args, "--steps", "6", "--lr", "1e-3", "--override"]) == 0
-    cfg = json.loads((tmp_path / "ckpt-00000006" / "config.json").read_text())
+    cfg = json.loads((tmp_path / "ckpt-00000006" / "config.json").read_text())["record"]
     assert cfg["training"]["lr"] == 1e-3 and cfg["history"][0]["step"] == 4
 
 

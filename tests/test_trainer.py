@@ -26,11 +26,11 @@ def test_trains_keeps_an_ema_and_checkpoints(tmp_path):
     assert latest == "ckpt-00000060"
     assert {p.name for p in (tmp_path / latest).iterdir()} == {"model.safetensors", "ema.safetensors", "state.pt",
                                                                 "config.json", "checksums.json"}
-    cfg = json.loads((tmp_path / latest / "config.json").read_text())
-    assert cfg["model"] == {"_class_name": "MLP", "dim": 2, "hidden": 16, "depth": 3, "activation": "selu"}
-    assert cfg["training"]["lr"] == 3e-2 and cfg["step"] == 60
+    cfg = json.loads((tmp_path / latest / "config.json").read_text())   # the model as a lfm_core.store folder
+    assert cfg["_class_name"] == "MLP" and cfg["config"] == {"dim": 2, "hidden": 16, "depth": 3, "activation": "selu"}
+    assert cfg["record"]["training"]["lr"] == 3e-2 and cfg["record"]["step"] == 60
     assert len(list(tmp_path.glob("ckpt-*"))) == 2  # keep_checkpoints
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*"))
 
 
 def test_nan_loss_stops_before_anything_is_saved(tmp_path):

@@ -18,8 +18,8 @@ matching with the same budget (``--cfm-steps`` AdamW steps, batch 256, lr 1e-3 w
 * learned: a GLOW-style interpolant (lfm_core.interpolants.GlowInterpolant, 3 blocks, conditioners of
   width 32) is first fitted for ``--interpolant-steps`` steps to minimise E |D v*/Dt|^2 of its
   closed-form optimal velocity over reference sets of ``--refs`` data points, for times up to
-  ``--t-max`` (fit_interpolant; the safeguards are explained there), then the network is trained by CFM
-  on it.
+  ``--t-max`` (lfm_core.straightness.fit_interpolant; the safeguards are explained there), then the network
+  is trained by CFM on it.
 
 For every (task, method, seed): W2 (exact, POT) between the images of the 1000 held-out source points
 after 1, 2, 4, 8 and 100 Euler steps and the 1000 held-out data points; Rectified Flow's straightness S
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from lfm_core import compare, interpolants, nets, toy
+from lfm_core import compare, interpolants, nets, straightness, toy
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("8gaussians", "moons")
@@ -86,7 +86,7 @@ def run_cell(task: str, seed: int, cfg: Config, log) -> list:
     data = make_data(task, seed, cfg)
     torch.manual_seed(seed)
     interp = interpolants.GlowInterpolant(2, layers=3, hidden=32)
-    fi = interpolants.fit_interpolant(interp, gaussian, data["train"], steps=cfg.interpolant_steps,
+    fi = straightness.fit_interpolant(interp, gaussian, data["train"], steps=cfg.interpolant_steps,
                                       lr=cfg.interpolant_lr, batch_size=cfg.interpolant_batch, n_reference=cfg.refs,
                                       t_max=cfg.t_max, grad_clip=cfg.grad_clip, seed=seed, progress=False)
     interp.requires_grad_(False)

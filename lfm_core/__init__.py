@@ -15,6 +15,7 @@ from . import (
     average_velocity,
     batches,
     bounds,
+    celeba,
     checkpoints,
     compare,
     conditioning,
@@ -32,6 +33,7 @@ from . import (
     runtime,
     solvers,
     store,
+    straightness,
     toy,
     trainer,
     training,
@@ -40,6 +42,7 @@ from . import (
 
 __version__ = "0.1.0"
 
-__all__ = ["autoencoders", "average_velocity", "batches", "bounds", "checkpoints", "compare", "conditioning",
-           "couplings", "devices", "guidance", "hub", "images", "interpolants", "metrics", "mixtures", "nets", "paths",
-           "pretrained", "runtime", "solvers", "store", "toy", "trainer", "training", "utils"]
+__all__ = ["autoencoders", "average_velocity", "batches", "bounds", "celeba", "checkpoints", "compare",
+           "conditioning", "couplings", "devices", "guidance", "hub", "images", "interpolants", "metrics", "mixtures",
+           "nets", "paths", "pretrained", "runtime", "solvers", "store", "straightness", "toy", "trainer", "training",
+           "utils"]

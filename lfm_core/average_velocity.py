@@ -55,8 +55,8 @@ and the network's own time input gets ``r``, the time of the point ``x`` (the pa
 ``(t, t - r)`` in its Table 1, in our letters). At ``h = 0`` the network is an ordinary velocity, which
 :meth:`AverageVelocity.velocity` exposes for every solver of :mod:`lfm_core.solvers`.
 
-Copy with: utils, solvers, trainer, batches, checkpoints, store, devices, images, hub, runtime, couplings,
-guidance (``torch``; ``torchdiffeq`` for adaptive solvers; the Trainer's own, ``safetensors``, ``tqdm``, ``Pillow``).
+Copy with: utils, solvers, training, trainer, batches, checkpoints, store, devices, images, hub, runtime,
+couplings, guidance (``torch``; ``torchdiffeq`` for adaptive solvers; ``safetensors``, ``tqdm``, ``Pillow``).
 """
 
 from __future__ import annotations
@@ -81,9 +81,12 @@ from .utils import (
 )
 
 __all__ = ["AverageVelocity", "TimePairs", "meanflow_target", "meanflow_loss", "train_meanflow", "sample",
-           "is_average_model", "from_paper_convention", "exact_average_velocity", "GaussianFlow", "TIME_DISTRIBUTIONS"]
+           "is_average_model", "from_paper_convention", "exact_average_velocity", "GaussianFlow", "TIME_DISTRIBUTIONS",
+           "DEFAULTS"]
 
 TIME_DISTRIBUTIONS = ("logit_normal", "uniform")
+# the settings of train_meanflow where they differ from TrainerConfig's (its precision stays TrainerConfig's "auto")
+DEFAULTS = {"lr": 1e-3, "ema_decay": None, "grad_clip": None}
 
 
 def _check_order(r: torch.Tensor, t: torch.Tensor) -> None:
@@ -261,23 +264,23 @@ def meanflow_loss(model, x0: torch.Tensor, x1: torch.Tensor, *, r=None, t=None, 
     return (weight * err).mean()
 
 
-def train_meanflow(model, source, target, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
-                   times: TimePairs | None = None, power: float = 1.0, eps: float = 1e-3,
-                   tangent: str = "conditional", coupling: str = "independent", coupling_kwargs: dict | None = None,
-                   weight_decay: float = 0.0, lr_schedule: str = "constant", warmup: int = 0, seed: int = 0,
-                   grad_clip: float | None = None, ema_decay: float | None = None, progress: bool | None = None,
-                   device=None, callback=None, out_dir=None, checkpoint_every: int = 0, resume: bool = True):
+def train_meanflow(model, source, target, *, steps: int, batch_size: int = 256, times: TimePairs | None = None,
+                   power: float = 1.0, eps: float = 1e-3, tangent: str = "conditional", coupling: str = "independent",
+                   coupling_kwargs: dict | None = None, progress: bool | None = None, device=None, callback=None,
+                   out_dir=None, resume: bool = True, config=None, **trainer_fields):
     """Train an :class:`AverageVelocity` by :func:`meanflow_loss` with :class:`lfm_core.trainer.Trainer`.
 
     The batches are those of :func:`lfm_core.training.train_cfm` (``source`` / ``target`` tensors or samplers
     ``(n, generator) -> points``, pairs by ``coupling``, batch ``k`` a function of ``(seed, k)``, so runs
-    resume exactly), with the pair ``(r, t)`` drawn from ``times`` in place of CFM's single time. The other
-    arguments are :class:`lfm_core.trainer.TrainerConfig`'s. Returns the :class:`lfm_core.trainer.FitResult`
-    (its losses are the weighted loss, which with ``power = 1`` stays near 1 while the error is above ``eps``).
+    resume exactly), with the pair ``(r, t)`` drawn from ``times`` in place of CFM's single time. The Trainer's
+    settings are passed as to ``train_cfm``: ``TrainerConfig`` field names (``lr``, ``seed``, ...) over ``config``
+    or :data:`DEFAULTS`. Returns the :class:`lfm_core.trainer.FitResult` (its losses are the weighted loss, which
+    with ``power = 1`` stays near 1 while the error is above ``eps``).
     """
     from . import couplings
     from .batches import CFMBatches
-    from .trainer import Trainer, TrainerConfig
+    from .trainer import Trainer
+    from .training import _trainer_config
 
     _check_model(model)
     check_positive_int(batch_size, "batch_size")
@@ -289,17 +292,16 @@ def train_meanflow(model, source, target, *, steps: int, batch_size: int = 256, 
         raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(couplings.METHODS)}")
     check_nonnegative(power, "power")
     check_nonnegative(eps, "eps", strict=True)
+    cfg = _trainer_config("train_meanflow", config, trainer_fields, defaults=DEFAULTS, steps=steps,
+                          batch_size=batch_size)
     if device is None:
         device = next(model.parameters()).device
     batches = CFMBatches(times, [source], [target], batch_size, coupling=coupling,
-                         coupling_kwargs=coupling_kwargs, seed=seed)
+                         coupling_kwargs=coupling_kwargs, seed=cfg.seed)
 
     def loss_fn(m, x0, x1, t):
         return meanflow_loss(m, x0, x1, r=t[:, 0], t=t[:, 1], power=power, eps=eps, tangent=tangent)
 
-    cfg = TrainerConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay, grad_clip=grad_clip,
-                        checkpoint_every=checkpoint_every, seed=seed)
     trainer = Trainer(model, batches, loss_fn, cfg, out_dir=out_dir, callback=callback, progress=progress,
                       device=device, desc=f"MeanFlow ({coupling})")
     try:

@@ -9,7 +9,7 @@ arXiv 2302.00482; Liu et al., arXiv 2209.03003; Shankar & Geffner, arXiv 2503.20
 * ``"2-RF"``: straight lines between the pairs ``(x0, Z_1(x0))`` of the I-CFM flow (one reflow), so its time
   includes the I-CFM run it starts from;
 * ``"learned"``: the conditional paths of a learned interpolant (:mod:`lfm_core.interpolants`), fitted
-  beforehand; its time includes that fit;
+  beforehand (:func:`lfm_core.straightness.fit_interpolant`); its time includes that fit;
 * ``"MeanFlow"`` (in :data:`ONE_STEP_METHODS`, asked for by name): not a velocity but the average velocity
   over an interval, trained by :func:`lfm_core.average_velocity.train_meanflow` (Geng et al., arXiv 2505.13447)
   and sampled by jumps.
@@ -75,7 +75,7 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
     check_tensor(data, "data", min_dim=2)
     check_finite(data, "data", boundary=True)
     if "learned" in methods and interpolant is None:
-        raise ValueError("the 'learned' method needs interpolant= (fitted with interpolants.fit_interpolant)")
+        raise ValueError("the 'learned' method needs interpolant= (fitted with straightness.fit_interpolant)")
     start, start_seconds = dict(start or {}), dict(start_seconds or {})
     for name, given in (("start", start), ("start_seconds", start_seconds)):
         unknown = sorted(set(given) - set(ONE_STEP_METHODS))

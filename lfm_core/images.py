@@ -6,8 +6,8 @@ Two ways to get a data set, with one interface (``len``, ``labels``, ``content_k
 * ``load(name, size=...)`` returns an :class:`ImageData`: every image in memory (``images [N, C, H, W]``
   float32 in ``[-1, 1]``, ``labels [N]`` int64 or ``None``, and where the data came from);
 * ``stream(name, size=...)`` returns a source that reads, decodes and resizes the images a chunk at a time
-  (:class:`ImageFiles` for CelebA-HQ), so that the latent cache (:func:`lfm_core.autoencoders.cached_latents`)
-  encodes all 30 000 CelebA-HQ images with bounded memory.
+  (:class:`ImageFiles` for CelebA-HQ, whose files :mod:`lfm_core.celeba` finds), so that the latent cache
+  (:func:`lfm_core.autoencoders.cached_latents`) encodes all 30 000 CelebA-HQ images with bounded memory.
 
 ================ ======================================================================== ========
 name             source                                                                   offline
@@ -20,24 +20,19 @@ name             source                                                         
                  ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``)  package is
                                                                                           installed
 ``celeba_hq``    CelebA-HQ RGB faces with labels 0 female, 1 male, split ``train`` /        with a local
-                 ``val``, from (a) a local folder in the StarGAN v2 layout                 copy
-                 ``{train,val}/{female,male}/*.jpg`` (the common download), (b) a local
-                 folder of the hub mirror's parquet files, or (c) the hub mirror itself
-                 (``mattymchen/celeba-hq``; its parquet files are downloaded, then read
-                 as in (b))
+                 ``val``, from a local folder (StarGAN v2 layout or the hub mirror's       copy
+                 parquet files) or the hub mirror ``mattymchen/celeba-hq``; read by
+                 :mod:`lfm_core.celeba`
 ================ ======================================================================== ========
 
-CelebA-HQ's folder comes from the ``root`` argument, else the environment variable ``LFM_CELEBA_HQ_DIR``,
-else the hub. Every image must be RGB and square, at least ``size`` pixels wide; JPEGs are decoded directly
-at a reduced scale when that still covers ``size`` (PIL's draft mode), then every image is resized with the
-same antialiased bilinear filter. A hub download asks :mod:`lfm_core.hub` first and fails within its
-deadline when the hub cannot be reached, naming the offline alternatives. Sources and licences:
-``data/README.md``.
+A streamed image must be RGB and square, at least ``size`` pixels wide; JPEGs are decoded directly at a
+reduced scale when that still covers ``size`` (PIL's draft mode), then every image is resized with the same
+antialiased bilinear filter. Sources and licences: ``data/README.md``.
 
 :func:`save_image_grid` writes the other way: images in ``[-1, 1]`` as one PNG grid (samples during training).
 
-Copy with: hub, utils (``torch``, ``numpy``, ``Pillow``; ``pyarrow`` for parquet; ``scikit-image`` /
-``scikit-learn`` for the offline sets; ``huggingface_hub`` for the download).
+Copy with: utils, and for ``celeba_hq`` celeba, hub (``torch``, ``numpy``, ``Pillow``; ``scikit-image`` /
+``scikit-learn`` for the offline sets; CelebA-HQ's own in :mod:`lfm_core.celeba`).
 """
 
 from __future__ import annotations
@@ -46,7 +41,6 @@ import gzip
 import hashlib
 import io
 import math
-import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,25 +50,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import hub
 from .utils import check_positive_int, check_tensor
 
-__all__ = ["ImageData", "ImageFiles", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "resize", "FASHION_MNIST_DIR",
-           "CELEBA_HQ_REPO", "CELEBA_HQ_ENV", "CELEBA_HQ_CLASSES", "CELEBAMASK_HQ_ENV", "CELEBAMASK_HQ_PARTS",
-           "load_celebamask_hq", "save_image_grid"]
+__all__ = ["ImageData", "ImageFiles", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "resize", "decode_image",
+           "FASHION_MNIST_DIR", "save_image_grid"]
 
 NAMES = ("lfw_faces", "digits", "fashion_mnist", "celeba_hq")
 OFFLINE = ("lfw_faces", "digits", "fashion_mnist")
 SPLITS = ("train", "val")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")   # Debian's dataset-fashion-mnist package
-CELEBA_HQ_REPO = "mattymchen/celeba-hq"
-CELEBA_HQ_ENV = "LFM_CELEBA_HQ_DIR"
-CELEBA_HQ_CLASSES = ("female", "male")
-CELEBAMASK_HQ_ENV = "LFM_CELEBAMASK_HQ_DIR"
-#: the face parts of CelebAMask-HQ (Lee et al. 2020), in the order its own preprocessing paints them; label k + 1
-CELEBAMASK_HQ_PARTS = ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
-                       "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _RESIZE = "bilinear-antialias-v1"  # part of every content key: another resize gives other images
 
 
@@ -318,116 +302,14 @@ def _fashion_mnist(root=None):
             f"Fashion-MNIST IDX files in {d} (Debian package dataset-fashion-mnist)")
 
 
-def _stargan_records(folder: Path, split: str):
-    """(records, labels) of a StarGAN v2 layout folder: ``split/{female,male}/*.jpg``."""
-    records, labels = [], []
-    for label, cls in enumerate(CELEBA_HQ_CLASSES):
-        for f in sorted(p for p in (folder / split / cls).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
-            records.append((str(f), f.read_bytes))
-            labels.append(label)
-    return records, torch.tensor(labels, dtype=torch.int64)
-
-
-def _parquet_split_files(folder: Path, split: str) -> list:
-    names = ("train",) if split == "train" else ("validation", "val", "valid", "test")
-    files = sorted(folder.rglob("*.parquet"))
-    return [f for f in files if any(n in f.name.lower() for n in names)]
-
-
-def _parquet_records(files: list, split: str):
-    """(records, labels) of the hub mirror's parquet files (columns ``image`` {bytes, path} and ``label``)."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise ImportError("reading CelebA-HQ's parquet files needs pyarrow: pip install pyarrow") from exc
-
-    records, labels = [], []
-    for f in files:
-        pf = pq.ParquetFile(f)
-        names = pf.schema_arrow.names
-        if "image" not in names or "label" not in names:
-            raise ValueError(f"{f}: expected the columns 'image' and 'label' of the CelebA-HQ mirror, found {names}")
-        labels += pf.read(columns=["label"]).column("label").to_pylist()
-        for g in range(pf.num_row_groups):
-            rows = pf.metadata.row_group(g).num_rows
-            for i in range(rows):
-                records.append((f"{f.name}[group {g}, row {i}]", _ParquetCell(f, g, i)))
-    return records, torch.tensor(labels, dtype=torch.int64)
-
-
-class _ParquetCell:
-    """Reads one image's bytes from a parquet row group (the group is read once and reused for its rows)."""
-
-    _cache: dict = {}
-
-    def __init__(self, path: Path, group: int, row: int):
-        self.path, self.group, self.row = path, group, row
-
-    def __call__(self) -> bytes:
-        import pyarrow.parquet as pq
-
-        key = (str(self.path), self.group)
-        if key not in _ParquetCell._cache:
-            if len(_ParquetCell._cache) > 4:  # a few row groups at a time: memory stays bounded
-                _ParquetCell._cache.clear()
-            column = pq.ParquetFile(self.path).read_row_group(self.group, columns=["image"]).column("image")
-            _ParquetCell._cache[key] = column.to_pylist()
-        value = _ParquetCell._cache[key][self.row]
-        return value["bytes"] if isinstance(value, dict) else value
-
-
-def _download_celeba_hq(repo: str, split: str) -> Path:
-    """The hub mirror's parquet files for ``split``, from the local Hugging Face cache or downloaded."""
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*train*.parquet"] if split == "train" else ["*validation*.parquet", "*val*.parquet"]
-    try:  # already downloaded: works offline
-        return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not in the local cache (huggingface_hub raises several kinds)
-        pass
-    hub.require(f"The data set 'celeba_hq' ({repo})")
-    return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns))
-
-
-def _celeba_hq_files(size: int, split: str, root, repo: str, workers: int) -> ImageFiles:
-    if root is None:
-        root = os.environ.get(CELEBA_HQ_ENV) or None
-    if root is None:
-        folder, origin = _download_celeba_hq(repo, split), f"Hugging Face hub {repo}"
-    else:
-        folder, origin = Path(root).expanduser(), None
-        if not folder.is_dir():
-            raise FileNotFoundError(f"root (CelebA-HQ folder) {folder} does not exist")
-    stargan = all((folder / s / c).is_dir() for s in SPLITS for c in CELEBA_HQ_CLASSES)
-    if not stargan and (folder / "celeba_hq").is_dir():  # the parent of the StarGAN v2 download
-        folder = folder / "celeba_hq"
-        stargan = all((folder / s / c).is_dir() for s in SPLITS for c in CELEBA_HQ_CLASSES)
-    if stargan:
-        records, labels = _stargan_records(folder, split)
-        source = f"CelebA-HQ, StarGAN v2 layout in {folder} ({split})"
-    else:
-        files = _parquet_split_files(folder, split)
-        if not files:
-            found = sorted(p.name for p in folder.iterdir())[:12]
-            raise ValueError(f"root (CelebA-HQ folder) {folder} is in no known layout: expected the StarGAN v2 layout "
-                             "train/{female,male}/*.jpg and val/{female,male}/*.jpg, or the hub mirror's parquet "
-                             f"files (names containing '{split if split == 'train' else 'validation'}'); found "
-                             f"{found}")
-        records, labels = _parquet_records(files, split)
-        source = f"CelebA-HQ parquet files in {folder} ({split})" if origin is None else f"{origin} ({split})"
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > 1):
-        raise ValueError(f"{source}: labels must be 0 (female) or 1 (male), found {sorted(set(labels.tolist()))}")
-    return ImageFiles(records, labels, size=size, name="celeba_hq",
-                      source=source + "; non-commercial research use only", num_classes=2, workers=workers)
-
-
 def stream(name: str, *, size: int | None = None, limit: int | None = None, split: str = "train", root=None,
-           repo: str = CELEBA_HQ_REPO, workers: int = 4):
+           repo: str | None = None, workers: int = 4):
     """A data set read a chunk at a time: :class:`ImageFiles` for ``celeba_hq`` (``size`` pixels, default 256),
     the in-memory :class:`ImageData` of :func:`load` for the offline sets.
 
     ``split`` (``"train"`` or ``"val"``) and ``root`` (a local folder; default ``$LFM_CELEBA_HQ_DIR``, else the
-    hub mirror ``repo``) apply to ``celeba_hq``; ``limit`` keeps the first images; ``workers`` threads decode.
+    hub mirror ``repo``, default ``celeba.CELEBA_HQ_REPO``) apply to ``celeba_hq``
+    (:func:`lfm_core.celeba.celeba_hq_files`); ``limit`` keeps the first images; ``workers`` threads decode.
     """
     _check_name(name)
     if split not in SPLITS:
@@ -436,7 +318,9 @@ def stream(name: str, *, size: int | None = None, limit: int | None = None, spli
         check_positive_int(limit, "limit")
     if name != "celeba_hq":
         return load(name, size=size, limit=limit)
-    files = _celeba_hq_files(check_positive_int(256 if size is None else size, "size"), split, root, repo, workers)
+    from .celeba import celeba_hq_files
+
+    files = celeba_hq_files(size=256 if size is None else size, split=split, root=root, repo=repo, workers=workers)
     return files if limit is None else files.head(min(limit, len(files)))
 
 
@@ -448,7 +332,7 @@ def _check_name(name):
 
 
 def load(name: str, *, size: int | None = None, limit: int | None = None, split: str = "train", root=None,
-         repo: str = CELEBA_HQ_REPO) -> ImageData:
+         repo: str | None = None) -> ImageData:
     """Load the image data set ``name`` (one of :data:`NAMES`) into memory, in ``[-1, 1]``, resized to ``size``.
 
     ``limit`` keeps the first ``limit`` images. For ``fashion_mnist``, ``root`` is the folder of its IDX files
@@ -476,55 +360,6 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, split:
     if size is not None:
         images = resize(images, size).clamp(-1, 1)
     return ImageData(images.contiguous(), labels, name, source, num_classes)
-
-
-def load_celebamask_hq(root=None, *, size: int = 256, limit: int | None = None, start: int = 0):
-    """CelebAMask-HQ in its published layout: images and their face-part maps, ``(ImageData, maps [N, size, size])``.
-
-    ``root`` (default ``$LFM_CELEBAMASK_HQ_DIR``) holds ``CelebA-HQ-img/<i>.jpg`` and
-    ``CelebAMask-HQ-mask-anno/<i // 2000>/<i:05d>_<part>.png`` (binary masks, 512 px). The map of image ``i`` has
-    label 0 for the background and ``k + 1`` for part ``CELEBAMASK_HQ_PARTS[k]``, later parts painted over
-    earlier ones as in the data set's own preprocessing; it is resized to ``size`` by nearest neighbour. Images
-    ``start`` to ``start + limit - 1`` are read (all from ``start`` when ``limit`` is None). Licence:
-    non-commercial research use (``data/README.md``).
-    """
-    from PIL import Image
-
-    root = root if root is not None else os.environ.get(CELEBAMASK_HQ_ENV)
-    if root is None:
-        raise FileNotFoundError(f"CelebAMask-HQ: pass root= or set {CELEBAMASK_HQ_ENV} to the folder of its published "
-                                "layout (CelebA-HQ-img/, CelebAMask-HQ-mask-anno/)")
-    root = Path(root).expanduser()
-    img_dir, ann_dir = root / "CelebA-HQ-img", root / "CelebAMask-HQ-mask-anno"
-    if not img_dir.is_dir() or not ann_dir.is_dir():
-        raise ValueError(f"root (CelebAMask-HQ folder) {root} is not in the published layout: expected "
-                         "CelebA-HQ-img/ and CelebAMask-HQ-mask-anno/")
-    check_positive_int(size, "size")
-    ids = sorted(int(p.stem) for p in img_dir.glob("*.jpg") if p.stem.isdigit())
-    ids = [i for i in ids if i >= start][:limit] if limit is not None else [i for i in ids if i >= start]
-    if limit is not None:
-        check_positive_int(limit, "limit")
-    if not ids:
-        raise ValueError(f"root (CelebAMask-HQ folder) {root}: no images CelebA-HQ-img/<number>.jpg from {start}")
-    pics, maps = [], []
-    for i in ids:
-        pics.append(decode_image((img_dir / f"{i}.jpg").read_bytes(), size, name=str(img_dir / f"{i}.jpg")))
-        label = None
-        for k, part in enumerate(CELEBAMASK_HQ_PARTS):
-            f = ann_dir / str(i // 2000) / f"{i:05d}_{part}.png"
-            if f.exists():
-                with Image.open(f) as m:
-                    mask = np.asarray(m.convert("L")) > 127
-                if label is None:
-                    label = np.zeros(mask.shape, dtype=np.int64)
-                label[mask] = k + 1
-        if label is None:
-            raise ValueError(f"{ann_dir}: image {i} has no part masks ({i // 2000}/{i:05d}_<part>.png)")
-        t = torch.from_numpy(label)[None, None].float()
-        maps.append(F.interpolate(t, size=(size, size), mode="nearest")[0, 0].to(torch.uint8))
-    data = ImageData(torch.stack(pics), None, "celebamask_hq",
-                     f"CelebAMask-HQ in {root}; non-commercial research use only", None)
-    return data, torch.stack(maps)  # uint8: 19 labels, a quarter of the memory of int64
 
 
 def save_image_grid(images: torch.Tensor, path, *, nrow: int | None = None) -> Path:

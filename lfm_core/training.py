@@ -71,8 +71,9 @@ def cfm_loss(model, path, x0: torch.Tensor, x1: torch.Tensor, *, t=None, noise=N
     return (v - ut).pow(2).mean()
 
 
-def _trainer_config(caller: str, config, trainer_fields: dict, **fixed) -> TrainerConfig:
-    """``config`` (or :data:`DEFAULTS` over TrainerConfig's defaults) with ``trainer_fields`` applied over it, then
+def _trainer_config(caller: str, config, trainer_fields: dict, *, defaults: dict = DEFAULTS,
+                    **fixed) -> TrainerConfig:
+    """``config`` (or ``defaults`` over TrainerConfig's defaults) with ``trainer_fields`` applied over it, then
     ``fixed`` (the caller's own arguments: ``steps``, ``batch_size``, ``seed``)."""
     if config is not None and not isinstance(config, TrainerConfig):
         raise TypeError(f"config must be a TrainerConfig or None, got {type(config).__name__}")
@@ -83,7 +84,7 @@ def _trainer_config(caller: str, config, trainer_fields: dict, **fixed) -> Train
                             f"TrainerConfig field: {', '.join(sorted(names - set(fixed)))})")
         if name in fixed:
             raise TypeError(f"{caller}() sets TrainerConfig.{name} itself; {name!r} cannot be passed")
-    settings = dict(DEFAULTS) if config is None else config.to_dict()
+    settings = dict(defaults) if config is None else config.to_dict()
     settings.update(trainer_fields)
     settings.update(fixed)
     return TrainerConfig(**settings)

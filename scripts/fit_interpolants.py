@@ -4,7 +4,7 @@
     python scripts/fit_interpolants.py [--tasks 8gaussians moons] [--out lfm_core/assets] [--steps 800]
 
 For each task: ``interpolants.GlowInterpolant(2, layers=3, hidden=32)`` fitted for straightness by
-``interpolants.fit_interpolant`` with the settings of ``benchmarks/straight_flows.py`` (seed 0: 800 steps, lr 2e-3,
+``straightness.fit_interpolant`` with the settings of ``benchmarks/straight_flows.py`` (seed 0: 800 steps, lr 2e-3,
 32 points and 512 reference data points per step, t_max 0.9, gradient clipping at norm 1) on 10 000 points of
 ``toy.sample(task, generator=torch.Generator().manual_seed(1))``. Writes ``<out>/interpolant_<task>/`` with
 ``lfm_core.store.save`` (the interpolant's weights and configuration, and a record of the fit's settings, its loss
@@ -28,7 +28,7 @@ SETTINGS = dict(layers=3, hidden=32, steps=800, lr=2e-3, batch_size=32, n_refere
 def fit_one(task: str, out: str, steps: int, command: str) -> str:
     import torch
 
-    from lfm_core import interpolants, store, toy
+    from lfm_core import interpolants, store, straightness, toy
 
     torch.set_num_threads(1)
     cfg = dict(SETTINGS, steps=steps)
@@ -36,7 +36,7 @@ def fit_one(task: str, out: str, steps: int, command: str) -> str:
     torch.manual_seed(cfg["seed"])
     interp = interpolants.GlowInterpolant(2, layers=cfg["layers"], hidden=cfg["hidden"])
     start = time.perf_counter()
-    fit = interpolants.fit_interpolant(interp, lambda n, g: torch.randn(n, 2, generator=g), data, steps=cfg["steps"],
+    fit = straightness.fit_interpolant(interp, lambda n, g: torch.randn(n, 2, generator=g), data, steps=cfg["steps"],
                                        lr=cfg["lr"], batch_size=cfg["batch_size"], n_reference=cfg["n_reference"],
                                        t_max=cfg["t_max"], grad_clip=cfg["grad_clip"], seed=cfg["seed"],
                                        progress=False)

@@ -4,7 +4,7 @@
     python scripts/probe_straight_flows.py --interpolant glow        # 400 steps, 32 x 512, t_max 0.9, clip 1
     python scripts/probe_straight_flows.py --interpolant linear          # the I-CFM baseline
 
-Fits the interpolant for straightness (lfm_core.interpolants.fit_interpolant), prints the straightness of its
+Fits the interpolant for straightness (lfm_core.straightness.fit_interpolant), prints the straightness of its
 closed-form optimal velocity on a fixed batch before and after, then trains an MLP velocity (3 x 64, SELU)
 by CFM on the interpolant for --cfm-steps steps and prints W2 to 1000 held-out points after 1, 2, 4, 8 and 100
 Euler steps. Source N(0, I); 10k training points of --task (seeded).
@@ -20,6 +20,7 @@ import torch
 
 from lfm_core import interpolants as I
 from lfm_core import metrics, nets, paths, solvers, toy, training
+from lfm_core import straightness as S
 
 
 def main(argv=None) -> int:
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
             t = torch.full((256,), t0)
             with torch.no_grad():
                 xt, _ = line.sample(x0, x1, t)
-                _, dv = I.material_derivative(lambda x, tt: I.optimal_velocity(line, x, tt, train[:256]), xt, t)
+                _, dv = S.material_derivative(S.optimal_velocity(line, train[:256]), xt, t)
             d = dv.pow(2).sum(1)
             print(f"t = {t0:4.2f}: |Dv*/Dt|^2 mean {float(d.mean()):12.1f}, median {float(d.median()):10.2f}, "
                   f"max {float(d.max()):12.1f}")
@@ -70,10 +71,10 @@ def main(argv=None) -> int:
         def straightness():
             with torch.no_grad():
                 xt, _ = interp.sample(z, train[:512], tt)
-                return float(I.straightness_loss(I.optimal_velocity(interp, train[:1024]), xt, tt))
+                return float(S.straightness_loss(S.optimal_velocity(interp, train[:1024]), xt, tt))
 
         before = straightness()
-        I.fit_interpolant(interp, src, train, steps=a.steps, lr=a.lr, t_max=a.t_max, batch_size=a.batch,
+        S.fit_interpolant(interp, src, train, steps=a.steps, lr=a.lr, t_max=a.t_max, batch_size=a.batch,
                           n_reference=a.refs, progress=False, seed=a.seed, weight_power=a.weight_power,
                           grad_clip=a.grad_clip or None)
         print(f"straightness of v* on a fixed batch: {before:.2f} -> {straightness():.2f} "

@@ -7,6 +7,7 @@ import torch
 
 from lfm_core import average_velocity as AV
 from lfm_core import nets, solvers
+from lfm_core.trainer import TrainerConfig
 
 MEAN, STD = torch.tensor([3.0, -1.0]), 0.5
 
@@ -251,7 +252,14 @@ def test_training_is_reproducible_and_checks_its_arguments(tmp_path):
                           progress=False, seed=3)
         runs.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
     assert torch.equal(runs[0], runs[1])
+    m = _model(seed=4)  # the same settings as a whole TrainerConfig (train_meanflow's own steps and batch over it)
+    cfg = TrainerConfig(steps=99, batch_size=99, lr=1e-3, ema_decay=None, grad_clip=None, seed=3)
+    AV.train_meanflow(m, lambda n, g: torch.randn(n, 2, generator=g), data, steps=5, batch_size=16,
+                      progress=False, config=cfg)
+    assert torch.equal(torch.cat([p.detach().flatten() for p in m.parameters()]), runs[0])
     m = _model()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'learning_rate'"):
+        AV.train_meanflow(m, data, data, steps=2, learning_rate=1e-3)
     with pytest.raises(TypeError, match="second time input"):
         AV.train_meanflow(nets.MLP(2, 8, 1), data, data, steps=2)
     with pytest.raises(TypeError, match="times must be a TimePairs"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lfm_core import autoencoders, hub, images
+from lfm_core import autoencoders, celeba, hub, images
 
 
 def _jpeg(rgb: np.ndarray, mode="RGB", fmt="JPEG") -> bytes:
@@ -68,6 +68,7 @@ def test_stargan_folder_streams_and_loads(celeba_dir):
     assert [len(c) for c in chunks][:1] == [3] and torch.equal(torch.cat(chunks), data.images)
     assert src.content_key() == images.stream("celeba_hq", size=64, root=celeba_dir).content_key()
     assert src.content_key() != images.stream("celeba_hq", size=32, root=celeba_dir).content_key()
+    assert src.content_key() == celeba.celeba_hq_files(size=64, root=celeba_dir).content_key()  # what stream reads
     val = images.load("celeba_hq", size=32, split="val", root=celeba_dir)
     assert len(val) >= 2 and set(val.labels.tolist()) == {0, 1}
     head = src.head(2)
@@ -188,6 +189,8 @@ def test_folders_in_no_known_layout_and_other_bad_arguments(tmp_path, celeba_dir
         images.stream("celeba_hq", root=tmp_path / "missing")
     with pytest.raises(ValueError, match="split"):
         images.stream("celeba_hq", root=celeba_dir, split="test")
+    with pytest.raises(ValueError, match="split"):
+        celeba.celeba_hq_files(root=celeba_dir, split="test")
     with pytest.raises(ValueError, match="size"):
         images.stream("celeba_hq", root=celeba_dir, size=0)
     import pyarrow as pa
@@ -213,16 +216,16 @@ def test_celebamask_hq_layout(tmp_path):
         hair[:8] = 255  # painted over the skin where they overlap
         Image.fromarray(skin).save(ann / f"{i:05d}_skin.png")
         Image.fromarray(hair).save(ann / f"{i:05d}_hair.png")
-    data, maps = images.load_celebamask_hq(root, size=16)
+    data, maps = celeba.load_celebamask_hq(root, size=16)
     assert data.images.shape == (3, 3, 16, 16) and maps.shape == (3, 16, 16)
-    skin, hair = images.CELEBAMASK_HQ_PARTS.index("skin") + 1, images.CELEBAMASK_HQ_PARTS.index("hair") + 1
+    skin, hair = celeba.CELEBAMASK_HQ_PARTS.index("skin") + 1, celeba.CELEBAMASK_HQ_PARTS.index("hair") + 1
     assert set(maps.unique().tolist()) == {0, skin, hair}
     assert int(maps[0, 0, 8]) == hair and int(maps[0, 8, 8]) == skin and int(maps[0, 15, 0]) == 0
-    assert len(images.load_celebamask_hq(root, size=16, limit=1, start=1)[0]) == 1
+    assert len(celeba.load_celebamask_hq(root, size=16, limit=1, start=1)[0]) == 1
     with pytest.raises(ValueError, match="published layout"):
-        images.load_celebamask_hq(tmp_path, size=16)
+        celeba.load_celebamask_hq(tmp_path, size=16)
     with pytest.raises(FileNotFoundError, match="LFM_CELEBAMASK_HQ_DIR"):
-        images.load_celebamask_hq(None)
+        celeba.load_celebamask_hq(None)
 
 
 def test_get_checks_its_rows_like_subset(celeba_dir):

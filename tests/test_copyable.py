@@ -93,9 +93,16 @@ def _use(module: str, mod, tmp_path: Path):
                            [x + 1], 4, coupling="ot", labels=[torch.arange(16) % 2], label_dropout=0.5, null_label=2)
         assert b(0)["x0"].shape == (4, 2) and b(0)["labels"].shape == (4,)
     elif module == "interpolants":
-        interp = mod.AffineInterpolant(3)
+        xt, ut = mod.GlowInterpolant(2, layers=1, hidden=4).sample(x, x + 2, 0.5)
+        assert xt.shape == ut.shape == x.shape
+        x0, _ = mod.AffineInterpolant(3).invert(xt, x + 2, torch.full((16,), 0.5))
+        assert torch.allclose(x0, x, atol=1e-5)
+    elif module == "straightness":
+        from lfm_core.interpolants import AffineInterpolant  # the interpolant is the caller's
+
+        interp = AffineInterpolant(3)
         res = mod.fit_interpolant(interp, x, x + 2, steps=2, batch_size=4, n_reference=4, progress=False)
-        assert len(res.losses) == 2
+        assert len(res.losses) == 2 and mod.optimal_velocity(interp, x + 2)(x, 0.5).shape == x.shape
     elif module == "guidance":
         assert mod.drop_labels(torch.arange(4), 10, p=1.0).tolist() == [10] * 4
     elif module == "conditioning":
@@ -105,6 +112,17 @@ def _use(module: str, mod, tmp_path: Path):
         assert mod.w2_bound(0.1, 1.0, 0.5, 0.01)["sum_form"] > 0.1
     elif module == "images":
         assert mod.load("digits", limit=3).images.shape == (3, 1, 8, 8)
+    elif module == "celeba":
+        from PIL import Image
+
+        for split in ("train", "val"):
+            for cls in ("female", "male"):
+                (tmp_path / "celeba" / split / cls).mkdir(parents=True)
+                Image.new("RGB", (16, 16), (200, 100, 50)).save(tmp_path / "celeba" / split / cls / "0.jpg")
+        assert mod.celeba_hq_files(size=8, root=tmp_path / "celeba").load().images.shape == (2, 3, 8, 8)
+        streamed = sys.modules[mod.__name__.rsplit(".", 1)[0] + ".images"].stream("celeba_hq", size=8,
+                                                                                  root=tmp_path / "celeba")
+        assert streamed.labels.tolist() == [0, 1]
     elif module == "autoencoders":
         from diffusers import AutoencoderKL
 

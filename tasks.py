@@ -244,7 +244,8 @@ def colab(args: list[str], root: Path = ROOT) -> None:
 
 def readme(args: list[str]) -> None:
     """Rebuild the README's runtime table from the notebooks' metadata (no virtual environment needed)."""
-    _options("readme", args, ())
+    if args:
+        sys.exit(f"readme takes no arguments, got {args}")
     print("README's runtime table", "rebuilt" if _run_notebooks().update_readme() else "already current")
 
 

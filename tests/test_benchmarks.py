@@ -207,4 +207,4 @@ def test_notebook_seeds_instrument_margin_and_bad_arguments(tmp_path, capsys):
     assert ns.main(["no-such-notebook", "--out", str(tmp_path)]) == 2
     assert ns.main(["--report-only", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
-    assert "--seeds must be distinct" in err and "no notebook matched" in err and "no such file" in err
+    assert "--seeds must be distinct" in err and "no notebook matches" in err and "no such file" in err

@@ -3,17 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from test_interpolants import _randomise
 
 from lfm_core import interpolants as I
 from lfm_core import straightness as S
-
-
-def _randomise(module, scale=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g))
-    return module
 
 
 # ------------------------------------------------------------------------------- optimal velocity

@@ -11,7 +11,7 @@ r"""Training checkpoints: written atomically, checksummed, and resumed bit for b
   resume; ``lfm_core.store.load(folder)`` rebuilds the model from it;
 * ``checksums.json``: the SHA-256 of every other file, written last.
 
-**Atomic writes.** :func:`write_folder` (:func:`lfm_core.store.write_folder`) writes a folder under a hidden
+**Atomic writes.** :func:`lfm_core.store.write_folder` writes a folder under a hidden
 temporary name, flushes it to disk and renames it: a folder named ``ckpt-*`` is always complete, whenever the
 process is killed. ``latest`` names the newest; :func:`clean_partial` settles what killed writes left.
 
@@ -43,7 +43,7 @@ import torch
 
 from . import store
 
-__all__ = ["FORMAT", "CheckpointError", "save", "load", "verify", "write_folder", "verify_folder", "clean_partial",
+__all__ = ["FORMAT", "CheckpointError", "save", "load", "verify", "verify_folder", "clean_partial",
            "newest", "model_config", "parameter_signature", "rng_state", "set_rng_state"]
 
 FORMAT = "lfm_core.checkpoint/2"
@@ -56,12 +56,6 @@ class CheckpointError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- atomic, checksummed folders
-def write_folder(final: Path, fill) -> Path:
-    """Write the folder ``final`` atomically (:func:`lfm_core.store.write_folder`): ``fill(folder)`` writes the
-    files into a hidden temporary folder, which gets ``checksums.json`` and replaces ``final``."""
-    return store.write_folder(final, fill)
-
-
 def verify_folder(path, required=()) -> None:
     """Check each file of the folder ``path`` against its ``checksums.json``, which must list ``required``
     (:func:`lfm_core.store.verify_files`).

@@ -165,10 +165,10 @@ def test_write_folder_is_atomic_and_verified(tmp_path):
         (folder / "a.txt").write_text("one")
         (folder / "b.bin").write_bytes(b"\x00\x01")
 
-    final = checkpoints.write_folder(tmp_path / "ckpt-00000001", fill)
+    final = store.write_folder(tmp_path / "ckpt-00000001", fill)
     assert sorted(p.name for p in final.iterdir()) == ["a.txt", "b.bin", "checksums.json"]
     checkpoints.verify_folder(final, ("a.txt",))
-    checkpoints.write_folder(final, lambda folder: (folder / "a.txt").write_text("two"))  # replaces the folder
+    store.write_folder(final, lambda folder: (folder / "a.txt").write_text("two"))  # replaces the folder
     assert sorted(p.name for p in final.iterdir()) == ["a.txt", "checksums.json"]
     assert not list(tmp_path.glob(".*"))                                       # no temporary or aside copy left
     with pytest.raises(CheckpointError, match="b.bin is not listed in .*checksums.json"):
@@ -182,7 +182,7 @@ def test_write_folder_is_atomic_and_verified(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        checkpoints.write_folder(tmp_path / "ckpt-00000002", failing)
+        store.write_folder(tmp_path / "ckpt-00000002", failing)
     assert not (tmp_path / "ckpt-00000002").exists() and not list(tmp_path.glob(".*"))
 
 

@@ -81,7 +81,7 @@ def _use(module: str, mod, tmp_path: Path):
                          out_dir=tmp_path / "ckpt", sample_fn=lambda m: torch.zeros(1, 1, 4, 4))
         assert len(tr.fit().losses) == 3 and (tmp_path / "ckpt" / "samples" / "step-00000003.png").exists()
     elif module == "checkpoints":
-        folder = mod.write_folder(tmp_path / "ckpt-1", lambda f: (f / "a.txt").write_text("a"))
+        folder = mod.store.write_folder(tmp_path / "ckpt-1", lambda f: (f / "a.txt").write_text("a"))
         mod.verify_folder(folder, ("a.txt",))
         assert mod.model_config(torch.nn.Linear(2, 2)) == {"_class_name": "Linear"}
     elif module == "devices":

@@ -10,9 +10,12 @@ defined by the paper's code). Methods: I-CFM, OT-CFM, SB-CFM, FM (Lipman et al.;
 only) and 2-RF (one reflow of the I-CFM model). For every task, method and seed: train the velocity
 MLP, push the 1000 held-out source points through 100 Euler steps, and report
 
-* W2: exact 2-Wasserstein distance between the generated points and the 1000 held-out target points;
+* W2@100: exact 2-Wasserstein distance between the generated points and the 1000 held-out target points;
 * NPE: |PE - W2^2(source test, target test)| / W2^2(source test, target test), with PE the path energy
-  of the Euler trajectories (Sec. 5.1 of the paper).
+  of the Euler trajectories (Sec. 5.1 of the paper);
+
+both by ``lfm_core.compare.evaluate`` (which also records S and PE), the methods' paths and couplings by
+``lfm_core.compare.recipe``.
 
 Settings, from the paper's code (runner/configs: experiment/cfm.yaml, model/{cfm,otcfm,sbcfm}.yaml,
 datamodule/*.yaml, scripts/two-dim-cfm.sh), and where this script differs:
@@ -56,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lfm_core import metrics, nets, paths, solvers, toy, training
+from lfm_core import compare, nets, paths, toy, training
 from lfm_core.batches import CFMBatches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +70,7 @@ TASKS = {
     "N->moons": ("gaussian", "moons"),
     "N->scurve": ("gaussian", "scurve"),
 }
-METHODS = ["I-CFM", "OT-CFM", "SB-CFM", "FM", "2-RF"]
+METHODS = list(compare.RECIPES)  # I-CFM, OT-CFM, SB-CFM, FM, 2-RF
 PEER_METHODS = ["I-CFM", "OT-CFM", "SB-CFM", "FM"]  # torchcfm has no reflow
 
 # Values quoted from the paper: the NPE of OT-CFM and I-CFM on two tasks, as quoted by secondary sources; the
@@ -119,17 +122,13 @@ def make_data(task: str, seed: int, cfg: Config) -> dict:
 
 # ---------------------------------------------------------------------------------- methods
 def method_spec(method: str, cfg: Config):
-    """(path, coupling name, coupling kwargs) of one of our methods."""
-    if method in ("I-CFM", "2-RF"):
-        return paths.LinearPath(cfg.sigma), "independent", {}
-    if method == "OT-CFM":
-        return paths.LinearPath(cfg.sigma), "ot", {"block_size": cfg.ot_block}
-    if method == "SB-CFM":
-        return paths.BridgePath(cfg.sb_sigma), "sinkhorn", {"reg": 2 * cfg.sb_sigma**2, "block_size": cfg.sb_block,
-                                                            "tol": cfg.sb_tol}
-    if method == "FM":
-        return paths.TargetPath(cfg.sigma), "independent", {}
-    raise ValueError(f"unknown method {method!r}")
+    """(path, coupling name, coupling kwargs) of one of our methods: compare.recipe's, with this table's blocks."""
+    path, coupling, kwargs = compare.recipe(method, sigma=cfg.sigma, sb_sigma=cfg.sb_sigma)
+    if coupling == "ot":
+        kwargs = {**kwargs, "block_size": cfg.ot_block}
+    elif coupling == "sinkhorn":
+        kwargs = {**kwargs, "block_size": cfg.sb_block, "tol": cfg.sb_tol}
+    return path, coupling, kwargs
 
 
 def peer_matcher(method: str, cfg: Config):
@@ -200,15 +199,6 @@ def train_peer(method: str, datas, seeds, cfg: Config):
     return ens, time.perf_counter() - start
 
 
-@torch.no_grad()
-def evaluate(model, data: dict, cfg: Config) -> dict:
-    """W2 to the test targets and NPE of the Euler trajectories from the test sources."""
-    sol = solvers.integrate(model, data["source_test"], method="euler", steps=cfg.euler_steps, return_trajectory=True)
-    w2 = metrics.wasserstein2(sol.x, data["target_test"])
-    npe = metrics.normalized_path_energy(sol.trajectory, data["source_test"], data["target_test"])
-    return {"W2": w2, "NPE": npe}
-
-
 def reflow(ens: nets.MLPEnsemble, datas, seeds, cfg: Config):
     """For 2-RF: (x0, x1 = flow of the I-CFM member) for n_train fresh source points per member."""
     out = []
@@ -239,10 +229,10 @@ def run_table(cfg: Config, peer: str | None, log) -> list:
                 if method == "I-CFM" and impl == "lfm_core":
                     icfm = ens
                 for i, (d, s) in enumerate(zip(datas, cfg.seeds, strict=True)):
-                    r = evaluate(ens.member(i), d, cfg)
+                    r = compare.evaluate(ens.member(i), d["source_test"], d["target_test"], steps=(cfg.euler_steps,))
                     rows.append({"task": task, "method": method, "impl": impl, "seed": s, **r,
                                  "train_seconds_all_seeds": secs})
-                ws = [r["W2"] for r in rows[-len(cfg.seeds):]]
+                ws = [r[w2_key(cfg)] for r in rows[-len(cfg.seeds):]]
                 ns = [r["NPE"] for r in rows[-len(cfg.seeds):]]
                 log(f"  {task:18s} {method:7s} {impl:9s} W2 {statistics.mean(ws):.3f}  "
                     f"NPE {statistics.mean(ns):.3f}  ({secs:.0f} s for {len(cfg.seeds)} seeds)")
@@ -329,14 +319,19 @@ def time_steps(cfg: Config, peer: str | None, log) -> list:
 
 
 # ------------------------------------------------------------------------------------- report
-def summarise(rows: list) -> dict:
+def w2_key(cfg: Config) -> str:
+    """The table's W2: after ``cfg.euler_steps`` Euler steps (compare.evaluate's key)."""
+    return f"W2@{cfg.euler_steps}"
+
+
+def summarise(rows: list, cfg: Config) -> dict:
     groups = {}
     for r in rows:
         groups.setdefault((r["task"], r["method"], r["impl"]), []).append(r)
     out = {}
     for key, rs in groups.items():
         out[key] = {m: (statistics.mean(r[m] for r in rs), statistics.stdev(r[m] for r in rs) if len(rs) > 1 else 0.0)
-                    for m in ("W2", "NPE")}
+                    for m in (w2_key(cfg), "NPE")}
     return out
 
 
@@ -346,7 +341,7 @@ def fmt(ms):
 
 def write_report(cfg: Config, rows, timing, peer, wall, out: Path, quick: bool, command: str):
     out.mkdir(parents=True, exist_ok=True)
-    summ = summarise(rows)
+    summ = summarise(rows, cfg)
     stem = "ot_cfm_2d" + ("_quick" if quick else "") + (f"_vs_{peer}" if peer else "")
     lines = [
         "# OT-CFM 2D table: W2 and NPE",
@@ -356,9 +351,10 @@ def write_report(cfg: Config, rows, timing, peer, wall, out: Path, quick: bool, 
         f"{cfg.threads} torch thread(s) for training, {torch.get_num_threads()} for the timing) in "
         f"{wall / 60:.1f} minutes.",
         "",
-        "Mean ± standard deviation over seeds " + ", ".join(map(str, cfg.seeds)) + ". W2: exact 2-Wasserstein distance "
-        f"between {cfg.n_test} generated and {cfg.n_test} held-out target points (lower is better). NPE: normalised "
-        "path energy of the 100-step Euler trajectories, |PE - W2²(q0, q1)| / W2²(q0, q1) (0 for the OT flow).",
+        "Mean ± standard deviation over seeds " + ", ".join(map(str, cfg.seeds)) + f". {w2_key(cfg)}: exact "
+        f"2-Wasserstein distance between {cfg.n_test} points generated by {cfg.euler_steps} Euler steps and "
+        f"{cfg.n_test} held-out target points (lower is better). NPE: normalised path energy of those Euler "
+        "trajectories, |PE - W2²(q0, q1)| / W2²(q0, q1) (0 for the OT flow).",
         "",
         "## Settings",
         "",
@@ -379,7 +375,7 @@ def write_report(cfg: Config, rows, timing, peer, wall, out: Path, quick: bool, 
         "## Results (lfm_core)",
         "",
     ]
-    for metric in ("W2", "NPE"):
+    for metric in (w2_key(cfg), "NPE"):
         lines += [f"### {metric}", "", "| method | " + " | ".join(cfg.tasks) + " |",
                   "|---|" + "---|" * len(cfg.tasks)]
         for method in cfg.methods:
@@ -403,8 +399,8 @@ def write_report(cfg: Config, rows, timing, peer, wall, out: Path, quick: bool, 
             for method in PEER_METHODS:
                 a, b = summ.get((task, method, "lfm_core")), summ.get((task, method, peer))
                 if a and b:
-                    lines.append(f"| {task} | {method} | {fmt(a['W2'])} | {fmt(b['W2'])} | {fmt(a['NPE'])} | "
-                                 f"{fmt(b['NPE'])} |")
+                    lines.append(f"| {task} | {method} | {fmt(a[w2_key(cfg)])} | {fmt(b[w2_key(cfg)])} | "
+                                 f"{fmt(a['NPE'])} | {fmt(b['NPE'])} |")
         lines.append("")
     if timing:
         lines += ["## Milliseconds per training step (one model, batch "
@@ -437,7 +433,7 @@ def plot(cfg: Config, summ, peer, path: Path):
     impls = ["lfm_core"] + ([peer] if peer else [])
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     width = 0.8 / (len(cfg.methods) * len(impls))
-    for ax, metric in zip(axes, ("W2", "NPE"), strict=True):
+    for ax, metric in zip(axes, (w2_key(cfg), "NPE"), strict=True):
         k = 0
         for method in cfg.methods:
             for impl in impls:

@@ -14,10 +14,16 @@ arXiv 2302.00482; Liu et al., arXiv 2209.03003; Shankar & Geffner, arXiv 2503.20
   over an interval, trained by :func:`lfm_core.average_velocity.train_meanflow` (Geng et al., arXiv 2505.13447)
   and sampled by jumps.
 
-:func:`evaluate` measures what a sampler with ``n`` Euler steps gets: the exact W2 between the images of
-held-out source points and held-out data after ``n`` steps (``n`` jumps for an average-velocity model), and
-Rectified Flow's straightness ``S`` and the normalised path energy of the finest trajectory. Notebooks 03 and 07
-and ``benchmarks/straight_flows.py`` and ``benchmarks/one_step.py`` use these functions.
+The methods that differ only in their path and coupling are one table, :func:`recipe` (``"I-CFM"``,
+``"OT-CFM"``, ``"SB-CFM"``, ``"FM"``, ``"2-RF"``: the ``(path, coupling, coupling_kwargs)`` that
+:func:`lfm_core.training.train_cfm` takes), shared by :func:`train_methods`, notebook 02 and
+``benchmarks/ot_cfm_2d.py``.
+
+:func:`evaluate` measures what a sampler with ``n`` Euler steps gets, with one set of metric keys everywhere:
+``W2@n``, the exact W2 between the images of held-out source points and held-out data after ``n`` steps (``n``
+jumps for an average-velocity model), and the path energy ``PE``, Rectified Flow's straightness ``S`` and the
+normalised path energy ``NPE`` of the finest trajectory (``W2@dopri5`` and ``NFE@dopri5`` on request). Notebooks
+02, 03 and 07 and the benchmarks ``ot_cfm_2d``, ``straight_flows`` and ``one_step`` use these functions.
 
 Copy with: utils, metrics, paths, solvers, training, trainer, batches, checkpoints, devices, images, couplings,
 guidance, runtime, hub, average_velocity, store (``torch``, ``numpy``, ``POT``, ``safetensors``, ``tqdm``,
@@ -33,12 +39,44 @@ from pathlib import Path
 import torch
 
 from . import average_velocity, metrics, solvers, store, training
-from .utils import check_finite, check_positive_int, check_tensor
+from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
 
-__all__ = ["METHODS", "ONE_STEP_METHODS", "train_methods", "evaluate", "save_pretrained", "load_pretrained"]
+__all__ = ["RECIPES", "METHODS", "ONE_STEP_METHODS", "recipe", "train_methods", "evaluate", "save_pretrained",
+           "load_pretrained"]
 
+#: method -> (path, coupling): the conditional flow matching methods that differ only in these (:func:`recipe`)
+RECIPES = {
+    "I-CFM": ("LinearPath", "independent"),   # straight lines between independent pairs
+    "OT-CFM": ("LinearPath", "ot"),           # ... between the pairs of each minibatch's exact OT plan
+    "SB-CFM": ("BridgePath", "sinkhorn"),     # Brownian bridges between pairs of the entropic plan, reg = 2 sigma^2
+    "FM": ("TargetPath", "independent"),      # Lipman et al.'s path (a standard normal source)
+    "2-RF": ("LinearPath", "independent"),    # straight lines between given reflow pairs (paired=True)
+}
+#: the methods :func:`train_methods` compares for few-step sampling (notebook 03, benchmarks/straight_flows.py)
 METHODS = ("I-CFM", "OT-CFM", "2-RF", "learned")
 ONE_STEP_METHODS = (*METHODS, "MeanFlow")
+
+
+def recipe(method: str, *, sigma: float = 0.0, sb_sigma: float = 1.0) -> tuple:
+    r"""``(path, coupling, coupling_kwargs)`` of one method of :data:`RECIPES`, for
+    :func:`lfm_core.training.train_cfm`.
+
+    ``sigma`` is the width of the Gaussian path around the line (``sigma_min`` for ``"FM"``); ``"SB-CFM"``
+    uses the Brownian bridge of width ``sb_sigma`` and the entropic plan with ``reg = 2 sb_sigma^2``, the
+    pairing under which the bridge is the Schrodinger bridge (Tong et al., arXiv 2302.00482, Prop. 3.4).
+    """
+    from . import paths
+
+    if not isinstance(method, str) or method not in RECIPES:
+        raise ValueError(f"method must be one of {', '.join(RECIPES)}, got {method!r}")
+    check_nonnegative(sigma, "sigma")
+    check_nonnegative(sb_sigma, "sb_sigma", strict=True)
+    path_name, coupling = RECIPES[method]
+    if path_name == "BridgePath":
+        return paths.BridgePath(sb_sigma), coupling, {"reg": 2 * float(sb_sigma) ** 2}
+    if path_name == "TargetPath":
+        return paths.TargetPath(sigma), coupling, {}
+    return paths.LinearPath(sigma), coupling, {}
 
 
 def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, steps: int, batch_size: int = 256,
@@ -61,8 +99,6 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
     overridden by the keyword arguments in ``meanflow`` (e.g. ``{"steps": 4000, "power": 0.0}``). Returns
     ``(models, seconds)``, dicts keyed by method.
     """
-    from .paths import LinearPath
-
     if isinstance(methods, str) or not all(m in ONE_STEP_METHODS for m in methods):
         raise ValueError(f"methods must be a sequence of names from {', '.join(ONE_STEP_METHODS)}, got {methods!r}")
     if not callable(make_model) and any(m != "MeanFlow" for m in methods):
@@ -82,7 +118,6 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
         if unknown:
             raise ValueError(f"{name} has entries for unknown methods {unknown}; methods are "
                              f"{', '.join(ONE_STEP_METHODS)}")
-    line = LinearPath(0.0)
     kw = dict(steps=steps, batch_size=batch_size, lr=lr, lr_schedule="cosine", seed=seed, progress=progress)
     order = [m for m in ONE_STEP_METHODS if m in methods or (m == "I-CFM" and "2-RF" in methods)]
     models, seconds = {}, {}
@@ -92,15 +127,14 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
         if name in start:
             model.load_state_dict(start[name])
         began = time.perf_counter()
-        if name == "I-CFM":
-            training.train_cfm(model, line, source, data, **kw)
-        elif name == "OT-CFM":
-            training.train_cfm(model, line, source, data, coupling="ot", **kw)
+        if name in ("I-CFM", "OT-CFM"):
+            path, coupling, _ = recipe(name)
+            training.train_cfm(model, path, source, data, coupling=coupling, **kw)
         elif name == "2-RF":
             n = reflow_pairs if reflow_pairs is not None else data.shape[0]
             x0, x1 = training.reflow_pairs(models["I-CFM"], source, n, steps=100,
                                            generator=torch.Generator().manual_seed(seed + 77))
-            training.train_cfm(model, line, x0, x1, paired=True, **kw)
+            training.train_cfm(model, recipe(name)[0], x0, x1, paired=True, **kw)
         elif name == "MeanFlow":
             average_velocity.train_meanflow(model, source, data, **{**kw, **(meanflow or {})})
         else:
@@ -116,10 +150,16 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
 
 
 @torch.no_grad()
-def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8, 100)) -> dict:
-    """``W2@n`` for each ``n`` in ``steps`` (Euler from the source points ``z`` to held-out ``target``; jumps of
-    :func:`lfm_core.average_velocity.sample` for an average-velocity model), and ``S`` and ``NPE`` of the
-    trajectory with the most steps."""
+def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8, 100), dopri5: bool = False,
+             trajectory: bool = False) -> dict:
+    """How well ``model`` carries the held-out source points ``z`` to the held-out ``target`` points.
+
+    ``W2@n`` for each ``n`` in ``steps``: the exact W2 between the points after ``n`` Euler steps (jumps of
+    :func:`lfm_core.average_velocity.sample` for an average-velocity model) and ``target``. ``PE``, ``S`` and
+    ``NPE`` (:mod:`lfm_core.metrics`: path energy, straightness, normalised path energy) of the trajectory with
+    the most steps. ``dopri5=True`` adds ``W2@dopri5`` and ``NFE@dopri5`` (the adaptive solver's evaluations);
+    ``trajectory=True`` adds that finest ``trajectory`` (``[steps + 1, n, ...]``) for plotting.
+    """
     for v, name in ((z, "z"), (target, "target")):
         check_tensor(v, name, min_dim=2)
         check_finite(v, name, boundary=True)
@@ -129,9 +169,14 @@ def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8,
     if isinstance(steps, int) or not steps:
         raise TypeError(f"steps must be a non-empty sequence of step counts, got {steps!r}")
     steps = [check_positive_int(n, "steps") for n in steps]
+    for flag, name in ((dopri5, "dopri5"), (trajectory, "trajectory")):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    jumps = average_velocity.is_average_model(model)
+    if dopri5 and jumps:
+        raise ValueError("dopri5=True integrates a velocity; an average-velocity model is sampled by jumps")
     finest = max(steps)
     out = {}
-    jumps = average_velocity.is_average_model(model)
     for n in steps:
         if jumps:
             sol = average_velocity.sample(model, z, steps=n, return_trajectory=n == finest)
@@ -140,8 +185,14 @@ def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8,
         out[f"W2@{n}"] = metrics.wasserstein2(sol.x, target)
         if n == finest:
             traj = sol.trajectory
+    out["PE"] = metrics.path_energy(traj)
     out["S"] = metrics.straightness(traj)
     out["NPE"] = metrics.normalized_path_energy(traj, z, target)
+    if dopri5:
+        sol = solvers.integrate(model, z, method="dopri5")
+        out["W2@dopri5"], out["NFE@dopri5"] = metrics.wasserstein2(sol.x, target), sol.nfe
+    if trajectory:
+        out["trajectory"] = traj
     return out
 
 

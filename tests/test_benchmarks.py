@@ -33,7 +33,8 @@ def test_ot_cfm_2d_quick_run_writes_the_table(ot_cfm_2d, tmp_path):
                 if not (m == "FM" and t == "moons->8gaussians")}
     assert cells == expected
     assert len(data["rows"]) == 2 * len(expected)  # two seeds in quick mode
-    assert all(math.isfinite(r["W2"]) and math.isfinite(r["NPE"]) and r["W2"] > 0 for r in data["rows"])
+    assert all(math.isfinite(r["W2@20"]) and math.isfinite(r["NPE"]) and r["W2@20"] > 0 for r in data["rows"])
+    assert all({"PE", "S"} <= set(r) for r in data["rows"])   # compare.evaluate's keys, one set everywhere
     md = (tmp_path / "ot_cfm_2d_quick.md").read_text()
     assert "| OT-CFM |" in md and "paper" in md
     assert (tmp_path / "ot_cfm_2d_quick.png").stat().st_size > 10_000

@@ -121,3 +121,43 @@ def test_the_committed_meanflow_networks_load_into_the_notebook_architecture(tas
     model = average_velocity.AverageVelocity(nets.MLP(2, 64, 3, cond_channels=1))
     model.load_state_dict(states["MeanFlow"])
     assert seconds["MeanFlow"] > 0
+
+
+def test_recipes_are_the_table_train_cfm_takes():
+    from lfm_core import paths
+
+    made = {m: compare.recipe(m, sigma=0.1, sb_sigma=0.5) for m in compare.RECIPES}
+    assert [type(p).__name__ for p, _, _ in made.values()] == [path for path, _ in compare.RECIPES.values()]
+    assert [c for _, c, _ in made.values()] == [coupling for _, coupling in compare.RECIPES.values()]
+    path, coupling, kwargs = made["SB-CFM"]
+    assert isinstance(path, paths.BridgePath) and path.sigma == 0.5 and kwargs == {"reg": 0.5}
+    assert made["FM"][0].sigma_min == 0.1 and made["OT-CFM"][0].sigma == 0.1 and made["I-CFM"][2] == {}
+    with pytest.raises(ValueError, match="method must be one of I-CFM"):
+        compare.recipe("learned")
+    with pytest.raises(ValueError, match="sigma"):
+        compare.recipe("I-CFM", sigma=-1.0)
+    with pytest.raises(ValueError, match="sb_sigma"):
+        compare.recipe("SB-CFM", sb_sigma=0.0)
+
+
+def test_evaluate_keys_dopri5_and_trajectory():
+    from lfm_core import metrics, solvers
+
+    torch.manual_seed(0)
+    model = nets.MLP(2, 16, 2)
+    z, target = torch.randn(64, 2), torch.randn(64, 2) + 2.0
+    res = compare.evaluate(model, z, target, steps=(2, 8), dopri5=True, trajectory=True)
+    assert set(res) == {"W2@2", "W2@8", "PE", "S", "NPE", "W2@dopri5", "NFE@dopri5", "trajectory"}
+    traj = solvers.integrate(model, z, method="euler", steps=8, return_trajectory=True).trajectory
+    assert torch.equal(res["trajectory"], traj)   # the finest trajectory: PE, S and NPE are its
+    assert res["PE"] == pytest.approx(metrics.path_energy(traj))
+    assert res["S"] == pytest.approx(metrics.straightness(traj))
+    dop = solvers.integrate(model, z, method="dopri5")
+    assert res["NFE@dopri5"] == dop.nfe and res["W2@dopri5"] == pytest.approx(metrics.wasserstein2(dop.x, target))
+    assert set(compare.evaluate(model, z, target, steps=(1,))) == {"W2@1", "PE", "S", "NPE"}
+    with pytest.raises(TypeError, match="dopri5 must be a bool"):
+        compare.evaluate(model, z, target, dopri5="yes")
+    with pytest.raises(TypeError, match="trajectory must be a bool"):
+        compare.evaluate(model, z, target, trajectory=1)
+    with pytest.raises(ValueError, match="dopri5=True integrates a velocity"):
+        compare.evaluate(_average_model(), z, target, dopri5=True)

@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("LFM_VENV", ROOT / ".venv"))
 STAMP = VENV / ".lfm-installed"
 CELL_TIMEOUT = 600  # seconds, per notebook cell under nbval
+TEST_WORKERS = 2  # pytest-xdist processes of `test` (the machines this project is tested on have 2 cores)
 
 
 def _python() -> Path:
@@ -148,7 +149,9 @@ def test(args: list[str]) -> None:
     py = _python()
     _run([py, "-m", "ruff", "check", ROOT], env=env, cwd=ROOT)
     extra = args[1:] if args[:1] == ["--"] else args
-    targets = extra or ["tests", "notebooks"]
+    # the whole suite in two pytest-xdist workers, a file per worker at a time (a notebook's cells share one
+    # kernel, in order); the notebooks first, since they are the longest files
+    targets = extra or ["notebooks", "tests", "-n", str(TEST_WORKERS), "--dist", "loadfile"]
     _run([py, "-m", "pytest", *targets, "--nbval-lax", "--nbval-current-env",
           f"--nbval-cell-timeout={CELL_TIMEOUT}", "--durations=15"], env=env, cwd=ROOT)
 

@@ -53,10 +53,25 @@ def mode_setting() -> str:
     return value
 
 
-def mode() -> str:
-    """The configuration to run: ``"quick"``, ``"full"`` or ``"rehearsal"`` (``LFM_MODE=pretrain`` runs quick)."""
+def mode(supported=None) -> str:
+    """The configuration to run: ``"quick"``, ``"full"`` or ``"rehearsal"`` (``LFM_MODE=pretrain`` runs quick).
+
+    ``supported`` (the modes a notebook has settings for, e.g. its ``PER_MODE`` dict) turns a mode it lacks into
+    a ValueError that says which it has, instead of a bare ``KeyError`` further on.
+    """
     setting = mode_setting()
-    return "quick" if setting == "pretrain" else setting
+    chosen = "quick" if setting == "pretrain" else setting
+    if supported is not None:
+        if isinstance(supported, str) or not all(isinstance(m, str) for m in supported):
+            raise TypeError(f"supported must be a collection of mode names, got {supported!r}")
+        unknown = sorted(set(supported) - set(MODES))
+        if unknown:
+            raise ValueError(f"supported names modes that do not exist: {unknown}; modes are {', '.join(MODES)}")
+        if chosen not in supported:
+            why = " (a rehearsal rehearses the CelebA-HQ path of notebooks 04 and 05)" if chosen == "rehearsal" else ""
+            raise ValueError(f"LFM_MODE={setting}: this notebook has settings for {' and '.join(supported)} mode "
+                             f"only{why}")
+    return chosen
 
 
 def is_quick() -> bool:

@@ -218,6 +218,20 @@ def test_tasks_run_and_rehearse_record_only_when_asked(monkeypatch, tmp_path):
     assert "--record" in calls[-1][0] and calls[-1][0][-1] == "05"
 
 
+def test_tasks_test_runs_the_suite_in_workers_a_file_each_and_passes_arguments_through(monkeypatch):
+    tasks, calls = _tasks_with_recorded_commands(monkeypatch)
+    tasks.test([])
+    (lint, _), (cmd, mode) = calls
+    assert lint[1:4] == ["-m", "ruff", "check"] and mode == "quick"
+    # a notebook's cells share one kernel: the workers must take whole files, never split a notebook
+    assert cmd[cmd.index("-n") + 1] == str(tasks.TEST_WORKERS) and cmd[cmd.index("--dist") + 1] == "loadfile"
+    assert cmd.index("notebooks") < cmd.index("tests")
+    calls.clear()
+    tasks.test(["--", "tests", "-k", "paths"])
+    cmd = calls[-1][0]
+    assert cmd[3:6] == ["tests", "-k", "paths"] and "-n" not in cmd
+
+
 def test_tasks_refuse_unknown_options_and_names_before_running_anything(monkeypatch, tmp_path, capsys):
     tasks, calls = _tasks_with_recorded_commands(monkeypatch)
     with pytest.raises(SystemExit, match="run: unknown option --no-record"):

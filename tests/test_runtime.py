@@ -41,6 +41,26 @@ def test_a_notebook_config_reads_as_one_dict_per_mode(monkeypatch):
     assert configs[runtime.mode()] == {"steps": 500}
     monkeypatch.setenv("LFM_MODE", "full")
     assert configs[runtime.mode()] == {"steps": 20_000}
+    assert configs[runtime.mode(configs)] == {"steps": 20_000}   # a mode the notebook has: chosen as before
+    monkeypatch.setenv("LFM_MODE", "rehearsal")   # a mode it lacks: a clear error, not KeyError('rehearsal')
+    with pytest.raises(ValueError, match="LFM_MODE=rehearsal: this notebook has settings for quick and full mode "
+                                         "only .*notebooks 04 and 05"):
+        runtime.mode(configs)
+    monkeypatch.setenv("LFM_MODE", "pretrain")
+    assert runtime.mode({"quick": {}}) == "quick"
+    with pytest.raises(ValueError, match="LFM_MODE=pretrain: this notebook has settings for full mode only$"):
+        runtime.mode(["full"])
+
+
+@pytest.mark.parametrize("supported, error, match", [
+    ("quick", TypeError, "supported must be a collection of mode names"),
+    ([1, 2], TypeError, "supported must be a collection of mode names"),
+    (["quick", "fast"], ValueError, r"supported names modes that do not exist: \['fast'\]"),
+])
+def test_bad_supported_modes(monkeypatch, supported, error, match):
+    monkeypatch.setenv("LFM_MODE", "quick")
+    with pytest.raises(error, match=match):
+        runtime.mode(supported)
 
 
 @pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False),

@@ -150,8 +150,12 @@ def test(args: list[str]) -> None:
     _run([py, "-m", "ruff", "check", ROOT], env=env, cwd=ROOT)
     extra = args[1:] if args[:1] == ["--"] else args
     # the whole suite in two pytest-xdist workers, a file per worker at a time (a notebook's cells share one
-    # kernel, in order); the notebooks first, since they are the longest files
+    # kernel, in order); the notebooks first, since they are the longest files. Each worker and the notebook
+    # kernels it starts use one thread for torch's operations, so that two workers share two cores instead of
+    # running four threads on them.
     targets = extra or ["notebooks", "tests", "-n", str(TEST_WORKERS), "--dist", "loadfile"]
+    if not extra:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     _run([py, "-m", "pytest", *targets, "--nbval-lax", "--nbval-current-env",
           f"--nbval-cell-timeout={CELL_TIMEOUT}", "--durations=15"], env=env, cwd=ROOT)
 

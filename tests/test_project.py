@@ -1,6 +1,7 @@
 """The project's own conventions: installation files agree, notebooks are clean, the README commands are real."""
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -220,16 +221,22 @@ def test_tasks_run_and_rehearse_record_only_when_asked(monkeypatch, tmp_path):
 
 def test_tasks_test_runs_the_suite_in_workers_a_file_each_and_passes_arguments_through(monkeypatch):
     tasks, calls = _tasks_with_recorded_commands(monkeypatch)
+    envs = []
+    monkeypatch.setattr(tasks, "_run", lambda cmd, **kw: (calls.append(([str(c) for c in cmd], kw["env"]["LFM_MODE"])),
+                                                         envs.append(kw["env"])))
     tasks.test([])
     (lint, _), (cmd, mode) = calls
+    threads = envs[-1].get("OMP_NUM_THREADS")
     assert lint[1:4] == ["-m", "ruff", "check"] and mode == "quick"
     # a notebook's cells share one kernel: the workers must take whole files, never split a notebook
     assert cmd[cmd.index("-n") + 1] == str(tasks.TEST_WORKERS) and cmd[cmd.index("--dist") + 1] == "loadfile"
     assert cmd.index("notebooks") < cmd.index("tests")
+    assert threads == "1"   # one torch thread per worker (and its notebook kernels): two workers, two cores
     calls.clear()
     tasks.test(["--", "tests", "-k", "paths"])
     cmd = calls[-1][0]
     assert cmd[3:6] == ["tests", "-k", "paths"] and "-n" not in cmd
+    assert envs[-1].get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")   # one process: the default
 
 
 def test_tasks_refuse_unknown_options_and_names_before_running_anything(monkeypatch, tmp_path, capsys):

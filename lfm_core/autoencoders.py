@@ -42,7 +42,7 @@ import torch
 
 from . import hub, store
 from .images import ImageData, ImageFiles
-from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
+from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor, check_writable_dir
 
 __all__ = ["LatentAutoencoder", "PRETRAINED", "SD_VAE_FT_MSE_CONFIG", "OFFLINE_DIR", "OFFLINE", "load",
            "offline_config", "fit_autoencoder", "write_standin", "cached_latents"]
@@ -308,6 +308,8 @@ def _read_entry(path: Path, key: str):
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
+    except OSError as exc:  # not readable by this user: not corrupt
+        raise store.os_error(exc, f"reading the latent cache entry {path}") from exc
     except Exception as exc:  # noqa: BLE001 - any parse error means the file is unusable
         return f"unreadable ({type(exc).__name__}: {exc})"
     if meta.get("format") != CACHE_FORMAT:
@@ -370,7 +372,10 @@ def cached_latents(autoencoder: LatentAutoencoder, data: ImageData | ImageFiles,
     with the same images and autoencoder reads the entry back (and checks it); other images or another
     autoencoder get another entry. A corrupt entry is never used: it is re-encoded with a warning, or, with
     ``read_only=True`` (which never encodes), refused like a missing one, with a ``ValueError`` that lists what
-    the cache holds. ``overwrite=True`` encodes again even when a good entry exists.
+    the cache holds. ``overwrite=True`` encodes again even when a good entry exists. Unless ``read_only``,
+    ``cache_dir`` is checked before any image is encoded (a file, or a folder that cannot be written to, is a
+    ``ValueError``); an entry is written with the mode of a new file (0644 under the usual umask), and a failed
+    write or read (disk full, permission denied) is an ``OSError`` naming the operation and the path.
     """
     from safetensors.torch import save_file
 
@@ -386,8 +391,11 @@ def cached_latents(autoencoder: LatentAutoencoder, data: ImageData | ImageFiles,
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if read_only and overwrite:
         raise ValueError("read_only=True and overwrite=True contradict each other")
+    if not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a path (str or os.PathLike), got {type(cache_dir).__name__}")
     cache_dir = Path(cache_dir)
     if not read_only:
+        check_writable_dir(cache_dir, "cache_dir")
         _remove_stale_writes(cache_dir)
     key = hashlib.sha256(f"{data.content_key()}|{autoencoder.fingerprint()}".encode()).hexdigest()
     path = cache_dir / f"latents-{key[:24]}.safetensors"
@@ -422,13 +430,21 @@ def cached_latents(autoencoder: LatentAutoencoder, data: ImageData | ImageFiles,
     meta = {"format": CACHE_FORMAT, "key": key, "checksum": _tensor_checksum(tensors), "autoencoder": autoencoder.name,
             "fingerprint": autoencoder.fingerprint(), "scale": repr(autoencoder.scale), "count": str(len(data)),
             "image_shape": json.dumps(shape), "dataset": data.name, "source": data.source}
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage = f"creating the latent cache folder {cache_dir}"
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        stage = f"writing the latent cache entry {path} (into {tmp.name} beside it)"
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, store.file_mode())  # safetensors creates it 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        stage = f"renaming {tmp.name} to {path}"
         os.replace(tmp, path)
+    except Exception as exc:
+        if (named := store.os_error(exc, stage)) is not None:
+            raise named from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -5,7 +5,7 @@ r"""Training checkpoints: written atomically, checksummed, and resumed bit for b
 
 * ``model.safetensors`` and ``ema.safetensors``: the weights of the model and of its moving average;
 * ``state.pt``: the optimiser, the gradient scaler, every random state (the trainer's generator, torch's,
-  Python's, NumPy's and CUDA's) and the losses so far; read back with ``weights_only=True``;
+  Python's, NumPy's and CUDA's global ones) and the losses so far; read back with ``weights_only=True``;
 * ``config.json``: the model's class and configuration (diffusers-style), and as its record the step, a
   signature of its parameter shapes, the training configuration and the history of the changes applied on
   resume; ``lfm_core.store.load(folder)`` rebuilds the model from it;
@@ -13,15 +13,29 @@ r"""Training checkpoints: written atomically, checksummed, and resumed bit for b
 
 **Atomic writes.** :func:`lfm_core.store.write_folder` writes a folder under a hidden
 temporary name, flushes it to disk and renames it: a folder named ``ckpt-*`` is always complete, whenever the
-process is killed. ``latest`` names the newest; :func:`clean_partial` settles what killed writes left.
+process is killed, and the previous version of a folder stays until the new one is complete and in place.
+Older checkpoints are renamed out of the ``ckpt-*`` names before they are deleted. ``latest`` names the newest.
+:func:`clean_partial` settles what killed writes left: a complete copy (verified by its checksums) of a
+missing checkpoint is moved back into place, incomplete ones are deleted. Files have the mode of a new file
+(0644 under the usual umask); a failed write (disk full, permission denied) is an ``OSError`` naming the
+operation and the path, and leaves the previous checkpoints as they were.
 
 **Resume.** :func:`load` takes the newest checkpoint that verifies (:func:`verify_folder`: every file
 matches its checksum), warning about each corrupt one it skips (naming its path). It compares the stored
 configuration with the new one and refuses differences in the settings that change the optimisation (listing
-them) unless ``override=True``, which applies them and records them in the history.
+them) unless ``override=True``, which applies them and records them in the history. Loading restores the
+trainer's own generator and keeps the global random states (torch's, Python's, NumPy's, CUDA's) of the
+checkpoint in ``trainer.global_rng``, without setting them: :meth:`lfm_core.trainer.Trainer.fit` sets them when
+training goes on (a loss may draw from them, e.g. dropout), so loading a checkpoint alone leaves the process's
+generators as they were.
+
+**Set aside.** :func:`set_aside` renames a checkpoint whose weights met a non-finite or diverged loss to
+``diverged-ckpt-<step>``, out of the names a resume reads, so that a resume starts from weights that passed the
+trainer's guard; :func:`after_failure` does so and names the last good checkpoint.
 
 :func:`save` and :func:`load` take the trainer (:class:`lfm_core.trainer.Trainer`: its ``model``, ``ema``,
-``opt``, ``scaler``, ``generator``, ``device``, ``config``, ``step``, ``losses``, ``history``, ``out_dir``).
+``opt``, ``scaler``, ``generator``, ``device``, ``config``, ``step``, ``losses``, ``history``, ``out_dir``;
+:func:`load` sets ``global_rng``).
 
 Copy with: store (``torch``, ``numpy``, ``safetensors``).
 """
@@ -33,6 +47,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import uuid
 import warnings
@@ -44,11 +59,12 @@ import torch
 from . import store
 
 __all__ = ["FORMAT", "CheckpointError", "save", "load", "verify", "verify_folder", "clean_partial",
-           "newest", "model_config", "parameter_signature", "rng_state", "set_rng_state"]
+           "newest", "set_aside", "after_failure", "model_config", "parameter_signature", "rng_state", "set_rng_state"]
 
 FORMAT = "lfm_core.checkpoint/2"
 FORMAT_1 = "lfm_core.checkpoint/1"   # the layout before checkpoints were store folders: still resumed
 REQUIRED = ("model.safetensors", "state.pt", "config.json")
+_OLD_TMP = re.compile(r"^\.tmp-(ckpt-\d+)-")   # the temporary name of a checkpoint/1 write
 
 
 class CheckpointError(RuntimeError):
@@ -73,12 +89,22 @@ def verify_folder(path, required=()) -> None:
 
 def clean_partial(out_dir) -> None:
     """Settle what killed writes left in ``out_dir`` (:func:`lfm_core.store.tidy`: a missing checkpoint gets back
-    a complete copy of it, other copies go) and remove the temporary ``latest`` files."""
+    a complete copy of it, other copies go), then the hidden ``.tmp-*`` files and folders: a complete copy of a
+    missing checkpoint is moved into place (with a warning), the rest (incomplete writes, checkpoints being
+    deleted, temporary ``latest`` files) is removed."""
     out_dir = Path(out_dir)
-    if not out_dir.exists():
+    if not out_dir.is_dir():
         return
     store.tidy(out_dir)
     for p in out_dir.glob(".tmp-*"):
+        m = _OLD_TMP.match(p.name)
+        if m and p.is_dir() and not (out_dir / m.group(1)).exists():
+            with contextlib.suppress(CheckpointError, OSError):
+                verify_folder(p, REQUIRED)
+                os.replace(p, out_dir / m.group(1))
+                warnings.warn(f"{out_dir / m.group(1)} was missing; restored the complete copy {p.name} that a "
+                              "stopped write left beside it", RuntimeWarning, stacklevel=3)
+                continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -100,10 +126,58 @@ def _folders(out_dir: Path) -> list:
     return sorted((p for p in out_dir.glob("ckpt-*") if p.is_dir()), key=_step_of)
 
 
-def newest(out_dir) -> Path | None:
-    """The newest ``ckpt-*`` folder of ``out_dir`` (verified or not), or None."""
-    folders = _folders(None if out_dir is None else Path(out_dir))
+def newest(out_dir, at_most: int | None = None) -> Path | None:
+    """The newest ``ckpt-*`` folder of ``out_dir`` (verified or not; of step ``at_most`` or before), or None."""
+    folders = [p for p in _folders(None if out_dir is None else Path(out_dir))
+               if at_most is None or _step_of(p) <= at_most]
     return folders[-1] if folders else None
+
+
+def _point_latest(out_dir: Path, last: Path | None) -> None:
+    """Write ``out_dir/latest`` (the name of ``last``) atomically, or remove it when ``last`` is None."""
+    tmp = out_dir / f".tmp-latest-{uuid.uuid4().hex[:8]}"
+    try:
+        if last is None:
+            (out_dir / "latest").unlink(missing_ok=True)
+            return
+        tmp.write_text(last.name + "\n")
+        os.replace(tmp, out_dir / "latest")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise store.os_error(exc, f"writing {out_dir / 'latest'}") from exc
+
+
+def after_failure(out_dir, step: int, met_loss: bool, writer: bool = True) -> str:
+    """How a run that failed at ``step`` goes on, as sentences: from the newest checkpoint before ``step``
+    (``met_loss``: its loss failed, and a checkpoint of ``step`` itself, whose weights gave that loss, is set
+    aside when ``writer``) or of ``step`` (its gradient or its update failed), with a lower learning rate or
+    without the step's batch."""
+    aside = set_aside(out_dir, step) if met_loss and writer and out_dir is not None else None
+    last = newest(out_dir, at_most=step - 1 if met_loss else step)
+    where = (f"The last good checkpoint is {last}" if last is not None else
+             "No good checkpoint was written: fit() starts again from step 0")
+    where += f" ({aside.name} holds the weights that gave this loss)" if aside is not None else ""
+    return (f"{where}. To go on from there: lower the learning rate (a TrainerConfig with a smaller lr, then "
+            "fit(override=True)) or clip gradients (grad_clip, also with override=True); if the batch of step "
+            f"{step} is bad, skip it (TrainerConfig(skip_steps=({step},)), then fit()).")
+
+
+def set_aside(out_dir, step: int) -> Path | None:
+    """Rename ``out_dir/ckpt-<step>`` (if there is one) to ``diverged-ckpt-<step>``, where no resume reads it, and
+    point ``latest`` at the newest checkpoint left. Returns the new name, or None."""
+    out_dir = Path(out_dir)
+    folder = out_dir / f"ckpt-{step:08d}"
+    if not folder.is_dir():
+        return None
+    target = out_dir / f"diverged-{folder.name}"
+    if target.exists():
+        target = out_dir / f"diverged-{folder.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.replace(folder, target)
+    except OSError as exc:
+        raise store.os_error(exc, f"renaming {folder} to {target.name}") from exc
+    _point_latest(out_dir, newest(out_dir))
+    return target
 
 
 # ------------------------------------------------------------------------------- what is recorded
@@ -148,24 +222,30 @@ def save(trainer) -> Path:
     """Write ``out_dir/ckpt-<step>`` of ``trainer`` atomically (:func:`lfm_core.store.save`), point
     ``out_dir/latest`` at it and keep the newest ``config.keep_checkpoints``."""
     out_dir = Path(trainer.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": FORMAT, "step": trainer.step, "parameter_signature": parameter_signature(trainer.model),
               "training": trainer.config.to_dict(), "precision_used": trainer.precision, "world_size": trainer.world,
               "history": trainer.history, "torch": torch.__version__}
     state = {"step": trainer.step, "optimizer": trainer.opt.state_dict(),
              "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-             "generator": trainer.generator.get_state(), "rng": rng_state(trainer.device),
+             "generator": trainer.generator.get_state(),  # the global states: the loaded ones until fit sets them
+             "rng": trainer.global_rng if getattr(trainer, "global_rng", None) else rng_state(trainer.device),
              "losses": torch.tensor(trainer.losses, dtype=torch.float64)}
     final = store.save(out_dir / f"ckpt-{trainer.step:08d}", trainer.model, record,
                        tensors={"ema": trainer.ema} if trainer.ema is not None else None,
-                       write=lambda folder: torch.save(state, folder / "state.pt"))
-    latest_tmp = out_dir / f".tmp-latest-{uuid.uuid4().hex[:8]}"
-    latest_tmp.write_text(final.name + "\n")
-    os.replace(latest_tmp, out_dir / "latest")
+                       write=lambda folder: _write_state(state, folder / "state.pt"))
+    _point_latest(out_dir, final)
     older = [p for p in _folders(out_dir) if p != final]
     for p in older[: max(0, len(older) - (trainer.config.keep_checkpoints - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
+        doomed = out_dir / f".tmp-pruned-{p.name}-{uuid.uuid4().hex[:8]}"  # out of the ckpt-* names first
+        with contextlib.suppress(OSError):
+            os.replace(p, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
     return final
+
+
+def _write_state(state: dict, path: Path) -> None:
+    with open(path, "wb") as f:  # through Python's file: a failed write raises the OSError (errno) behind it
+        torch.save(state, f)
 
 
 def verify(path) -> dict:
@@ -224,6 +304,7 @@ def load(trainer, path=None, *, override: bool = False) -> bool:
     Returns False when there is none. Each corrupt checkpoint on the way is skipped with a warning that
     names it; a corrupt ``path`` given explicitly raises :class:`CheckpointError`, and so does an ``out_dir``
     whose checkpoints are all corrupt. The stored configuration must match the trainer's (or ``override``).
+    The trainer's generator is restored; the global random states are kept in ``trainer.global_rng``, not set.
     """
     explicit = path is not None
     candidates = [Path(path)] if explicit else _folders(trainer.out_dir)[::-1]
@@ -249,7 +330,7 @@ def load(trainer, path=None, *, override: bool = False) -> bool:
         if trainer.scaler is not None and state.get("scaler"):
             trainer.scaler.load_state_dict(state["scaler"])
         trainer.generator.set_state(state["generator"])
-        set_rng_state(state["rng"], trainer.device)
+        trainer.global_rng = state["rng"]  # set by fit when training goes on, not here
         trainer.step = int(state["step"])
         trainer.losses = state["losses"].tolist()
         trainer.history = list(stored.get("history", []))

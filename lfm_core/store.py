@@ -11,7 +11,9 @@ A network is stored as a folder, diffusers-style::
 :func:`save` writes into a hidden temporary folder beside the target (``.<name>.tmp-<pid>-<id>``), then renames
 the previous version aside (``.<name>.old-...``), the new one into place, and deletes the aside copy. A write
 that raises or is killed leaves the previous version complete; killed between the two renames, it leaves complete
-copies beside the missing folder, and :func:`load` moves the newest that verifies back (with a warning).
+copies beside the missing folder, and :func:`load` moves the newest that verifies back (with a warning). Files
+get the mode of a new file (0644 under the usual umask); a write that fails for want of space or permission is an
+``OSError`` naming the operation and the path.
 
 :func:`load` verifies every file against ``checksums.json`` first: a changed byte, a truncated or missing file,
 broken JSON or an unknown format is a :class:`StoreError` naming the file. Without a model it builds the network
@@ -40,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["ASSETS", "FORMAT", "CLASSES", "StoreError", "save", "load", "load_state", "verify", "verify_files",
-           "write_folder", "tidy", "build", "model_config"]
+           "write_folder", "tidy", "build", "model_config", "file_mode", "os_error"]
 
 #: the folder of the networks that ship with the package (one store folder, or a folder of them, per use)
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -142,39 +144,77 @@ def _remove_stale(folder: Path, also: Path | None = None) -> None:
                 p.unlink(missing_ok=True)
 
 
+def file_mode() -> int:
+    """The mode of a new file under the process's umask, ``0o666 & ~umask`` (0644 under the usual 022): the mode
+    :func:`write_folder` gives every file it writes (``safetensors`` creates its files 0600)."""
+    mask = os.umask(0o022)  # the one way to read it is to set it
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def os_error(exc: BaseException, what: str) -> OSError | None:
+    """The ``OSError`` behind ``exc`` (disk full, permission denied ...: ``exc`` itself, one it was raised from, or
+    the ``os error N`` that ``safetensors`` writes into its messages) as an ``OSError`` of the same errno whose
+    message says what was being done (``what`` names the operation and its path); None when there is none."""
+    if isinstance(exc, (ValueError, TypeError)):   # an argument's error, whatever it was raised from
+        return None
+    cause = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, OSError):
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            return None
+        cause = OSError(int(found.group(1)), os.strerror(int(found.group(1))))
+    text = f"{what} failed: {cause.strerror or str(cause) or type(cause).__name__}"
+    if not cause.errno:
+        return OSError(text)
+    return OSError(cause.errno, text, cause.filename) if cause.filename else OSError(cause.errno, text)
+
+
 def write_folder(folder, write) -> Path:
     """Fill a new ``folder`` atomically: ``write(tmp)`` writes the files into a temporary folder beside it, then
     ``checksums.json`` (SHA-256 of each) is written last and the folder is swapped in, the previous version
-    renamed aside and deleted once the new one is in place. Returns ``folder``."""
+    renamed aside and deleted once the new one is in place. Returns ``folder``. Files get mode :func:`file_mode`;
+    an ``OSError`` (disk full, permission denied) is raised again naming the operation and the path
+    (:func:`os_error`), once the temporary folder is removed and the previous version put back."""
     folder = _folder(folder)
     if not callable(write):
         raise TypeError(f"write must be a callable that writes files into a folder, got {type(write).__name__}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp, aside = (folder.parent / f".{folder.name}.{kind}-{tag}" for kind in ("tmp", "old"))
-    tmp.mkdir()
+    stage = f"creating the folder {folder.parent}"
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        stage = f"writing {folder} (into {tmp.name} beside it)"
+        tmp.mkdir()
         write(tmp)
         names = sorted(p.name for p in tmp.iterdir())
         bad = [n for n in names if n == CHECKSUMS or n.startswith(".") or not (tmp / n).is_file()]
         if bad:
             raise ValueError(f"write left {bad} in the folder: it may write plain files, other than {CHECKSUMS}")
+        mode = file_mode()
         for name in names:
+            os.chmod(tmp / name, mode)
             _fsync(tmp / name)
         (tmp / CHECKSUMS).write_text(json.dumps({n: _sha256(tmp / n) for n in names}, indent=1) + "\n")
         _fsync(tmp / CHECKSUMS)
         _fsync(tmp)
         moved = folder.exists() or folder.is_symlink()
+        stage = f"moving the previous {folder} aside (to {aside.name})"
         if moved:
             os.replace(folder, aside)
+        stage = f"renaming {tmp.name} to {folder}"
         try:
             os.replace(tmp, folder)
         except BaseException:
             if moved:
                 os.replace(aside, folder)
             raise
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (named := os_error(exc, stage)) is not None:
+            raise named from exc
         raise
     _fsync(folder.parent)
     _remove_stale(folder, aside)   # the new version supersedes the aside copy and the copies of writers gone
@@ -214,33 +254,44 @@ def _locate(folder: Path) -> Path:
     return where
 
 
+def _complete(folder: Path) -> bool:
+    try:
+        _checked(folder)
+    except (StoreError, OSError):
+        return False
+    return True
+
+
 def _restore(folder: Path) -> Path | None:
     """Move the newest complete copy that a killed write left beside the missing ``folder`` into its place (where
     that cannot be done, read the copy); None when there is none."""
     for copy in _leftovers(folder):
-        try:
-            _checked(copy)
-        except (StoreError, OSError):
+        if not _complete(copy):
             continue
         try:
             os.replace(copy, folder)
         except OSError:   # a folder that cannot be written to, or another reader restored it first
             return folder if (folder / CHECKSUMS).exists() else copy
-        warnings.warn(f"{folder} was missing; restored the complete copy {copy.name} that a stopped write left "
-                      "beside it", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"{folder} was missing or damaged; restored the complete copy {copy.name} that a stopped write "
+                      "left beside it", RuntimeWarning, stacklevel=4)
         return folder
     return None
 
 
 def tidy(parent) -> None:
-    """Settle what killed writes left in the folder ``parent``: each missing folder gets back the newest complete
-    copy of it, and the copies of writers that are gone are deleted (superseded, or incomplete)."""
+    """Settle what killed writes left in the folder ``parent``: each folder that is missing, or that fails its
+    checksums while a complete copy of it is left, gets back the newest complete copy (every copy is verified
+    first), and the copies of writers that are gone are deleted (superseded, or incomplete)."""
     parent = _folder(parent)
     names = {m.group(1) for p in (parent.iterdir() if parent.is_dir() else ()) if (m := _LEFTOVER.match(p.name))}
     for name in sorted(names):
-        if not (parent / name).exists():
-            _restore(parent / name)
-        _remove_stale(parent / name)
+        folder, damaged = parent / name, None
+        if folder.exists() and not _complete(folder) and any(_complete(c) for c in _leftovers(folder)):
+            damaged = parent / f".{name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(folder, damaged)
+        if not folder.exists():
+            _restore(folder)
+        _remove_stale(folder, damaged)
 
 
 def _verified(folder: Path) -> tuple[Path, dict, dict]:

@@ -17,11 +17,18 @@ average (EMA) of the weights follows the model, ``theta_ema <- d theta_ema + (1 
 fp16 autocast on a GPU. **Several processes** (``torchrun``) each take their slice of the same global batch
 and average their gradients, which gives the gradient of the global batch, as one process would.
 
-**The non-finite guard.** The loss and the gradient norm of each step stay where they were computed and are
+**The guard.** The loss, gradient norm and parameter norm of each step stay where they were computed and are
 read back together (one synchronisation with an accelerator) every ``config.log_every`` steps, before a
 checkpoint, at the end, and after every step when there is a callback. The first step whose loss or gradient
-norm is not finite stops training with a :class:`NonFiniteError` naming it, before anything after it is saved;
-a checkpoint with non-finite weights is refused too, so every checkpoint can be resumed.
+norm is not finite, or that diverges, stops training with a :class:`NonFiniteError` naming the step and its
+batch, before anything after it is saved. Divergence (``config.divergence = f``, 1000 by default; ``None``: off):
+a loss above ``f`` x the median of the (up to 1000) losses before it, once 20 are known (and the median is
+positive), or an update that takes the root mean square of the parameters above ``f x max(1, r0)`` (``r0``: when
+``fit`` began). The margin is wide on purpose: noise moves a loss by a few times, not a thousand, and weights of
+order one that grow a thousandfold are no longer training. A checkpoint with non-finite weights is refused, and
+one whose weights met a failing loss set aside (:func:`lfm_core.checkpoints.set_aside`), so the newest can
+always be resumed. The error says how to go on (a lower learning rate with ``override=True``, or
+``config.skip_steps`` past a bad batch); an exception from ``batch_fn`` or ``loss_fn`` names its step too.
 
 **Checkpoints** (:mod:`lfm_core.checkpoints`): atomic, checksummed, resumed bit for bit, refused on resume
 when the settings that change the optimisation differ (unless ``override=True``).
@@ -32,6 +39,7 @@ Copy with: checkpoints, store, devices, images, hub, runtime, utils (``torch``, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -41,7 +49,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoints
+from . import checkpoints, utils
 from .devices import PRECISIONS, autocast, dist_info, resolve_precision
 from .runtime import show_progress
 from .utils import check_nonnegative, check_nonnegative_int, check_positive_int
@@ -53,21 +61,22 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclass
 class FitResult:
-    """Loss history (one value per step, from step 0), the seconds this call trained, and the EMA model if any."""
+    """Loss history (one value per step, from step 0; NaN for a skipped step), the seconds this call trained, and
+    the EMA model if any."""
 
     losses: list = field(default_factory=list)
     seconds: float = 0.0
     ema: torch.nn.Module | None = None
 
     def smoothed(self, window: int = 50) -> list:
-        """Running mean of the losses over ``window`` steps."""
+        """Running mean of the losses over ``window`` steps (skipped steps left out)."""
         check_positive_int(window, "window")
-        out, acc = [], 0.0
+        out, acc, n = [], 0.0, 0
         for i, v in enumerate(self.losses):
-            acc += v
-            if i >= window:
-                acc -= self.losses[i - window]
-            out.append(acc / min(i + 1, window))
+            acc, n = (acc + v, n + 1) if v == v else (acc, n)
+            if i >= window and (old := self.losses[i - window]) == old:
+                acc, n = acc - old, n - 1
+            out.append(acc / n if n else float("nan"))
         return out
 
 
@@ -92,7 +101,10 @@ class TrainerConfig:
     steps. ``ema_decay`` ``None`` keeps no EMA. ``grad_clip`` rescales the gradient to at most that global
     norm (``None``: no clipping). ``precision``: see :func:`lfm_core.devices.resolve_precision`.
     ``checkpoint_every`` 0 saves only at the end (when the trainer has an ``out_dir``). ``log_every``: how
-    often the losses are read back (and the progress bar and the non-finite guard updated).
+    often the losses are read back (and the progress bar and the guard updated). ``divergence``: the factor of
+    the divergence guard (the module docstring; ``None``: only non-finite values stop training).
+    ``skip_steps``: steps whose batch is drawn and dropped, without training (to resume past a bad batch; a
+    skipped step's loss is NaN). Neither changes what a resume must match.
     """
 
     steps: int
@@ -109,6 +121,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     log_every: int = 50
     seed: int = 0
+    divergence: float | None = 1e3
+    skip_steps: tuple = ()
 
     # fields that change the optimisation: a resume must match them (or override); the rest is bookkeeping
     OPTIMISATION = ("batch_size", "lr", "weight_decay", "lr_schedule", "warmup", "ema_decay", "grad_clip",
@@ -133,7 +147,14 @@ class TrainerConfig:
             check_nonnegative_int(getattr(self, name), f"TrainerConfig.{name}")
         check_positive_int(self.keep_checkpoints, "TrainerConfig.keep_checkpoints")
         check_positive_int(self.log_every, "TrainerConfig.log_every")
-        check_nonnegative_int(self.seed, "TrainerConfig.seed")
+        if check_nonnegative_int(self.seed, "TrainerConfig.seed") >= 2**64:
+            raise ValueError(f"TrainerConfig.seed must be < 2**64, got {self.seed}")
+        self.divergence = _check_opt_float(self.divergence, "TrainerConfig.divergence", allow_none=True)
+        if self.divergence is not None and self.divergence <= 1:
+            raise ValueError(f"TrainerConfig.divergence must be > 1 (a factor) or None, got {self.divergence}")
+        if isinstance(self.skip_steps, (str, bytes)) or not hasattr(self.skip_steps, "__iter__"):
+            raise TypeError(f"TrainerConfig.skip_steps must be a tuple of steps, got {type(self.skip_steps).__name__}")
+        self.skip_steps = tuple(sorted({check_nonnegative_int(k, "TrainerConfig.skip_steps") for k in self.skip_steps}))
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -151,7 +172,12 @@ class TrainerConfig:
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a non-finite loss, gradient or parameter; nothing of it was saved."""
+    """Training produced a non-finite or diverged loss, gradient or parameter; nothing of it was saved. ``step``:
+    the step that failed; ``generator_state``: the trainer's generator before that step drew its batch (or None)."""
+
+    def __init__(self, message: str, step: int | None = None, generator_state: torch.Tensor | None = None):
+        super().__init__(message)
+        self.step, self.generator_state = step, generator_state
 
 
 class Trainer:
@@ -167,7 +193,8 @@ class Trainer:
 
     ``sample_fn(model) -> images [N, C, H, W]`` (the EMA model when there is one) is called every
     ``config.sample_every`` steps and its images saved under ``out_dir/samples``. ``callback(step, loss)``
-    is called after every step (``step`` counts from 1; on a GPU each call synchronises).
+    is called after every step (``step`` counts from 1; on a GPU each call synchronises). ``out_dir`` (for
+    checkpoints) is checked at once: a file, or a folder that cannot be written to, is a ``ValueError``.
     """
 
     def __init__(self, model: torch.nn.Module, batch_fn, loss_fn, config: TrainerConfig, *, out_dir=None,
@@ -202,7 +229,8 @@ class Trainer:
                                                 else None) if self.world > 1 else self.model)
         self.ema = (copy.deepcopy(self.model).eval().requires_grad_(False) if config.ema_decay is not None else None)
         self.batch_fn, self.loss_fn, self.sample_fn, self.callback = batch_fn, loss_fn, sample_fn, callback
-        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.out_dir = (None if out_dir is None else utils.check_writable_dir(out_dir, "out_dir") if self.rank == 0
+                        else Path(out_dir))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # foreach: one kernel per operation over all the parameters (not the default on a CPU); the learning
         # rate and the weight decay are set from the config before every step (_set_hyperparameters)
@@ -212,9 +240,12 @@ class Trainer:
         self.step = 0
         self.losses: list[float] = []
         self.history: list[dict] = []  # configuration changes applied on resume
+        self.global_rng = None  # the global random states of a loaded checkpoint, set by fit
         self.show = (show_progress() if progress is None else progress) and self.rank == 0
         self.desc = desc
-        self._pending: list = []  # (loss, gradient norm) of the steps not read back yet
+        self._pending: list = []  # (step, generator state, [loss, gradient norm, parameter norm]) not read back yet
+        self._numel = sum(p.numel() for p in self.params)
+        self._rms0, self._median = 0.0, utils.RunningMedian(DIVERGENCE_WINDOW)  # the guard's references
         self._ema_pairs = None
         self._set_hyperparameters(0)
         if self.out_dir is not None and self.rank == 0:
@@ -225,13 +256,17 @@ class Trainer:
 
         With ``override=True`` a checkpoint trained with other settings is resumed with this trainer's
         (learning rate, weight decay, warmup, schedule, EMA, clipping, precision, seed), and the change is
-        recorded in the next checkpoints' ``config.json``.
+        recorded in the next checkpoints' ``config.json``. A run that is already at ``config.steps`` is not saved
+        again.
         """
         import torch.distributed as dist
 
         if resume:
             self.load_checkpoint(override=override)
-        cfg = self.config
+        if self.global_rng is not None:  # the loaded run's global random states: a loss may draw from them
+            checkpoints.set_rng_state(self.global_rng, self.device)
+            self.global_rng = None
+        cfg, begin = self.config, self.step
         if self.step > cfg.steps:
             raise ValueError(f"the checkpoint in {self.out_dir} is at step {self.step}, beyond steps = {cfg.steps}: "
                              "raise steps to train further, or pass resume=False to start again")
@@ -240,21 +275,32 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         self._pending = []
+        self._rms0 = float(utils.global_norm(self.params)) / self._numel**0.5 if cfg.divergence else 0.0
+        self._median = utils.RunningMedian(DIVERGENCE_WINDOW, self.losses[-DIVERGENCE_WINDOW:])
         for step in bar:
             try:
-                self._pending.append(self._step(step))
-            except Exception:
+                if step in cfg.skip_steps:  # drawn and dropped: the later batches are those of an uninterrupted run
+                    with contextlib.suppress(Exception):
+                        self.batch_fn(step, self.generator)
+                    self._pending.append((step, None, None))
+                else:
+                    self._pending.append((step, self.generator.get_state(), self._step(step)))
+            except Exception as exc:
                 if self.world == 1:  # a non-finite step before this one is the cause to report
                     self._read_back()
-                raise
+                named = utils.with_context(exc, f"training stopped at step {step} (its batch: batch_fn({step}, "
+                                           f"generator); if that batch is bad, TrainerConfig(skip_steps=({step},)) "
+                                           "skips it on resume)")
+                if named is exc:
+                    raise
+                raise named from exc
             self.step = step + 1
             saving = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
             if self.callback is not None or saving or self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self._read_back()
             if self.callback is not None:
                 self.callback(self.step, self.losses[-1])
-            if self.show and self.step % 20 == 0 and self.losses:
-                recent = self.losses[-50:]
+            if self.show and self.step % 20 == 0 and (recent := [v for v in self.losses[-50:] if v == v]):
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
             if saving:
                 self.save_checkpoint()
@@ -263,14 +309,16 @@ class Trainer:
         bar.close()
         self.model.eval()
         self._check_parameters_finite("training ended")
-        if self.out_dir is not None and (not cfg.checkpoint_every or self.step % cfg.checkpoint_every):
+        saved = self.step == begin or cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+        if self.out_dir is not None and not (saved and (self.out_dir / f"ckpt-{self.step:08d}").is_dir()):
             self.save_checkpoint()
         if self.world > 1:
             dist.barrier()
         return FitResult(losses=list(self.losses), seconds=time.perf_counter() - start, ema=self.ema)
 
-    def _step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step: forward, backward, clipping, AdamW, EMA. Returns the loss and the gradient norm, not read back."""
+    def _step(self, step: int) -> tuple:
+        """One step: forward, backward, clipping, AdamW, EMA. Returns the loss, the gradient norm and the parameter
+        norm after the update (0 without the divergence guard), not read back."""
         clip = self.config.grad_clip
         self._set_hyperparameters(step)
         batch = self._slice(self.batch_fn(step, self.generator))
@@ -286,9 +334,12 @@ class Trainer:
             self.scaler.unscale_(self.opt)
         else:
             loss.backward()
-        gnorm = _total_norm(self.params) if clip is not None else _norm_sum(self.params)
         if clip is not None:
-            _clip(self.params, clip, gnorm)
+            grads = [p.grad for p in self.params if p.grad is not None]
+            gnorm = utils.global_norm(grads) if grads else torch.zeros((), device=self.device)
+            utils.clip_grads_(self.params, clip, gnorm)
+        else:
+            gnorm = utils.grad_norm_sum(self.params)
         if self.scaler is not None:  # skips the update (and lowers its scale) when the fp16 gradient overflowed
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -296,7 +347,8 @@ class Trainer:
             self.opt.step()
         if self.ema is not None:
             self._update_ema()
-        return loss.detach(), gnorm.detach()
+        pnorm = utils.global_norm(self.params) if self.config.divergence else gnorm.new_zeros(())
+        return loss.detach(), gnorm.detach(), pnorm
 
     def _set_hyperparameters(self, step: int) -> None:
         """The learning rate of ``step`` and the weight decay, from the config (a resumed optimiser state carries the
@@ -334,32 +386,35 @@ class Trainer:
         for e, b in buffers:
             e.copy_(b)
 
-    # ------------------------------------------------------------------------------ the non-finite guard
+    # ------------------------------------------------------------------------------ the guard
     def _read_back(self) -> None:
-        """Read the buffered losses back (one synchronisation) and stop at the first non-finite step.
+        """Read the buffered steps back (one synchronisation) and stop at the first that fails (module docstring).
 
-        A step fails when its loss is not finite, or its gradient norm without a gradient scaler (with one, an
-        overflowing fp16 step is skipped by the scaler). Across processes the losses are averaged, so a
-        non-finite loss on any process shows; the gradient norm is the same on every process.
+        A gradient norm counts without a gradient scaler only (with one, an overflowing fp16 step is skipped by the
+        scaler). Across processes the losses are averaged, so a non-finite loss on any process shows; the gradient
+        and parameter norms are the same on every process.
         """
         import torch.distributed as dist
 
         if not self._pending:
             return
-        first = self.step - len(self._pending)
-        losses = torch.stack([v for v, _ in self._pending]).double()
-        norms = torch.stack([g for _, g in self._pending]).double()
-        self._pending = []
+        pending, self._pending = self._pending, []
+        done = [v for _, _, v in pending if v is not None]
+        cols = [torch.stack([v[i] for v in done]).double() if done else torch.zeros(0) for i in range(3)]
         if self.world > 1:
-            dist.all_reduce(losses)
-            losses = losses / self.world
-        losses, norms = losses.tolist(), norms.tolist()
+            dist.all_reduce(cols[0])
+            cols[0] = cols[0] / self.world
+        values, losses = iter(zip(*(c.tolist() for c in cols), strict=True)), []
         where = " on some process" if self.world > 1 else ""
-        for i, (v, g) in enumerate(zip(losses, norms, strict=True)):
-            if not math.isfinite(v):
-                self._stop(first + i, f"the loss was {v}{where}")
-            if self.scaler is None and not math.isfinite(g):
-                self._stop(first + i, f"the gradient norm was {g} (the loss was finite, {v:.4g}){where}")
+        for step, state, v in pending:
+            if v is not None:
+                loss, gnorm, pnorm = next(values)
+                what, met = _failure(loss, gnorm if self.scaler is None else 0.0, pnorm / self._numel**0.5,
+                                     self._rms0, self._median, self.config.divergence)
+                if what:
+                    self._stop(step, what + (where if met else ""), state, met_loss=met)
+                self._median.add(loss)
+            losses.append(loss if v is not None else float("nan"))
         self.losses.extend(losses)
 
     def _check_parameters_finite(self, when: str) -> None:
@@ -370,13 +425,14 @@ class Trainer:
                 if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                     self._stop(self.step, f"the {name} parameter {k!r} holds non-finite values ({when})")
 
-    def _stop(self, step: int, what: str) -> None:
-        """Raise the :class:`NonFiniteError` of ``step``, saying where the last good checkpoint is."""
-        latest = checkpoints.newest(self.out_dir)
-        where = f"The last good checkpoint is {latest}" if latest is not None else "No checkpoint was written"
-        raise NonFiniteError(f"training stopped at step {step}: {what}; nothing was saved after this point. {where}. "
-                             "Lower the learning rate (resume with override=True to change it), clip gradients "
-                             "(grad_clip), or check the data.")
+    def _stop(self, step: int, what: str, state=None, *, met_loss: bool = False) -> None:
+        """Raise the :class:`NonFiniteError` of ``step``: its batch, the last good checkpoint and how to go on
+        (:func:`lfm_core.checkpoints.after_failure`, which sets aside a checkpoint of ``step`` that met its loss)."""
+        batch = f"Its batch is batch_fn({step}, generator)" + (
+            ", the trainer's generator in the state err.generator_state" if state is not None else "")
+        raise NonFiniteError(f"training stopped at step {step}: {what}; nothing after it was saved. {batch}. "
+                             + checkpoints.after_failure(self.out_dir, step, met_loss, self.rank == 0),
+                             step=step, generator_state=state)
 
     # ------------------------------------------------------------------------------ checkpoints, samples
     def save_checkpoint(self) -> Path | None:
@@ -402,27 +458,21 @@ class Trainer:
             save_image_grid(images, self.out_dir / "samples" / f"step-{self.step:08d}.png")
 
 
-# ------------------------------------------------------------------------------------ gradients
-def _total_norm(params) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=params[0].device)
-    if hasattr(torch.nn.utils, "get_total_norm"):
-        return torch.nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+# ------------------------------------------------------------------------------------ the guard's rules
+DIVERGENCE_WINDOW, DIVERGENCE_WARMUP = 1000, 20
 
 
-def _norm_sum(params) -> torch.Tensor:
-    """The sum of the gradients' norms: finite exactly when every gradient is; cheaper than the total norm."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=params[0].device)
-    return torch.stack(torch._foreach_norm(grads)).sum()
-
-
-def _clip(params, max_norm: float, total: torch.Tensor) -> None:
-    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    else:
-        grads = [p.grad for p in params if p.grad is not None]
-        torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+def _failure(loss: float, gnorm: float, rms: float, rms0: float, seen: utils.RunningMedian, factor: float | None):
+    """What is wrong with a step (its loss, gradient norm, parameters' root mean square after the update), or None;
+    and whether its loss is what failed."""
+    if not math.isfinite(loss):
+        return f"the loss was {loss}", True
+    if not math.isfinite(gnorm):
+        return f"the gradient norm was {gnorm} (the loss was finite, {loss:.4g})", False
+    if factor and len(seen) >= DIVERGENCE_WARMUP and (median := seen.median()) > 0 and loss > factor * median:
+        return (f"the loss diverged: {loss:.4g}, over {factor:g} x the median {median:.4g} of the {len(seen)} "
+                "losses before it (TrainerConfig.divergence)"), True
+    if factor and not rms <= factor * max(1.0, rms0):
+        return (f"its update took the parameters' root mean square to {rms:.4g}, over {factor:g} x max(1, {rms0:.4g}) "
+                "(their value when fit began; TrainerConfig.divergence)"), False
+    return None, False

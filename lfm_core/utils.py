@@ -13,14 +13,24 @@ boundaries of the library (``boundary=True``: once per call of a solver, an enco
 metric) or inside a :func:`debug_checks` block. Shape, dtype and device checks cost nothing
 and always run.
 
+**Output folders.** :func:`check_writable_dir` checks that an output folder can be written to (or created)
+before any work is done. **Norms** of many tensors at once (:func:`global_norm`, :func:`grad_norm_sum`,
+:func:`clip_grads_`), the median of a sliding window (:class:`RunningMedian`), and :func:`with_context`, an
+exception that says where it happened.
+
 Copy with: nothing else (depends on ``torch`` only).
 """
 
 from __future__ import annotations
 
+import bisect
+import collections
 import contextlib
 import math
+import os
+import uuid
 from numbers import Real
+from pathlib import Path
 
 import torch
 
@@ -38,6 +48,12 @@ __all__ = [
     "draw_device",
     "debug_checks",
     "values_checked",
+    "check_writable_dir",
+    "global_norm",
+    "grad_norm_sum",
+    "clip_grads_",
+    "with_context",
+    "RunningMedian",
 ]
 
 _DEBUG = [False]  # set by debug_checks
@@ -197,3 +213,94 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     """Standard normal noise shaped like ``x`` (drawn on :func:`draw_device`, returned on ``x``'s device)."""
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=draw_device(generator, x.device))
     return noise.to(x.device)
+
+
+# ------------------------------------------------------------------------------------------ files and folders
+def check_writable_dir(path, name: str) -> Path:
+    """Return ``path`` as a ``Path`` if it is a folder that can be written to, or one that can be created.
+
+    A folder that does not exist yet is checked through its nearest existing parent (which must be a folder);
+    writing is tested by creating and removing an empty file, so it holds for every user (root too) and every
+    file system (read-only mounts too). Raises ``ValueError`` naming ``name`` and the path.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
+    if not os.fspath(path):
+        raise ValueError(f"{name} is an empty path: name a folder")
+    path = Path(path)
+    probe = path
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is not a folder (a file?)" if probe == path else f"cannot be created: {probe} is not a folder"
+        raise ValueError(f"{name} {path} {where}")
+    test = probe / f".tmp-writable-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.close(os.open(test, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(test)
+    except OSError as exc:
+        where = "" if probe == path else f" (its nearest existing folder {probe} cannot be written to)"
+        raise ValueError(f"{name} {path} cannot be written to{where}: {exc.strerror or exc}") from exc
+    return path
+
+
+# ------------------------------------------------------------------------------------------ norms, errors
+def global_norm(tensors) -> torch.Tensor:
+    """The 2-norm of all the values of ``tensors`` (a non-empty list) together, as a 0-d tensor, not read back."""
+    tensors = [t.detach() for t in tensors]
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+def grad_norm_sum(params) -> torch.Tensor:
+    """The sum of the norms of the gradients of ``params``: finite exactly when every gradient is, and cheaper than
+    their global norm (0 when there is no gradient)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device)
+    return torch.stack(torch._foreach_norm(grads)).sum()
+
+
+def clip_grads_(params, max_norm: float, total: torch.Tensor) -> None:
+    """Rescale the gradients of ``params``, whose global norm is ``total``, to a global norm of at most ``max_norm``."""
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    else:
+        grads = [p.grad for p in params if p.grad is not None]
+        torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+
+
+class RunningMedian:
+    """The median of the last ``window`` finite values added (non-finite ones are left out); each :meth:`add` costs
+    a binary search and a move of at most ``window`` references."""
+
+    def __init__(self, window: int, values=()):
+        self.window, self.recent, self.sorted = check_positive_int(window, "window"), collections.deque(), []
+        for v in values:
+            self.add(v)
+
+    def add(self, value: float) -> None:
+        if math.isfinite(value):
+            self.recent.append(value)
+            bisect.insort(self.sorted, value)
+            if len(self.recent) > self.window:
+                del self.sorted[bisect.bisect_left(self.sorted, self.recent.popleft())]
+
+    def __len__(self) -> int:
+        return len(self.sorted)
+
+    def median(self) -> float:
+        """The median (the mean of the middle two for an even count; NaN when empty)."""
+        s, n = self.sorted, len(self.sorted)
+        return (s[(n - 1) // 2] + s[n // 2]) / 2 if n else float("nan")
+
+
+def with_context(exc: Exception, text: str) -> Exception:
+    """``exc`` saying ``text`` first: a new exception of the same type (raise it ``from exc``) for a plain
+    ``ValueError``, ``TypeError`` or ``RuntimeError``, else ``exc`` itself with ``text`` added as a note."""
+    if type(exc) in (ValueError, TypeError, RuntimeError):
+        return type(exc)(f"{text}: {exc}")
+    if hasattr(exc, "add_note"):
+        exc.add_note(text)
+    return exc

@@ -62,6 +62,9 @@ BAD = {
     "bool": ["yes", 2, None],
     "labels": [None, "x", torch.zeros(B), torch.full((B,), 99), torch.full((B,), -1), torch.zeros(B + 1,
                                                                                                   dtype=torch.long)],
+    "seed64": [-1, 2.5, "4", None, True, 2**70],
+    "step_list": ["x", 3, None, [-1], [2.5], [True], [None]],
+    "out_dir": ["", 3, __file__, __file__ + "/sub"],  # empty, not a path, a file, under a file
 }
 
 
@@ -197,7 +200,11 @@ API = [
      {"source": "points", "n": "posint", "steps": "posint", "batch_size": "posint"}),
     ("TrainerConfig", trainer.TrainerConfig, dict(steps=1, batch_size=2),
      {"steps": "posint", "lr": "pos_float", "ema_decay": "prob", "grad_clip": "pos_float", "warmup": "nonneg_int",
-      "checkpoint_every": "nonneg_int", "keep_checkpoints": "posint", "precision": "name", "seed": "nonneg_int"}),
+      "checkpoint_every": "nonneg_int", "keep_checkpoints": "posint", "precision": "name", "seed": "seed64",
+      "divergence": "pos_float", "skip_steps": "step_list"}),
+    ("Trainer", lambda **k: trainer.Trainer(mlp(), lambda s, g: {}, lambda m: m, trainer.TrainerConfig(steps=1,
+                                            batch_size=1), progress=False, **k), dict(out_dir=None),
+     {"out_dir": "out_dir"}),
     ("save_image_grid", lambda **k: images.save_image_grid(path="/tmp/lfm-fuzz-grid.png", **k),
      dict(images=torch.zeros(2, 1, 8, 8), nrow=2), {"images": "images", "nrow": "posint"}),
     ("images.load", images.load, dict(name="digits", size=8, limit=3), {"name": "name", "size": "posint",
@@ -219,6 +226,7 @@ ACCEPTED = {
     ("path.sample", "noise", None),  # drawn when not given
     ("fit", "grad_clip", None), ("fit", "ema_decay", None),  # switched off
     ("TrainerConfig", "grad_clip", None), ("TrainerConfig", "ema_decay", None),
+    ("TrainerConfig", "divergence", None),  # the divergence guard switched off
     ("save_image_grid", "nrow", None),
     ("images.load", "size", None), ("images.load", "limit", None),
     ("train_cfm", "label_dropout", None),

@@ -434,3 +434,44 @@ def test_checkpoint_errors_stay_json_free_of_skips(tmp_path):
     tr.fit()
     record = json.loads((tmp_path / "ckpt-00000006" / "config.json").read_text())["record"]
     assert record["training"]["skip_steps"] == [5] and tr.history == []
+
+
+REAL_LIMIT = """
+import errno, json, resource, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from trainer_task import make_trainer
+from cache_task import autoencoder_and_data
+from lfm_core import autoencoders
+out = Path(sys.argv[1])
+tr = make_trainer(2, out / "run")
+ae, data = autoencoder_and_data()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))   # every file above 1500 bytes: EFBIG
+found = {}
+for name, call in (("checkpoint", tr.fit), ("cache", lambda: autoencoders.cached_latents(ae, data, out / "cache"))):
+    try:
+        call()
+    except OSError as err:
+        found[name] = [err.errno, str(err)]
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(__import__("signal"), "SIGXFSZ"), reason="POSIX only")
+def test_a_real_write_error_names_the_path(tmp_path):
+    """A real failed write (a file size limit: EFBIG, as disk full gives ENOSPC), through safetensors and
+    torch.save, in a process of its own: an OSError naming the operation and the path, nothing partial left."""
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), str(here)]), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", REAL_LIMIT, str(tmp_path), str(here)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["checkpoint"][0] == errno.EFBIG and re.search(r"writing .*run/ckpt-00000002 .*failed: File too "
+                                                               r"large", found["checkpoint"][1]), found
+    assert found["cache"][0] == errno.EFBIG and "writing the latent cache entry" in found["cache"][1], found
+    assert sorted(os.listdir(tmp_path / "run")) == [] and os.listdir(tmp_path / "cache") == []

@@ -332,8 +332,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_writes(cache_dir: Path) -> None:
-    """Delete temporary files of writes whose process is gone (killed mid-write); others may still be writing."""
-    for tmp in cache_dir.glob(".tmp-latents-*"):
+    """Delete temporary files (entries, writability probes) of processes that are gone (killed mid-write); others
+    may still be writing."""
+    for tmp in cache_dir.glob(".tmp-*"):
         try:
             pid = int(tmp.name.rsplit("-", 2)[-2])
         except (IndexError, ValueError):

@@ -425,6 +425,10 @@ def test_the_latent_cache_checks_its_folder_first_and_names_the_path_of_a_failed
     monkeypatch.setattr(safetensors, "safe_open", unreadable)
     with pytest.raises(PermissionError, match=r"reading the latent cache entry .*c2/latents-.* failed"):
         autoencoders.cached_latents(ae, data, entry)
+    monkeypatch.undo()
+    (entry / ".tmp-writable-999999999-0000dead").write_text("")  # a probe of a process killed while checking
+    autoencoders.cached_latents(ae, data, entry)
+    assert not list(entry.glob(".tmp-*"))
 
 
 def test_checkpoint_errors_stay_json_free_of_skips(tmp_path):

@@ -21,9 +21,6 @@ Writes ``celeba_gpu.md`` and ``celeba_gpu.json`` (``celeba_gpu_quick.*`` with --
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -31,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: flags, command line, report files)
 
 
 def sync(device):
@@ -104,15 +102,36 @@ def sampling_cost(ae, n: int, latent: int, preset: str, device) -> dict:
             "with_decoding_s": round(time.perf_counter() - start, 2)}
 
 
+def report(data: dict) -> list[str]:
+    """The report's lines from the saved measurements (``data``, as written to the JSON)."""
+    rows, ae_row, sample_row = data["steps"], data["autoencoder"], data["sampling"]
+    net = data["sampling_network"]
+    lines = ["# Latent flow matching on CelebA-HQ 256: the cost on one GPU", "", data["produced_by"], "",
+             "## One training step (forward, backward, AdamW; median of "
+             f"{data['repeats']} after 2 warm-up steps)", "",
+             "| network | input | batch | precision | M params | ms / step | CUDA peak MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ms = "out of memory" if r["ms_per_step"] is None else f"{r['ms_per_step']:.1f}"
+        lines.append(f"| {r['network']} | {'x'.join(map(str, r['shape']))} | {r['batch']} | {r['precision']} | "
+                     f"{r['params_m']} | {ms} | {r['peak_mib'] if r['peak_mib'] is not None else '-'} |")
+    n = sample_row["samples"]
+    lines += ["", f"## The autoencoder ({ae_row['autoencoder']}), {ae_row['size']} px, batch {ae_row['batch']}", "",
+              f"encode {ae_row['encode_images_per_s']} images/s, decode {ae_row['decode_images_per_s']} images/s", "",
+              f"## Sampling {n} latents with dopri5 (atol = rtol = 1e-5), untrained {net}", "",
+              f"NFE {sample_row['nfe']}, {sample_row['flow_s']} s for the flow, {sample_row['with_decoding_s']} s "
+              "with decoding. A random field's NFE, not a trained flow's: the cost of one evaluation is "
+              f"{sample_row['flow_s'] / max(sample_row['nfe'], 1) * 1000:.1f} ms for {n} latents."]
+    return lines
+
+
 def main(argv=None) -> int:
     from lfm_core import autoencoders, devices
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes, any device")
+    p = common.parser(__doc__, quick="tiny sizes, any device", report_only=False)
     p.add_argument("--autoencoder", type=Path, default=None,
                    help="a local diffusers folder of sd-vae-ft-mse (default: its architecture with random weights)")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--repeats", type=common.number(int, minimum=1), default=10)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:
@@ -126,16 +145,16 @@ def main(argv=None) -> int:
     low = devices.resolve_precision("auto", device)   # bf16 where the GPU has it, else fp16; fp32 on a CPU
     precisions = ["fp32"] + ([low] if low != "fp32" else [])
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {gpu}; precisions {precisions}", flush=True)
+    common.log(f"device: {gpu}; precisions {precisions}")
 
     rows = []
     for net in nets_:
         for prec in precisions:
             rows.append(step_cost(net, (4, latent), batch, prec, device, repeats))
-            print(rows[-1], flush=True)
+            common.log(str(rows[-1]))
     for prec in precisions:
         rows.append(step_cost(nets_[0], (3, size), batch, prec, device, repeats))
-        print(rows[-1], flush=True)
+        common.log(str(rows[-1]))
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.autoencoder
@@ -145,34 +164,16 @@ def main(argv=None) -> int:
         ae = autoencoders.load(str(folder), device=device)
         ae_row = {"autoencoder": ae.name, "size": ae_size, "batch": ae_batch,
                   **autoencoder_cost(ae, ae_size, ae_batch, max(1, repeats // 2), device)}
-        print(ae_row, flush=True)
+        common.log(str(ae_row))
         sample_row = sampling_cost(ae, n_samples, latent, nets_[0].split(":")[1], device)
-        print(sample_row, flush=True)
+        common.log(str(sample_row))
 
-    stem = "celeba_gpu_quick" if args.quick else "celeba_gpu"
-    command = f"python benchmarks/celeba_gpu.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip()
-    lines = ["# Latent flow matching on CelebA-HQ 256: the cost on one GPU", "",
-             f"Produced by `{command}` on {gpu} (torch {torch.__version__}, {platform.machine()}).", "",
-             "## One training step (forward, backward, AdamW; median of "
-             f"{repeats} after 2 warm-up steps)", "",
-             "| network | input | batch | precision | M params | ms / step | CUDA peak MiB |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ms = "out of memory" if r["ms_per_step"] is None else f"{r['ms_per_step']:.1f}"
-        lines.append(f"| {r['network']} | {'x'.join(map(str, r['shape']))} | {r['batch']} | {r['precision']} | "
-                     f"{r['params_m']} | {ms} | {r['peak_mib'] if r['peak_mib'] is not None else '-'} |")
-    lines += ["", f"## The autoencoder ({ae_row['autoencoder']}), {ae_size} px, batch {ae_batch}", "",
-              f"encode {ae_row['encode_images_per_s']} images/s, decode {ae_row['decode_images_per_s']} images/s", "",
-              f"## Sampling {n_samples} latents with dopri5 (atol = rtol = 1e-5), untrained {nets_[0]}", "",
-              f"NFE {sample_row['nfe']}, {sample_row['flow_s']} s for the flow, {sample_row['with_decoding_s']} s "
-              "with decoding. A random field's NFE, not a trained flow's: the cost of one evaluation is "
-              f"{sample_row['flow_s'] / max(sample_row['nfe'], 1) * 1000:.1f} ms for {n_samples} latents."]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({"command": command, "device": gpu, "steps": rows,
-                                                       "autoencoder": ae_row, "sampling": sample_row},
-                                                      indent=1) + "\n")
-    print(f"wrote {args.out / (stem + '.md')}")
+    command = common.command(__file__, argv)
+    data = {"command": command, "device": gpu, "steps": rows, "autoencoder": ae_row, "sampling": sample_row,
+            "produced_by": common.produced_by(command, gpu, [f"torch {torch.__version__}", common.machine()["arch"]]),
+            "repeats": repeats, "sampling_network": nets_[0]}
+    md = common.save(args.out, "celeba_gpu" + ("_quick" if args.quick else ""), report(data), data)
+    print(f"wrote {md}")
     return 0
 
 

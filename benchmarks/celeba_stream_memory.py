@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: flags, command line, report files)
 
 
 def generate(folder: Path, n: int, side: int = 256) -> None:
@@ -62,11 +62,9 @@ def measure(folder: Path, cache: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--sizes", type=int, nargs="+")
+    p = common.parser(__doc__, report_only=False)
+    p.add_argument("--sizes", type=common.number(int, minimum=2), nargs="+")
     p.add_argument("--work", type=Path, default=Path("/tmp/lfm-stream-memory"))
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -79,18 +77,17 @@ def main(argv=None) -> int:
         if not (folder / "train").is_dir():
             start = time.perf_counter()
             generate(folder, n)
-            print(f"generated {n} images in {time.perf_counter() - start:.0f} s", flush=True)
+            common.log(f"generated {n} images in {time.perf_counter() - start:.0f} s")
         cache = args.work / f"cache-{n}"
         out = subprocess.run([sys.executable, __file__, "--one", str(folder), str(cache)], capture_output=True,
-                             text=True, check=True, cwd=ROOT)
+                             text=True, check=True, cwd=common.ROOT)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{row['images']:6d} images: {row['seconds']:6.1f} s, peak RSS {row['rss_peak_mib']:7.0f} MiB "
-              f"(before streaming {row['rss_before_mib']:.0f} MiB; latents {row['latents_mib']:.0f} MiB)", flush=True)
-    stem = "celeba_stream_memory" + ("_quick" if args.quick else "")
-    command = "python benchmarks/celeba_stream_memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        common.log(f"{row['images']:6d} images: {row['seconds']:6.1f} s, peak RSS {row['rss_peak_mib']:7.0f} MiB "
+                   f"(before streaming {row['rss_before_mib']:.0f} MiB; latents {row['latents_mib']:.0f} MiB)")
+    command, machine = common.command(__file__, argv), common.machine()
     lines = ["# Streaming CelebA-HQ into the latent cache: peak memory", "",
-             f"Produced by `{command.strip()}` ({platform.machine()}, Python {platform.python_version()}).", "",
+             common.produced_by(command, details=[machine["arch"], f"Python {machine['python']}"]), "",
              "Generated 256 x 256 JPEGs in the StarGAN v2 layout, streamed at 64 px through a small RGB AutoencoderKL "
              "(4 x 16 x 16 latents) at batch 64 by `autoencoders.cached_latents`, each count in a fresh process.", "",
              "| images | seconds | peak RSS MiB | RSS before streaming MiB | growth MiB | latents held MiB |",
@@ -101,10 +98,9 @@ def main(argv=None) -> int:
     lines += ["", "The growth is the latents of all images (which the cache returns) plus a constant: one chunk of "
               "decoded images and the encoder's activations for it. At 256 px through sd-vae-ft-mse the latents of "
               "the 30 000 CelebA-HQ images take 4 x 32 x 32 x 4 bytes each, 480 MiB."]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=1) + "\n")
-    print(f"wrote {args.out / (stem + '.md')}")
+    md = common.save(args.out, "celeba_stream_memory" + ("_quick" if args.quick else ""), lines,
+                     {"command": command, "rows": rows})
+    print(f"wrote {md}")
     return 0
 
 

@@ -21,15 +21,14 @@ least 10x cheaper at 64 px.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: flags, command line, report files)
+
 FACTOR, LATENT_CHANNELS = 8, 4
 
 
@@ -57,13 +56,11 @@ def measure(kind: str, size: int, preset: str, batch: int, repeats: int, device:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    p = common.parser(__doc__, report_only=False)
+    p.add_argument("--sizes", type=common.number(int, minimum=8), nargs="+", default=[32, 64])
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--batch", type=common.number(int, minimum=1), default=16)
+    p.add_argument("--repeats", type=common.number(int, minimum=1), default=7)
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.batch, args.repeats = [32], 4, 1
@@ -74,11 +71,11 @@ def main(argv=None) -> int:
             for kind in ("pixel", "latent"):
                 r = measure(kind, size, args.preset, args.batch, args.repeats, device)
                 rows.append(r)
-                print(f"{device:5s} {size:4d} px {kind:6s} {str(tuple(r['shape'])):14s} "
-                      f"{r['ms_per_step']:9.1f} ms/step, activations {r['activations_mb']:8.1f} MB", flush=True)
-    lines = ["# Pixel vs latent: one flow matching training step", "",
-             f"Produced by `python benchmarks/latent_vs_pixel.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
-             f"(torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} CPU threads).", "",
+                common.log(f"{device:5s} {size:4d} px {kind:6s} {str(tuple(r['shape'])):14s} "
+                           f"{r['ms_per_step']:9.1f} ms/step, activations {r['activations_mb']:8.1f} MB")
+    header = common.produced_by(common.command(__file__, argv), details=[
+        f"torch {torch.__version__}", common.machine()["arch"], f"{torch.get_num_threads()} CPU threads"])
+    lines = ["# Pixel vs latent: one flow matching training step", "", header, "",
              f"UNetVelocity preset `{args.preset}`, batch {args.batch}; latent = 4 channels at 1/8 of the image side "
              "(the shape of sd-vae-ft-mse's latents). Time: median of "
              f"{args.repeats} steps after 2 warm-up steps (lfm_core.devices.measure_step). Memory: the tensors "
@@ -96,12 +93,9 @@ def main(argv=None) -> int:
                          f"{px['ms_per_step']:.1f} | {lt['ms_per_step']:.1f} | {speed:.1f}x | "
                          f"{px['activations_mb']:.1f} | {lt['activations_mb']:.1f} |")
     lines += ["", "Expected: the latent step at least 10x cheaper at 64 px."]
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "latent_vs_pixel_quick" if args.quick else "latent_vs_pixel"
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({"rows": rows, "summary": summary, "batch": args.batch,
-                                                       "preset": args.preset}, indent=1) + "\n")
-    print(f"wrote {args.out / (stem + '.md')}")
+    md = common.save(args.out, "latent_vs_pixel" + ("_quick" if args.quick else ""), lines,
+                     {"rows": rows, "summary": summary, "batch": args.batch, "preset": args.preset})
+    print(f"wrote {md}")
     return 0
 
 

@@ -21,22 +21,21 @@ that are not comparisons of numbers (``torch.allclose``, ``all(...)``) count in 
 
 from __future__ import annotations
 
-import argparse
 import ast
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: flags, command line, report files)
+
+sys.path.insert(0, str(common.ROOT / "scripts"))
 import run_notebooks  # noqa: E402  (how the project finds and executes notebooks: the error line, the machine)
 
-RESULTS = ROOT / "benchmarks" / "results"
 OPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 
 # runs in the kernel before the notebook's first cell: appends one JSON line per recorded comparison
@@ -217,54 +216,46 @@ def report(data: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, quick=None)
     parser.add_argument("notebooks", nargs="*", help="only the notebooks whose file name contains one of these")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
-    parser.add_argument("--report-only", type=Path, help="rewrite the Markdown report from a saved JSON")
+    parser.add_argument("--seeds", type=common.number(int, minimum=0), nargs="+", default=[0, 1, 2])
+    parser.add_argument("--timeout", type=common.number(int, minimum=1), default=1800,
+                        help="per-cell timeout in seconds")
     parser.add_argument("--merge", action="store_true",
                         help="replace these notebooks' runs in OUT/notebook_seeds.json, keeping the others")
     args = parser.parse_args(argv)
     if args.report_only is not None:
-        if not args.report_only.is_file():
-            print(f"--report-only: no such file {args.report_only}", file=sys.stderr)
-            return 2
-        data = json.loads(args.report_only.read_text())
-        args.report_only.with_suffix(".md").write_text(report(data) + "\n")
+        data = common.load(args.report_only, parser, keys=("commands", "seeds", "torch", "results"))
+        common.save(args.report_only.parent, args.report_only.stem, [report(data)])
         print(report(data))
         return 0
-    if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-        print(f"--seeds must be distinct non-negative integers, got {args.seeds}", file=sys.stderr)
-        return 2
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct, got {args.seeds}")
     try:
         paths = run_notebooks.find_notebooks(args.notebooks)
     except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        parser.error(str(exc))
     import torch
 
     runs = []
     for path in paths:
         for seed in args.seeds:
-            print(f"{path.name}, seed {seed} ...", flush=True)
+            common.log(f"{path.name}, seed {seed} ...")
             run = dict(run_notebook(path, seed, args.timeout), notebook=path.name)
             runs.append(run)
             n = sum(len(v) for v in run["measured"].values())
-            print(f"  {'FAILED: ' + run['error'] if run['error'] else 'passed'}; {run['seconds']} s; "
-                  f"{n} asserts measured", flush=True)
-    command = {"command": "python benchmarks/notebook_seeds.py " + " ".join(
-                   [*args.notebooks, "--seeds", *map(str, args.seeds)] + (["--merge"] if args.merge else [])),
+            common.log(f"  {'FAILED: ' + run['error'] if run['error'] else 'passed'}; {run['seconds']} s; "
+                       f"{n} asserts measured")
+    command = {"command": common.command(__file__, [*args.notebooks, "--seeds", *map(str, args.seeds)]
+                                         + (["--merge"] if args.merge else [])),
                "date": datetime.date.today().isoformat(),
-               "machine": f"{run_notebooks.machine()} ({platform.machine()})"}
+               "machine": f"{run_notebooks.machine()} ({common.machine()['arch']})"}
     stem = "notebook_seeds" if not args.notebooks or args.merge else "notebook_seeds_" + "_".join(args.notebooks)
     data = {"commands": [command], "seeds": list(args.seeds), "torch": torch.__version__,
             "results": summarise(runs), "runs": runs}
     if args.merge and (args.out / f"{stem}.json").is_file():
         data = merge(json.loads((args.out / f"{stem}.json").read_text()), data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(report(data) + "\n")
+    common.save(args.out, stem, [report(data)], data)
     print(report(data))
     print(f"wrote {args.out / (stem + '.json')} and .md")
     return 1 if any(r["error"] for r in runs) else 0

@@ -33,9 +33,7 @@ Targets (means over seeds, per task): a MeanFlow variant's one-step W2 at most O
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -45,11 +43,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: flags, command line, report files)
 import straight_flows  # noqa: E402  (the baselines' data, settings and runner)
 
 from lfm_core import average_velocity, compare, metrics, nets, paths, solvers, toy  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TASKS = straight_flows.TASKS
 STEPS = straight_flows.STEPS
 VARIANTS = {"MeanFlow": dict(power=1.0), "MeanFlow p=0": dict(power=0.0),
@@ -88,7 +86,7 @@ def baseline_config(cfg: Config) -> straight_flows.Config:
 
 def load_baselines(cfg: Config) -> list:
     """The four methods' rows from ``cfg.baselines``, after checking that they were measured on this run's data."""
-    path = ROOT / cfg.baselines if not Path(cfg.baselines).is_absolute() else Path(cfg.baselines)
+    path = common.ROOT / cfg.baselines if not Path(cfg.baselines).is_absolute() else Path(cfg.baselines)
     if not path.is_file():
         raise FileNotFoundError(f"no baseline measurements at {path}: run python benchmarks/straight_flows.py, "
                                 "or pass --retrain")
@@ -101,7 +99,8 @@ def load_baselines(cfg: Config) -> list:
     if missing:
         raise ValueError(f"{path} has no measurements for seeds {missing}: pass --retrain")
     rows = [r for r in saved["rows"] if r["task"] in cfg.tasks and r["seed"] in cfg.seeds]
-    return [dict(r, source=str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)) for r in rows]
+    source = str(path.relative_to(common.ROOT)) if path.is_relative_to(common.ROOT) else str(path)
+    return [dict(r, source=source) for r in rows]
 
 
 def exact_row(task: str, seed: int, cfg: Config) -> dict | None:
@@ -158,14 +157,13 @@ def targets(summ: dict, task: str, variant: str) -> dict:
             "ratio_best_100": mf / best, "vs_best_met": mf <= 1.5 * best}
 
 
-def write_report(cfg: Config, rows: list, wall: float, out: Path, stem: str, command: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+def report(data: dict) -> list[str]:
+    """The report's lines from the saved measurements (``data``, as written to the JSON)."""
+    cfg, rows = Config(**data["config"]), data["rows"]
     summ = summarise(rows)
-    f = lambda ms, d=3: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"  # noqa: E731
+    f = lambda ms, d=3: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"
     sources = sorted({r["source"] for r in rows if "source" in r})
-    lines = ["# One-step generation: W2 against network evaluations", "",
-             f"Produced by `{command}` on {platform.node() or 'this machine'} ({platform.machine()}, torch "
-             f"{torch.__version__}, {cfg.threads} torch threads) in {wall / 60:.1f} minutes.", "",
+    lines = ["# One-step generation: W2 against network evaluations", "", data["produced_by"], "",
              f"Mean ± standard deviation over seeds {', '.join(map(str, cfg.seeds))}. W2: exact 2-Wasserstein "
              f"distance between the images of {cfg.n_test} held-out N(0, I) points after n network evaluations "
              f"(Euler steps; jumps for MeanFlow) and {cfg.n_test} held-out data points. Seconds: training on the "
@@ -203,19 +201,13 @@ def write_report(cfg: Config, rows: list, wall: float, out: Path, stem: str, com
                              f"{t['ratio_best_100']:.2f}x the best 100-step W2 {t['best_100']:.3f} (target <= 1.5x: "
                              f"{'met' if t['vs_best_met'] else 'not met'}).")
             lines.append("")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"config": asdict(cfg), "command": command, "wall_seconds": wall,
-                                                  "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
-    plot(cfg, summ, out / f"{stem}.png")
-    return out / f"{stem}.md"
+    return lines
 
 
-def plot(cfg: Config, summ: dict, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(data: dict):
+    """W2 against network evaluations, one panel per task (mean and standard deviation over seeds)."""
+    cfg, summ = Config(**data["config"]), summarise(data["rows"])
+    plt = common.pyplot()
     fig, axes = plt.subplots(1, len(cfg.tasks), figsize=(5.8 * len(cfg.tasks), 4.2), squeeze=False)
     styles = dict(zip([*BASELINES, *VARIANTS], ["o:", "s:", "D:", "^:", "*-", "P-", "X-"], strict=True))
     for ax, task in zip(axes[0], cfg.tasks, strict=True):
@@ -234,48 +226,43 @@ def plot(cfg: Config, summ: dict, path: Path):
         ax.set_ylabel("W2 to held-out data")
         ax.set_title(f"N(0, I) -> {task} ({len(cfg.seeds)} seeds)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 seeds, short training, small sets, baselines retrained")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p = common.parser(__doc__, quick="2 seeds, short training, small sets, baselines retrained")
+    count = common.number(int, minimum=1)
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--tasks", nargs="+", choices=TASKS)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS))
-    p.add_argument("--meanflow-steps", type=int)
+    p.add_argument("--meanflow-steps", type=count)
     p.add_argument("--baselines", type=str, help="saved measurements of benchmarks/straight_flows.py to read")
     p.add_argument("--retrain", action="store_true", help="train the four flow matching methods here too")
-    p.add_argument("--threads", type=int, help="torch threads (default 2; 1 per process with --jobs > 1)")
-    p.add_argument("--jobs", type=int, help="run the (task, seed) cells in this many processes")
-    p.add_argument("--report-only", type=Path, metavar="JSON", help="rewrite the report from saved measurements")
+    p.add_argument("--threads", type=count, help="torch threads (default 2; 1 per process with --jobs > 1)")
+    p.add_argument("--jobs", type=count, help="run the (task, seed) cells in this many processes")
     a = p.parse_args(argv)
     if a.report_only:
-        saved = json.loads(a.report_only.read_text())
-        write_report(Config(**saved["config"]), saved["rows"], saved["wall_seconds"], a.report_only.parent,
-                     a.report_only.stem, saved["command"])
+        data = common.load(a.report_only, p, keys=("config", "command", "rows"))
+        common.save(a.report_only.parent, a.report_only.stem, report(data), figure=plot(data))
         return 0
     cfg = (Config(seeds=[0, 1], n_train=1000, n_test=200, meanflow_steps=60, retrain=True, quick=True)
            if a.quick else Config())
-    for name in ("seeds", "tasks", "variants", "meanflow_steps", "baselines", "threads", "jobs"):
-        if getattr(a, name) is not None:
-            setattr(cfg, name, getattr(a, name))
+    common.override(cfg, a, ("seeds", "tasks", "variants", "meanflow_steps", "baselines", "threads", "jobs"))
     cfg.retrain = cfg.retrain or a.retrain
     if a.jobs and a.jobs > 1 and a.threads is None:
         cfg.threads = 1
-    for name in ("meanflow_steps", "threads", "jobs"):
-        if getattr(cfg, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
     torch.set_num_threads(cfg.threads)
-    command = "python benchmarks/one_step.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
+    command = common.command(__file__, argv)
     start = time.perf_counter()
     rows = [] if cfg.retrain else load_baselines(cfg)
     rows += straight_flows.run_cells(run_cell, cfg)   # the same (task, seed) cells and process pool
-    stem = "one_step" + ("_quick" if a.quick else "")
-    md = write_report(cfg, rows, time.perf_counter() - start, a.out, stem, command.strip())
+    wall = time.perf_counter() - start
+    machine = common.machine()
+    header = common.produced_by(command, machine["host"], [
+        machine["arch"], f"torch {torch.__version__}", f"{cfg.threads} torch threads"], wall / 60)
+    data = {"config": asdict(cfg), "command": command, "produced_by": header, "wall_seconds": wall,
+            "torch": torch.__version__, "rows": rows}
+    md = common.save(a.out, "one_step" + ("_quick" if a.quick else ""), report(data), data, plot(data))
     print(md.read_text())
     return 0
 

@@ -32,9 +32,6 @@ half of I-CFM's after one step, and W2 after two steps within 1.2x of its own 10
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -45,7 +42,9 @@ import torch
 
 from lfm_core import compare, interpolants, nets, straightness, toy
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: flags, command line, report files)
+
 TASKS = ("8gaussians", "moons")
 METHODS = compare.METHODS
 STEPS = (1, 2, 4, 8, 100)
@@ -126,13 +125,12 @@ def targets(summ: dict, task: str) -> dict:
             "two_step_ratio": two_step, "two_step_met": two_step <= 1.2}
 
 
-def write_report(cfg: Config, rows: list, wall: float, out: Path, stem: str, command: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+def report(data: dict) -> list[str]:
+    """The report's lines from the saved measurements (``data``, as written to the JSON)."""
+    cfg, rows = Config(**data["config"]), data["rows"]
     summ = summarise(rows)
-    f = lambda ms, d=3: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"  # noqa: E731
-    lines = ["# Straight flows: W2 against the number of Euler steps", "",
-             f"Produced by `{command}` on {platform.node() or 'this machine'} ({platform.machine()}, torch "
-             f"{torch.__version__}, {cfg.threads} torch threads) in {wall / 60:.1f} minutes.", "",
+    f = lambda ms, d=3: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"
+    lines = ["# Straight flows: W2 against the number of Euler steps", "", data["produced_by"], "",
              f"Mean ± standard deviation over seeds {', '.join(map(str, cfg.seeds))}. W2: exact 2-Wasserstein "
              f"distance between the images of {cfg.n_test} held-out N(0, I) points after n Euler steps and "
              f"{cfg.n_test} held-out data points. S: Rectified Flow's straightness and NPE: normalised path energy, "
@@ -166,19 +164,13 @@ def write_report(cfg: Config, rows: list, wall: float, out: Path, stem: str, com
             lines += ["Straightness loss of the interpolant's v* (first / last tenth of its fit, mean over seeds): "
                       f"{statistics.mean(r['straightness_loss_first'] for r in ls):.2f} -> "
                       f"{statistics.mean(r['straightness_loss_last'] for r in ls):.2f}.", ""]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"config": asdict(cfg), "command": command, "wall_seconds": wall,
-                                                  "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
-    plot(cfg, summ, out / f"{stem}.png")
-    return out / f"{stem}.md"
+    return lines
 
 
-def plot(cfg: Config, summ: dict, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(data: dict):
+    """W2 against the number of Euler steps, one panel per task (mean and standard deviation over seeds)."""
+    cfg, summ = Config(**data["config"]), summarise(data["rows"])
+    plt = common.pyplot()
     fig, axes = plt.subplots(1, len(cfg.tasks), figsize=(5.5 * len(cfg.tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], cfg.tasks, strict=True):
         for method, marker in zip(METHODS, "osD^", strict=True):
@@ -193,69 +185,58 @@ def plot(cfg: Config, summ: dict, path: Path):
         ax.set_ylabel("W2 to held-out data")
         ax.set_title(f"N(0, I) -> {task} ({len(cfg.seeds)} seeds)")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _print(line: str):
-    print(line, flush=True)
+    return fig
 
 
 def run_cells(cell_fn, cfg) -> list:
     """``cell_fn(task, seed, cfg, log)`` for every (task, seed) of ``cfg``, in ``cfg.jobs`` processes; all rows."""
     cells = [(task, seed) for task in cfg.tasks for seed in cfg.seeds]
     if cfg.jobs == 1:
-        return [row for task, seed in cells for row in cell_fn(task, seed, cfg, _print)]
+        return [row for task, seed in cells for row in cell_fn(task, seed, cfg, common.log)]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(cfg.threads,)) as pool:
         n = len(cells)
-        parts = pool.map(cell_fn, [c[0] for c in cells], [c[1] for c in cells], [cfg] * n, [_print] * n)
+        parts = pool.map(cell_fn, [c[0] for c in cells], [c[1] for c in cells], [cfg] * n, [common.log] * n)
         return [row for part in parts for row in part]
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 seeds, short training, small sets (for the tests)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p = common.parser(__doc__, quick="2 seeds, short training, small sets (for the tests)")
+    count = common.number(int, minimum=1)
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--tasks", nargs="+", choices=TASKS)
-    p.add_argument("--cfm-steps", type=int)
-    p.add_argument("--interpolant-steps", type=int)
-    p.add_argument("--refs", type=int)
-    p.add_argument("--t-max", type=float)
+    p.add_argument("--cfm-steps", type=count)
+    p.add_argument("--interpolant-steps", type=count)
+    p.add_argument("--refs", type=count)
+    p.add_argument("--t-max", type=common.number(float, above=0, below=1))
     p.add_argument("--grad-clip", type=float)
-    p.add_argument("--threads", type=int, help="torch threads (default 2; 1 per process with --jobs > 1)")
-    p.add_argument("--jobs", type=int, help="run the (task, seed) cells in this many processes")
-    p.add_argument("--report-only", type=Path, metavar="JSON", help="rewrite the report from saved measurements")
+    p.add_argument("--threads", type=count, help="torch threads (default 2; 1 per process with --jobs > 1)")
+    p.add_argument("--jobs", type=count, help="run the (task, seed) cells in this many processes")
     a = p.parse_args(argv)
     if a.report_only:
-        saved = json.loads(a.report_only.read_text())
-        cfg = Config(**saved["config"])
-        write_report(cfg, saved["rows"], saved["wall_seconds"], a.report_only.parent, a.report_only.stem,
-                     saved["command"])
+        data = common.load(a.report_only, p, keys=("config", "command", "rows"))
+        common.save(a.report_only.parent, a.report_only.stem, report(data), figure=plot(data))
         return 0
     cfg = Config(seeds=[0, 1], n_train=2000, n_test=300, cfm_steps=200, reflow_pairs=2000, interpolant_steps=10,
                  refs=32, interpolant_batch=16) if a.quick else Config()
-    for name in ("seeds", "tasks", "cfm_steps", "interpolant_steps", "refs", "t_max", "grad_clip", "threads", "jobs"):
-        if getattr(a, name) is not None:
-            setattr(cfg, name, getattr(a, name))
+    common.override(cfg, a, ("seeds", "tasks", "cfm_steps", "interpolant_steps", "refs", "t_max", "grad_clip",
+                             "threads", "jobs"))
     if a.jobs and a.jobs > 1 and a.threads is None:
         cfg.threads = 1
-    for name in ("cfm_steps", "interpolant_steps", "refs", "threads", "jobs"):
-        if getattr(cfg, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0 < cfg.t_max < 1:
-        p.error("--t-max must lie in (0, 1)")
     torch.set_num_threads(cfg.threads)
-    command = "python benchmarks/straight_flows.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
-    start, rows = time.perf_counter(), []
-    rows += run_cells(run_cell, cfg)
-    stem = "straight_flows" + ("_quick" if a.quick else "")
-    md = write_report(cfg, rows, time.perf_counter() - start, a.out, stem, command.strip())
+    command = common.command(__file__, argv)
+    start = time.perf_counter()
+    rows = run_cells(run_cell, cfg)
+    wall = time.perf_counter() - start
+    machine = common.machine()
+    header = common.produced_by(command, machine["host"], [
+        machine["arch"], f"torch {torch.__version__}", f"{cfg.threads} torch threads"], wall / 60)
+    data = {"config": asdict(cfg), "command": command, "produced_by": header, "wall_seconds": wall,
+            "torch": torch.__version__, "rows": rows}
+    md = common.save(a.out, "straight_flows" + ("_quick" if a.quick else ""), report(data), data, plot(data))
     print(md.read_text())
     return 0
 

@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import math
+import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,7 +27,7 @@ def ot_cfm_2d():
     return load("ot_cfm_2d")
 
 
-def test_ot_cfm_2d_quick_run_writes_the_table(ot_cfm_2d, tmp_path):
+def test_ot_cfm_2d_quick_run_writes_the_table(ot_cfm_2d, tmp_path, monkeypatch):
     assert ot_cfm_2d.main(["--quick", "--out", str(tmp_path), "--no-timing"]) == 0
     data = json.loads((tmp_path / "ot_cfm_2d_quick.json").read_text())
     cells = {(r["task"], r["method"]) for r in data["rows"]}
@@ -38,10 +40,16 @@ def test_ot_cfm_2d_quick_run_writes_the_table(ot_cfm_2d, tmp_path):
     md = (tmp_path / "ot_cfm_2d_quick.md").read_text()
     assert "| OT-CFM |" in md and "paper" in md
     assert (tmp_path / "ot_cfm_2d_quick.png").stat().st_size > 10_000
-    # the report can be rewritten from the saved measurements alone
+    # the report can be rewritten from the saved measurements alone, on another machine: the header names the
+    # machine that measured
     (tmp_path / "ot_cfm_2d_quick.md").unlink()
+    monkeypatch.setattr(platform, "node", lambda: "another-host")
+    monkeypatch.setattr(platform, "processor", lambda: "another-cpu")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 77)
+    monkeypatch.setattr(torch, "__version__", "0.0-other")
     assert ot_cfm_2d.main(["--report-only", str(tmp_path / "ot_cfm_2d_quick.json")]) == 0
     assert (tmp_path / "ot_cfm_2d_quick.md").read_text() == md
+    assert "another" not in md and "0.0-other" not in md
 
 
 def test_ot_cfm_2d_bad_arguments(ot_cfm_2d, tmp_path, monkeypatch, capsys):
@@ -52,6 +60,29 @@ def test_ot_cfm_2d_bad_arguments(ot_cfm_2d, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         ot_cfm_2d.main(["--quick", "--out", str(tmp_path), "--peer", "torchcfm"])
     assert "tasks.py peer" in capsys.readouterr().err
+    for bad, msg in ((["--steps", "0"], "argument --steps: must be >= 1"),
+                     (["--sb-tol", "0"], "argument --sb-tol: must be > 0"),
+                     (["--ot-block", "-1"], "argument --ot-block: must be >= 0")):
+        with pytest.raises(SystemExit):
+            ot_cfm_2d.main(["--quick", "--out", str(tmp_path), *bad])
+        assert msg in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ot_cfm_2d.main(["--report-only", str(tmp_path / "missing.json")])
+    assert "--report-only: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, stem", [("ot_cfm_2d", "ot_cfm_2d"), ("straight_flows", "straight_flows"),
+                                          ("straight_flows", "straight_flows_400steps"), ("one_step", "one_step"),
+                                          ("notebook_seeds", "notebook_seeds")])
+def test_committed_reports_are_their_json_rewritten(script, stem, tmp_path):
+    """--report-only on a copy of a committed JSON (and its report, whose header line names the machine where the
+    JSON does not) gives back the committed report."""
+    results = ROOT / "benchmarks" / "results"
+    for suffix in (".json", ".md"):
+        shutil.copy(results / f"{stem}{suffix}", tmp_path)
+    assert load(script).main(["--report-only", str(tmp_path / f"{stem}.json")]) == 0
+    assert (tmp_path / f"{stem}.md").read_text() == (results / f"{stem}.md").read_text()
+    assert (tmp_path / f"{stem}.json").read_bytes() == (results / f"{stem}.json").read_bytes()   # left as saved
 
 
 def test_latent_vs_pixel_quick_run(tmp_path):
@@ -86,7 +117,9 @@ def test_straight_flows_targets_and_bad_arguments(tmp_path, capsys):
                                                                    "W2@100": (1.0, 0)}}
     t = sf.targets(summ, "t")
     assert t["one_step_met"] and not t["two_step_met"] and t["one_step_ratio"] == pytest.approx(0.475)
-    for bad, msg in ((["--t-max", "1.5"], "--t-max"), (["--refs", "0"], "--refs")):
+    for bad, msg in ((["--t-max", "1.5"], "argument --t-max: must be < 1"),
+                     (["--refs", "0"], "argument --refs: must be >= 1"),
+                     (["--jobs", "two"], "argument --jobs: expected int, got 'two'")):
         with pytest.raises(SystemExit):
             sf.main(["--quick", "--out", str(tmp_path), *bad])
         assert msg in capsys.readouterr().err
@@ -129,7 +162,7 @@ def test_one_step_baselines_targets_and_bad_arguments(tmp_path, capsys):
     assert not t["vs_ot_met"] and not t["vs_best_met"]
     with pytest.raises(SystemExit):
         os_.main(["--quick", "--out", str(tmp_path), "--meanflow-steps", "0"])
-    assert "--meanflow-steps" in capsys.readouterr().err
+    assert "argument --meanflow-steps: must be >= 1" in capsys.readouterr().err
 
 
 def test_celeba_stream_memory_quick_run(tmp_path):
@@ -154,6 +187,47 @@ def test_celeba_gpu_quick_run_and_refusal_without_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="measures a GPU"):
         bench.main(["--out", str(tmp_path)])
+
+
+def test_celeba_gpu_full_configuration_on_stand_ins(tmp_path, monkeypatch):
+    """The GPU run's settings and report, with stand-ins for the GPU and the measurements (no CUDA needed)."""
+    from lfm_core import autoencoders
+
+    bench = load("celeba_gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Stand-in GPU")
+    monkeypatch.setattr(autoencoders, "write_standin", lambda folder, seed: None)
+    monkeypatch.setattr(autoencoders, "load", lambda folder, device: type("AE", (), {"name": "stand-in ae"})())
+    calls = []
+
+    def step_cost(net, shape, batch, precision, device, repeats):
+        calls.append((net, shape, batch, precision, device.type, repeats))
+        oom = net.startswith("dit") and precision == "fp32"
+        return {"network": net, "shape": [shape[0], shape[1], shape[1]], "batch": batch, "precision": precision,
+                "params_m": 1.0, "ms_per_step": None if oom else 10.0, "peak_mib": None if oom else 100,
+                "activations_mib": None if oom else 5.0}
+
+    monkeypatch.setattr(bench, "step_cost", step_cost)
+    monkeypatch.setattr(bench, "autoencoder_cost", lambda ae, size, batch, repeats, device: {
+        "encode_images_per_s": 50.0, "decode_images_per_s": 40.0})
+    monkeypatch.setattr(bench, "sampling_cost", lambda ae, n, latent, preset, device: {
+        "samples": n, "nfe": 62, "flow_s": 3.1, "with_decoding_s": 4.0})
+    assert bench.main(["--repeats", "3", "--out", str(tmp_path)]) == 0
+    assert calls == [("unet:small", (4, 32), 64, "fp32", "cuda", 3), ("unet:small", (4, 32), 64, "bf16", "cuda", 3),
+                     ("dit:DiT-B/2", (4, 32), 64, "fp32", "cuda", 3), ("dit:DiT-B/2", (4, 32), 64, "bf16", "cuda", 3),
+                     ("unet:small", (3, 256), 64, "fp32", "cuda", 3), ("unet:small", (3, 256), 64, "bf16", "cuda", 3)]
+    data = json.loads((tmp_path / "celeba_gpu.json").read_text())
+    assert data["device"] == "Stand-in GPU" and data["autoencoder"]["size"] == 256
+    md = (tmp_path / "celeba_gpu.md").read_text()
+    assert md.splitlines()[2].startswith("Produced by `python benchmarks/celeba_gpu.py --repeats 3 --out ")
+    assert " on Stand-in GPU (torch " in md and "median of 3 after 2 warm-up steps" in md
+    assert "| dit:DiT-B/2 | 4x32x32 | 64 | fp32 | 1.0 | out of memory | - |" in md
+    assert "## Sampling 64 latents with dopri5" in md and "NFE 62, 3.1 s for the flow" in md
+    assert md == "\n".join(bench.report(data)) + "\n"
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--repeats", "0"])
+    assert exc.value.code == 2
 
 
 def test_notebook_seeds_measures_each_asserted_comparison_per_seed(tmp_path, capsys):
@@ -204,8 +278,10 @@ def test_notebook_seeds_instrument_margin_and_bad_arguments(tmp_path, capsys):
     assert ns.instrument("print(1)", 0) == ("print(1)", {})
     assert ns.margin(0.4, "<", 0.5) == pytest.approx(0.2) and ns.margin(3.0, ">", 2.0) == pytest.approx(0.5)
     assert ns.margin(1.0, "<=", 0.0) == float("-inf")
-    assert ns.main(["--seeds", "1", "1", "--out", str(tmp_path)]) == 2
-    assert ns.main(["no-such-notebook", "--out", str(tmp_path)]) == 2
-    assert ns.main(["--report-only", str(tmp_path / "missing.json")]) == 2
-    err = capsys.readouterr().err
-    assert "--seeds must be distinct" in err and "no notebook matches" in err and "no such file" in err
+    for bad, msg in ((["--seeds", "1", "1"], "--seeds must be distinct"),
+                     (["--seeds", "-1"], "argument --seeds: must be >= 0"),
+                     (["no-such-notebook"], "no notebook matches"),
+                     (["--report-only", str(tmp_path / "missing.json")], "--report-only: no such file")):
+        with pytest.raises(SystemExit) as exc:
+            ns.main([*bad, "--out", str(tmp_path)])
+        assert exc.value.code == 2 and msg in capsys.readouterr().err

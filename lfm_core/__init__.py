@@ -36,6 +36,7 @@ from . import (
     straightness,
     toy,
     trainer,
+    trainer_config,
     training,
     utils,
 )
@@ -44,5 +45,5 @@ __version__ = "0.1.0"
 
 __all__ = ["autoencoders", "average_velocity", "batches", "bounds", "celeba", "checkpoints", "compare",
            "conditioning", "couplings", "devices", "guidance", "hub", "images", "interpolants", "metrics", "mixtures",
-           "nets", "paths", "pretrained", "runtime", "solvers", "store", "straightness", "toy", "trainer", "training",
-           "utils"]
+           "nets", "paths", "pretrained", "runtime", "solvers", "store", "straightness", "toy", "trainer",
+           "trainer_config", "training", "utils"]

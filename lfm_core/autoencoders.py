@@ -24,7 +24,7 @@ names the offline alternative.
 :func:`cached_latents` encodes a data set once and keeps the latents on disk, keyed by the content of the
 images and of the autoencoder, so that they are reused exactly when both are the same.
 
-Copy with: utils, hub, images, store, and for :func:`fit_autoencoder` only training, trainer, batches,
+Copy with: utils, hub, images, store, and for :func:`fit_autoencoder` only training, trainer, trainer_config, batches,
 checkpoints, devices, runtime, couplings, guidance, solvers (``torch``, ``diffusers``, ``safetensors``).
 """
 

@@ -25,9 +25,9 @@ jumps for an average-velocity model), and the path energy ``PE``, Rectified Flow
 normalised path energy ``NPE`` of the finest trajectory (``W2@dopri5`` and ``NFE@dopri5`` on request). Notebooks
 02, 03 and 07 and the benchmarks ``ot_cfm_2d``, ``straight_flows`` and ``one_step`` use these functions.
 
-Copy with: utils, metrics, paths, solvers, training, trainer, batches, checkpoints, devices, images, couplings,
-guidance, runtime, hub, average_velocity, store (``torch``, ``numpy``, ``POT``, ``safetensors``, ``tqdm``,
-``Pillow``).
+Copy with: utils, metrics, paths, solvers, training, trainer, trainer_config, batches, checkpoints, devices, images,
+couplings, guidance, runtime, hub, average_velocity, store (``torch``, ``numpy``, ``POT``, ``safetensors``,
+``tqdm``, ``Pillow``).
 """
 
 from __future__ import annotations

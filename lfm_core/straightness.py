@@ -26,8 +26,8 @@ An interpolant here is any object with ``invert(x, x1, t) -> (x0, log|det d x0 /
 :class:`~lfm_core.interpolants.AffineInterpolant` and :class:`~lfm_core.interpolants.GlowInterpolant`.
 Time runs from the source at ``t = 0`` to the data at ``t = 1``.
 
-Copy with: utils, and for :func:`fit_interpolant` and :func:`fit_straight_flow` training, trainer, batches,
-checkpoints, store, devices, images, hub, runtime, couplings, guidance, solvers (``torch``).
+Copy with: utils, and for :func:`fit_interpolant` and :func:`fit_straight_flow` training, trainer, trainer_config,
+batches, checkpoints, store, devices, images, hub, runtime, couplings, guidance, solvers (``torch``).
 """
 
 from __future__ import annotations

@@ -80,6 +80,12 @@ def _use(module: str, mod, tmp_path: Path):
         tr = mod.Trainer(lin, lambda step, g: {"x": x[:4]}, lambda m, x: m(x).pow(2).mean(), cfg, progress=False,
                          out_dir=tmp_path / "ckpt", sample_fn=lambda m: torch.zeros(1, 1, 4, 4))
         assert len(tr.fit().losses) == 3 and (tmp_path / "ckpt" / "samples" / "step-00000003.png").exists()
+    elif module == "trainer_config":
+        cfg = mod.TrainerConfig(steps=10, batch_size=4, lr=1.0, lr_schedule="cosine", warmup=2)
+        assert cfg.lr_at(0) == 0.5 and cfg.lr_at(10) == 0.0 and mod.FitResult([1.0, 3.0]).smoothed(2) == [1.0, 2.0]
+        seen = mod.utils.RunningMedian(mod.DIVERGENCE_WINDOW, [1.0] * mod.DIVERGENCE_WARMUP)
+        assert mod.failure(1.0, 1.0, 1.0, 1.0, seen, 1e3) == (None, False)
+        assert mod.failure(1e4, 1.0, 1.0, 1.0, seen, 1e3)[1] is True   # a loss 10 000 x the median
     elif module == "checkpoints":
         folder = mod.store.write_folder(tmp_path / "ckpt-1", lambda f: (f / "a.txt").write_text("a"))
         mod.verify_folder(folder, ("a.txt",))

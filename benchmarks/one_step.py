@@ -37,7 +37,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -256,14 +256,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     rows = [] if cfg.retrain else load_baselines(cfg)
     rows += straight_flows.run_cells(run_cell, cfg)   # the same (task, seed) cells and process pool
-    wall = time.perf_counter() - start
-    machine = common.machine()
-    header = common.produced_by(command, machine["host"], [
-        machine["arch"], f"torch {torch.__version__}", f"{cfg.threads} torch threads"], wall / 60)
-    data = {"config": asdict(cfg), "command": command, "produced_by": header, "wall_seconds": wall,
-            "torch": torch.__version__, "rows": rows}
-    md = common.save(a.out, "one_step" + ("_quick" if a.quick else ""), report(data), data, plot(data))
-    print(md.read_text())
+    straight_flows.save_run("one_step", a, cfg, command, rows, time.perf_counter() - start, report, plot)
     return 0
 
 

@@ -230,15 +230,20 @@ def main(argv=None) -> int:
     command = common.command(__file__, argv)
     start = time.perf_counter()
     rows = run_cells(run_cell, cfg)
-    wall = time.perf_counter() - start
+    save_run("straight_flows", a, cfg, command, rows, time.perf_counter() - start, report, plot)
+    return 0
+
+
+def save_run(stem: str, args, cfg, command: str, rows: list, wall: float, report, plot) -> None:
+    """Write a run's report, measurements and figure (this script's and one_step.py's, which runs the same cells)
+    and print the report."""
     machine = common.machine()
     header = common.produced_by(command, machine["host"], [
         machine["arch"], f"torch {torch.__version__}", f"{cfg.threads} torch threads"], wall / 60)
     data = {"config": asdict(cfg), "command": command, "produced_by": header, "wall_seconds": wall,
             "torch": torch.__version__, "rows": rows}
-    md = common.save(a.out, "straight_flows" + ("_quick" if a.quick else ""), report(data), data, plot(data))
+    md = common.save(args.out, stem + ("_quick" if args.quick else ""), report(data), data, plot(data))
     print(md.read_text())
-    return 0
 
 
 if __name__ == "__main__":

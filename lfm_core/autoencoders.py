@@ -321,16 +321,6 @@ def _read_entry(path: Path, key: str):
     return tensors["latents"], tensors.get("labels")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _remove_stale_writes(cache_dir: Path) -> None:
     """Delete temporary files (entries, writability probes) of processes that are gone (killed mid-write); others
     may still be writing."""
@@ -339,7 +329,7 @@ def _remove_stale_writes(cache_dir: Path) -> None:
             pid = int(tmp.name.rsplit("-", 2)[-2])
         except (IndexError, ValueError):
             pid = -1
-        if pid < 0 or not _pid_alive(pid):
+        if pid < 0 or not store.process_alive(pid):
             with contextlib.suppress(OSError):
                 tmp.unlink()
 

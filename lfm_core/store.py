@@ -117,9 +117,10 @@ def model_config(model: torch.nn.Module) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the atomic folder write
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on Windows every writer counts as alive: ``os.kill`` would end it)."""
     try:
-        if os.name != "nt":  # os.kill would end the process there: every writer counts as alive
+        if os.name != "nt":
             os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -137,7 +138,7 @@ def _leftovers(folder: Path) -> list[Path]:
 def _remove_stale(folder: Path, also: Path | None = None) -> None:
     """Delete the copies of ``folder`` left by writers that are gone (and ``also``)."""
     for p in _leftovers(folder):
-        if p == also or not _alive(int(_LEFTOVER.match(p.name).group(2))):
+        if p == also or not process_alive(int(_LEFTOVER.match(p.name).group(2))):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -69,7 +69,7 @@ def complete_steps(out_dir: Path) -> set:
 
 def restart(out_dir: Path, steps: int, monkeypatch):
     """A new process: the killed writer is gone (its pid no longer alive), the trainer settles the folder."""
-    monkeypatch.setattr(store, "_alive", lambda pid: False)
+    monkeypatch.setattr(store, "process_alive", lambda pid: False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning but a restored copy (a corrupt checkpoint) fails
         warnings.filterwarnings("ignore", ".*restored the complete copy", RuntimeWarning)

@@ -6,7 +6,7 @@
 
 A folder in the StarGAN v2 layout (``train/{female,male}/*.jpg``) is generated with N smooth random RGB images
 (256 x 256 JPEG: CelebA-HQ's 1024 px JPEGs would take hours to write here, and the loader decodes them at 1/4 scale
-anyway), then ``lfm_core.images.stream("celeba_hq", size=64)`` is fed to ``lfm_core.autoencoders.cached_latents``
+anyway), then ``lfm_core.images.stream("celeba_hq", size=64)`` is fed to ``lfm_core.latent_cache.cached_latents``
 with a small RGB AutoencoderKL (x4, 4 x 16 x 16 latents) at batch 64, each N in a fresh process. Reported: the
 peak resident memory of that process before and after streaming, and the size of the latents it must hold. The
 bound stated in ``cached_latents``: the latents of all images, plus one chunk of decoded images and the
@@ -46,7 +46,7 @@ def measure(folder: Path, cache: Path) -> dict:
     import torch
     from diffusers import AutoencoderKL
 
-    from lfm_core import autoencoders, images
+    from lfm_core import autoencoders, images, latent_cache
 
     torch.manual_seed(0)
     ae = autoencoders.LatentAutoencoder(AutoencoderKL(**autoencoders.offline_config(3, channels=(16, 16, 16))), 1.0,
@@ -54,7 +54,7 @@ def measure(folder: Path, cache: Path) -> dict:
     src = images.stream("celeba_hq", size=64, root=folder)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    latents, _ = autoencoders.cached_latents(ae, src, cache, batch_size=64)
+    latents, _ = latent_cache.cached_latents(ae, src, cache, batch_size=64)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"images": len(src), "seconds": seconds, "rss_before_mib": before, "rss_peak_mib": after,
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     lines = ["# Streaming CelebA-HQ into the latent cache: peak memory", "",
              common.produced_by(command, details=[machine["arch"], f"Python {machine['python']}"]), "",
              "Generated 256 x 256 JPEGs in the StarGAN v2 layout, streamed at 64 px through a small RGB AutoencoderKL "
-             "(4 x 16 x 16 latents) at batch 64 by `autoencoders.cached_latents`, each count in a fresh process.", "",
+             "(4 x 16 x 16 latents) at batch 64 by `latent_cache.cached_latents`, each count in a fresh process.", "",
              "| images | seconds | peak RSS MiB | RSS before streaming MiB | growth MiB | latents held MiB |",
              "|---|---|---|---|---|---|"]
     for r in rows:

@@ -25,6 +25,7 @@ from . import (
     hub,
     images,
     interpolants,
+    latent_cache,
     metrics,
     mixtures,
     nets,
@@ -44,6 +45,6 @@ from . import (
 __version__ = "0.1.0"
 
 __all__ = ["autoencoders", "average_velocity", "batches", "bounds", "celeba", "checkpoints", "compare",
-           "conditioning", "couplings", "devices", "guidance", "hub", "images", "interpolants", "metrics", "mixtures",
-           "nets", "paths", "pretrained", "runtime", "solvers", "store", "straightness", "toy", "trainer",
-           "trainer_config", "training", "utils"]
+           "conditioning", "couplings", "devices", "guidance", "hub", "images", "interpolants", "latent_cache",
+           "metrics", "mixtures", "nets", "paths", "pretrained", "runtime", "solvers", "store", "straightness", "toy",
+           "trainer", "trainer_config", "training", "utils"]

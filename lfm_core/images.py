@@ -7,7 +7,7 @@ Two ways to get a data set, with one interface (``len``, ``labels``, ``content_k
   float32 in ``[-1, 1]``, ``labels [N]`` int64 or ``None``, and where the data came from);
 * ``stream(name, size=...)`` returns a source that reads, decodes and resizes the images a chunk at a time
   (:class:`ImageFiles` for CelebA-HQ, whose files :mod:`lfm_core.celeba` finds), so that the latent cache
-  (:func:`lfm_core.autoencoders.cached_latents`) encodes all 30 000 CelebA-HQ images with bounded memory.
+  (:func:`lfm_core.latent_cache.cached_latents`) encodes all 30 000 CelebA-HQ images with bounded memory.
 
 ================ ======================================================================== ========
 name             source                                                                   offline

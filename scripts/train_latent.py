@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lfm_core import autoencoders, devices, images, nets, paths, runtime, solvers, training
+from lfm_core import autoencoders, devices, images, latent_cache, nets, paths, runtime, solvers, training
 
 
 def build_model(name: str, channels: int, size: int, num_classes: int | None):
@@ -72,11 +72,11 @@ def main(argv=None) -> int:
         data.images = data.images.mean(1, keepdim=True).expand(-1, ae.in_channels, -1, -1).contiguous()
     cache = args.cache or args.out / "latents"
     if rank == 0:
-        latents, labels = autoencoders.cached_latents(ae, data, cache)
+        latents, labels = latent_cache.cached_latents(ae, data, cache)
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
-        latents, labels = autoencoders.cached_latents(ae, data, cache, read_only=True)
+        latents, labels = latent_cache.cached_latents(ae, data, cache, read_only=True)
     num_classes = data.num_classes if args.classes else None
     if num_classes and labels is None:
         p.error(f"--classes: the data set {args.data} has no labels")

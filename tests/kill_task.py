@@ -41,10 +41,10 @@ def train_forever(out: Path, *_):
 
 
 def encode_forever(out: Path, ae, data):
-    from lfm_core import autoencoders
+    from lfm_core import latent_cache
 
     while True:
-        autoencoders.cached_latents(ae, data, out, overwrite=True)
+        latent_cache.cached_latents(ae, data, out, overwrite=True)
 
 
 def main():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lfm_core import autoencoders, celeba, hub, images
+from lfm_core import autoencoders, celeba, hub, images, latent_cache
 
 
 def _jpeg(rgb: np.ndarray, mode="RGB", fmt="JPEG") -> bytes:
@@ -149,14 +149,14 @@ def test_streaming_into_the_latent_cache(celeba_dir, tmp_path):
     ae = autoencoders.LatentAutoencoder(AutoencoderKL(**autoencoders.offline_config(3, channels=(16, 16))), 0.5,
                                         "rgb-test")
     src = images.stream("celeba_hq", size=32, root=celeba_dir)
-    z, y = autoencoders.cached_latents(ae, src, tmp_path, batch_size=2)
+    z, y = latent_cache.cached_latents(ae, src, tmp_path, batch_size=2)
     torch.testing.assert_close(z, ae.encode(src.load().images), rtol=1e-4, atol=1e-5)
     assert torch.equal(y, src.labels)
-    again, _ = autoencoders.cached_latents(ae, images.stream("celeba_hq", size=32, root=celeba_dir), tmp_path,
+    again, _ = latent_cache.cached_latents(ae, images.stream("celeba_hq", size=32, root=celeba_dir), tmp_path,
                                            read_only=True)
     assert torch.equal(again, z)
     with pytest.raises(ValueError, match="no latents"):  # other images (another size): not this entry
-        autoencoders.cached_latents(ae, images.stream("celeba_hq", size=64, root=celeba_dir), tmp_path,
+        latent_cache.cached_latents(ae, images.stream("celeba_hq", size=64, root=celeba_dir), tmp_path,
                                     read_only=True)
 
 

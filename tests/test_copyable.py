@@ -135,10 +135,20 @@ def _use(module: str, mod, tmp_path: Path):
         torch.manual_seed(0)
         model = AutoencoderKL(**mod.offline_config(1, channels=(16, 16)))
         ae = mod.LatentAutoencoder(model, 0.5, "copied")
-        data = sys.modules[mod.__name__.rsplit(".", 1)[0] + ".images"].load("digits", size=8, limit=4)
+        pictures = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        assert ae.decode(ae.encode(pictures)).shape == pictures.shape
+        assert len(mod.fit_autoencoder(model, pictures, steps=1, batch_size=2, progress=False).losses) == 1
+    elif module == "latent_cache":
+        from diffusers import AutoencoderKL
+
+        package = mod.__name__.rsplit(".", 1)[0]
+        ae_mod, images_mod = (importlib.import_module(f"{package}.{name}") for name in ("autoencoders", "images"))
+        torch.manual_seed(0)
+        ae = ae_mod.LatentAutoencoder(AutoencoderKL(**ae_mod.offline_config(1, channels=(16, 16))), 0.5, "copied")
+        data = images_mod.load("digits", size=8, limit=4)
         z, _ = mod.cached_latents(ae, data, tmp_path / "cache")
         assert z.shape == (4, 4, 4, 4)
-        assert len(mod.fit_autoencoder(model, data.images, steps=1, batch_size=2, progress=False).losses) == 1
+        torch.testing.assert_close(mod.cached_latents(ae, data, tmp_path / "cache", read_only=True)[0], z)
     elif module == "compare":
         from lfm_core.nets import MLP  # the network is the caller's; the comparison is what is copied
 

@@ -343,13 +343,13 @@ def test_a_read_only_out_dir_fails_at_once(tmp_path):
 def test_checkpoint_store_and_cache_files_have_the_mode_of_new_files(tmp_path, umask, mode):
     from cache_task import autoencoder_and_data
 
-    from lfm_core import autoencoders
+    from lfm_core import latent_cache
 
     old = os.umask(umask)
     try:
         make_trainer(2, tmp_path / "run").fit()
         ae, data = autoencoder_and_data()
-        autoencoders.cached_latents(ae, data, tmp_path / "cache")
+        latent_cache.cached_latents(ae, data, tmp_path / "cache")
     finally:
         os.umask(old)
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()] + list((tmp_path / "cache").iterdir())
@@ -393,7 +393,7 @@ def test_the_latent_cache_checks_its_folder_first_and_names_the_path_of_a_failed
     import safetensors.torch
     from cache_task import autoencoder_and_data
 
-    from lfm_core import autoencoders
+    from lfm_core import latent_cache
 
     ae, data = autoencoder_and_data()
     encoded = []
@@ -401,9 +401,9 @@ def test_the_latent_cache_checks_its_folder_first_and_names_the_path_of_a_failed
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(ValueError, match="cache_dir .*file is not a folder"):
-        autoencoders.cached_latents(ae, data, a_file)
+        latent_cache.cached_latents(ae, data, a_file)
     with pytest.raises(TypeError, match="cache_dir"):
-        autoencoders.cached_latents(ae, data, 3)
+        latent_cache.cached_latents(ae, data, 3)
     assert not encoded
     real = safetensors.torch.save_file
 
@@ -413,21 +413,21 @@ def test_the_latent_cache_checks_its_folder_first_and_names_the_path_of_a_failed
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(OSError, match=r"writing the latent cache entry .*cache/latents-.*failed: No space left") as e:
-        autoencoders.cached_latents(ae, data, tmp_path / "cache")
+        latent_cache.cached_latents(ae, data, tmp_path / "cache")
     assert e.value.errno == errno.ENOSPC and os.listdir(tmp_path / "cache") == []
     monkeypatch.undo()
     # an entry this user cannot read is an error that says so, not a "corrupt" entry encoded again
     entry = tmp_path / "c2"
-    autoencoders.cached_latents(ae, data, entry)
+    latent_cache.cached_latents(ae, data, entry)
     def unreadable(path, *a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     monkeypatch.setattr(safetensors, "safe_open", unreadable)
     with pytest.raises(PermissionError, match=r"reading the latent cache entry .*c2/latents-.* failed"):
-        autoencoders.cached_latents(ae, data, entry)
+        latent_cache.cached_latents(ae, data, entry)
     monkeypatch.undo()
     (entry / ".tmp-writable-999999999-0000dead").write_text("")  # a probe of a process killed while checking
-    autoencoders.cached_latents(ae, data, entry)
+    latent_cache.cached_latents(ae, data, entry)
     assert not list(entry.glob(".tmp-*"))
 
 
@@ -446,14 +446,14 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from trainer_task import make_trainer
 from cache_task import autoencoder_and_data
-from lfm_core import autoencoders
+from lfm_core import latent_cache
 out = Path(sys.argv[1])
 tr = make_trainer(2, out / "run")
 ae, data = autoencoder_and_data()
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))   # every file above 1500 bytes: EFBIG
 found = {}
-for name, call in (("checkpoint", tr.fit), ("cache", lambda: autoencoders.cached_latents(ae, data, out / "cache"))):
+for name, call in (("checkpoint", tr.fit), ("cache", lambda: latent_cache.cached_latents(ae, data, out / "cache"))):
     try:
         call()
     except OSError as err:

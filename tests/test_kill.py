@@ -14,7 +14,7 @@ import torch
 from cache_task import autoencoder_and_data
 from trainer_task import make_trainer
 
-from lfm_core import autoencoders
+from lfm_core import latent_cache
 
 HERE = Path(__file__).resolve().parent
 TRIES = 10
@@ -62,13 +62,13 @@ def test_latent_cache_survives_sigkill(tmp_path):
     for i in range(TRIES):
         out = tmp_path / f"try-{i}"
         try:
-            z, _ = autoencoders.cached_latents(ae, data, out, read_only=True)
+            z, _ = latent_cache.cached_latents(ae, data, out, read_only=True)
         except ValueError as err:  # killed before the first entry was complete: nothing, not something wrong
             assert "no latents of these" in str(err), err
         else:
             written += 1
             torch.testing.assert_close(z, truth)
-        z, _ = autoencoders.cached_latents(ae, data, out)
+        z, _ = latent_cache.cached_latents(ae, data, out)
         torch.testing.assert_close(z, truth)
         assert not list(out.glob(".tmp-*")), list(out.iterdir())
     assert written >= TRIES // 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfm_core import autoencoders, images, metrics
+from lfm_core import autoencoders, images, latent_cache, metrics
 from lfm_core.nets import DiTVelocity, UNetVelocity
 
 # ------------------------------------------------------------------------------------------ data
@@ -128,37 +128,37 @@ def test_load_errors(tmp_path, monkeypatch, tiny_ae):
 
 def test_latent_cache_is_keyed_by_content(tmp_path, tiny_ae):
     data = images.load("digits", size=16, limit=12)
-    z1, y1 = autoencoders.cached_latents(tiny_ae, data, tmp_path)
+    z1, y1 = latent_cache.cached_latents(tiny_ae, data, tmp_path)
     entries = list(tmp_path.glob("latents-*.safetensors"))
     assert len(entries) == 1 and not list(tmp_path.glob(".tmp-*"))
-    z2, y2 = autoencoders.cached_latents(tiny_ae, data, tmp_path, read_only=True)
+    z2, y2 = latent_cache.cached_latents(tiny_ae, data, tmp_path, read_only=True)
     assert torch.equal(z1, z2) and torch.equal(y1, y2)
     torch.testing.assert_close(z1, tiny_ae.encode(data.images))
     # other images in the same folder (the old failure: a held-out split got the training split's latents)
     train, held = data.split(4, generator=torch.Generator().manual_seed(0))
-    zt, _ = autoencoders.cached_latents(tiny_ae, train, tmp_path)
-    zh, _ = autoencoders.cached_latents(tiny_ae, held, tmp_path)
+    zt, _ = latent_cache.cached_latents(tiny_ae, train, tmp_path)
+    zh, _ = latent_cache.cached_latents(tiny_ae, held, tmp_path)
     assert zh.shape[0] == 4 and torch.allclose(zh, tiny_ae.encode(held.images))
     assert torch.allclose(zt, tiny_ae.encode(train.images))
     # same images, other labels; same images, another autoencoder (same name); another scale
     relabelled = images.ImageData(data.images, (data.labels + 1) % 10, data.name, data.source, 10)
-    _, yr = autoencoders.cached_latents(tiny_ae, relabelled, tmp_path)
+    _, yr = latent_cache.cached_latents(tiny_ae, relabelled, tmp_path)
     assert torch.equal(yr, relabelled.labels)
     from diffusers import AutoencoderKL
 
     torch.manual_seed(1)
     other = autoencoders.LatentAutoencoder(AutoencoderKL(**autoencoders.offline_config(1, channels=(16, 16, 16))),
                                            0.5, "tiny-test")
-    z3, _ = autoencoders.cached_latents(other, data, tmp_path)
+    z3, _ = latent_cache.cached_latents(other, data, tmp_path)
     assert not torch.equal(z1, z3) and torch.allclose(z3, other.encode(data.images))
     rescaled = autoencoders.LatentAutoencoder(tiny_ae.model, 1.0, "tiny-test")
-    torch.testing.assert_close(autoencoders.cached_latents(rescaled, data, tmp_path)[0], 2 * z1)
+    torch.testing.assert_close(latent_cache.cached_latents(rescaled, data, tmp_path)[0], 2 * z1)
     with pytest.raises(ValueError, match="no latents of these 12 images .* it holds: latents-"):
-        autoencoders.cached_latents(other, relabelled, tmp_path, read_only=True)
+        latent_cache.cached_latents(other, relabelled, tmp_path, read_only=True)
 
 
 def _only_entry(folder, tiny_ae, data):
-    autoencoders.cached_latents(tiny_ae, data, folder)
+    latent_cache.cached_latents(tiny_ae, data, folder)
     (entry,) = folder.glob("latents-*.safetensors")
     return entry
 
@@ -171,34 +171,34 @@ def test_latent_cache_never_uses_a_corrupt_or_replaced_entry(tmp_path, tiny_ae):
     raw[-7] ^= 0xFF  # flip one byte of the latents
     entry.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="corrupt .*checksum"):
-        autoencoders.cached_latents(tiny_ae, data, tmp_path / "a", read_only=True)
+        latent_cache.cached_latents(tiny_ae, data, tmp_path / "a", read_only=True)
     with pytest.warns(RuntimeWarning, match="corrupt"):
-        z, _ = autoencoders.cached_latents(tiny_ae, data, tmp_path / "a")
+        z, _ = latent_cache.cached_latents(tiny_ae, data, tmp_path / "a")
     torch.testing.assert_close(z, good)
     entry.write_bytes(entry.read_bytes()[:100])  # truncated
     with pytest.raises(ValueError, match="corrupt .*unreadable"):
-        autoencoders.cached_latents(tiny_ae, data, tmp_path / "a", read_only=True)
+        latent_cache.cached_latents(tiny_ae, data, tmp_path / "a", read_only=True)
     # an entry replaced by another valid one (another data set's file under this name)
     other = images.load("digits", size=16, limit=10)
     other_entry = _only_entry(tmp_path / "b", tiny_ae, other)
     entry.write_bytes(other_entry.read_bytes())
     with pytest.raises(ValueError, match="replaced"):
-        autoencoders.cached_latents(tiny_ae, data, tmp_path / "a", read_only=True)
+        latent_cache.cached_latents(tiny_ae, data, tmp_path / "a", read_only=True)
     with pytest.warns(RuntimeWarning, match="replaced"):
-        z, _ = autoencoders.cached_latents(tiny_ae, data, tmp_path / "a")
+        z, _ = latent_cache.cached_latents(tiny_ae, data, tmp_path / "a")
     torch.testing.assert_close(z, good)
 
 
 def test_latent_cache_bad_arguments(tmp_path, tiny_ae):
     data = images.load("digits", size=16, limit=4)
     with pytest.raises(TypeError, match="autoencoder"):
-        autoencoders.cached_latents("offline", data, tmp_path)
+        latent_cache.cached_latents("offline", data, tmp_path)
     with pytest.raises(TypeError, match="data"):
-        autoencoders.cached_latents(tiny_ae, data.images, tmp_path)
+        latent_cache.cached_latents(tiny_ae, data.images, tmp_path)
     with pytest.raises(ValueError, match="contradict"):
-        autoencoders.cached_latents(tiny_ae, data, tmp_path, read_only=True, overwrite=True)
+        latent_cache.cached_latents(tiny_ae, data, tmp_path, read_only=True, overwrite=True)
     with pytest.raises(ValueError, match="batch_size"):
-        autoencoders.cached_latents(tiny_ae, data, tmp_path, batch_size=0)
+        latent_cache.cached_latents(tiny_ae, data, tmp_path, batch_size=0)
 
 
 def test_fit_autoencoder_reduces_the_loss():

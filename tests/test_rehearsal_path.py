@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_celeba import make_stargan
 
-from lfm_core import autoencoders, images, metrics, nets, paths, solvers, training
+from lfm_core import autoencoders, images, latent_cache, metrics, nets, paths, solvers, training
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_celeba_path_end_to_end(sd_vae_standin, tmp_path, shared_celeba_hq):
     train_src = images.stream("celeba_hq", size=size, split="train", root=root).head(6)
     held = images.load("celeba_hq", size=size, split="val", root=root, limit=2)
     ae = sd_vae_standin
-    latents, labels = autoencoders.cached_latents(ae, train_src, tmp_path / "cache", batch_size=4)
+    latents, labels = latent_cache.cached_latents(ae, train_src, tmp_path / "cache", batch_size=4)
     n = len(train_src)
     assert latents.shape == (n, 4, size // 8, size // 8) and labels.shape == (n,)
     c, h = latents.shape[1], latents.shape[-1]

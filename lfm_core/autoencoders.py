@@ -268,14 +268,15 @@ def load(name_or_path: str = "offline", *, device="cpu", dtype=torch.float32, sc
         raise ValueError(f"unknown autoencoder {name_or_path!r}: use {' or '.join(map(repr, OFFLINE))}, a local "
                          "diffusers folder, or one "
                          f"of {', '.join(PRETRAINED)}")
+    # the local cache first (works offline), found without the hub library; else the probe, before diffusers is
+    # even imported (seconds of its own), then the download
+    snapshot = hub.cached_snapshot(name_or_path, patterns=("config.json", "diffusion_pytorch_model*"))
+    if snapshot is None:
+        hub.require(f"The autoencoder {name_or_path!r}")
     import diffusers
 
     spec = PRETRAINED[name_or_path]
     cls = getattr(diffusers, spec["cls"])
-    try:  # the local cache first: works offline when the weights were downloaded before
-        model = cls.from_pretrained(name_or_path, torch_dtype=dtype, local_files_only=True)
-    except (OSError, ValueError):
-        hub.require(f"The autoencoder {name_or_path!r}")
-        model = cls.from_pretrained(name_or_path, torch_dtype=dtype)
+    model = cls.from_pretrained(snapshot or name_or_path, torch_dtype=dtype)
     return LatentAutoencoder(model.to(device), spec["scale"] if scale is None else scale, name_or_path,
                              {"name": name_or_path})

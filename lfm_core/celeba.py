@@ -116,10 +116,9 @@ def _download_celeba_hq(repo: str, split: str) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ["*train*.parquet"] if split == "train" else ["*validation*.parquet", "*val*.parquet"]
-    try:  # already downloaded: works offline
-        return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not in the local cache (huggingface_hub raises several kinds)
-        pass
+    for pattern in patterns:  # already downloaded: found without the hub library, works offline
+        if (snapshot := hub.cached_snapshot(repo, repo_type="dataset", patterns=(pattern,))) is not None:
+            return snapshot
     hub.require(f"The data set 'celeba_hq' ({repo})")
     return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns))
 

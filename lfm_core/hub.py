@@ -12,6 +12,11 @@ captive proxy that accepts connections and never answers cost at most the deadli
 the network, why it could not be reached, and the offline alternatives. Failed probes are
 remembered for a minute, so a notebook that asks several times waits once.
 
+:func:`cached_snapshot` finds what an earlier download left in the local Hugging Face cache with the file system
+alone, so a caller loads it from there without handing the hub library a repository name (which may reach the
+network even when asked not to) and asks the network only for what is not cached: the probe comes before any hub
+library call.
+
 Copy with: nothing else (standard library only).
 """
 
@@ -22,9 +27,11 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
-__all__ = ["HF_HOST", "DEFAULT_DEADLINE", "OFFLINE_ALTERNATIVES", "HubUnavailable", "probe", "require", "forget"]
+__all__ = ["HF_HOST", "DEFAULT_DEADLINE", "OFFLINE_ALTERNATIVES", "HubUnavailable", "probe", "require", "forget",
+           "cache_dir", "cached_snapshot"]
 
 HF_HOST = "huggingface.co"
 DEFAULT_DEADLINE = 5.0
@@ -158,3 +165,37 @@ def require(what: str, *, host: str = HF_HOST, deadline: float | None = None,
     reason = probe(host, deadline)
     if reason is not None:
         raise HubUnavailable(f"{what} needs {host}, which cannot be reached from here ({reason}). {alternatives}")
+
+
+def cache_dir() -> Path:
+    """The Hugging Face hub cache, where ``huggingface_hub`` keeps downloads: ``$HF_HUB_CACHE``, else
+    ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def cached_snapshot(repo_id: str, *, repo_type: str = "model", patterns=("config.json",)) -> Path | None:
+    """The folder of a cached download of ``repo_id`` holding a file matching each of ``patterns`` (file-name
+    globs, searched in every subfolder), else ``None``. The snapshot that ``refs/main`` names comes first, then
+    the others, newest first. Reads the file system only: never the network."""
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"repo_id must look like 'owner/name', got {repo_id!r}")
+    if repo_type not in ("model", "dataset"):
+        raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
+    if isinstance(patterns, str) or not patterns:
+        raise ValueError(f"patterns must be a non-empty sequence of file-name globs, got {patterns!r}")
+    folder = cache_dir() / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snapshots = folder / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ordered = sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    ref = folder / "refs" / "main"
+    if ref.is_file():
+        main = snapshots / ref.read_text().strip()
+        ordered = [main, *(p for p in ordered if p != main)] if main.is_dir() else ordered
+    for snap in ordered:
+        if all(any(snap.rglob(pattern)) for pattern in patterns):
+            return snap
+    return None

@@ -117,29 +117,35 @@ def test_parquet_files_give_the_same_images(celeba_dir, tmp_path):
 
 
 def test_the_hub_path_runs_here_except_the_download(celeba_dir, tmp_path, monkeypatch):
-    """Everything but the transfer: probe, download call (answered by a local copy), parquet reading."""
+    """Everything but the transfer: the cache lookup, the probe, the download call (answered by a local copy),
+    parquet reading; then the same files found in the local cache with no probe and no hub library call."""
     import huggingface_hub
 
     pq_dir = to_parquet(celeba_dir, tmp_path / "mirror")
     calls = []
 
     def fake_snapshot(repo_id, repo_type=None, allow_patterns=None, local_files_only=False):
-        calls.append((repo_id, repo_type, tuple(allow_patterns), local_files_only))
-        if local_files_only:
-            raise FileNotFoundError("not in the local cache")
+        calls.append(("download", repo_id, repo_type, tuple(allow_patterns), local_files_only))
         return str(pq_dir)
 
     monkeypatch.delenv("LFM_CELEBA_HQ_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))   # nothing cached
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    monkeypatch.setattr(hub, "probe", lambda host=hub.HF_HOST, deadline=None: None)
+    monkeypatch.setattr(hub, "probe", lambda host=hub.HF_HOST, deadline=None: calls.append(("probe", host)))
     data = images.load("celeba_hq", size=32, limit=3)
     assert len(data) == 3 and "Hugging Face hub mattymchen/celeba-hq" in data.source
-    assert calls[0] == ("mattymchen/celeba-hq", "dataset", ("*train*.parquet",), True) and not calls[1][3]
+    assert calls == [("probe", "huggingface.co"),
+                     ("download", "mattymchen/celeba-hq", "dataset", ("*train*.parquet",), False)]
     monkeypatch.setattr(hub, "probe", lambda host=hub.HF_HOST, deadline=None: "blocked")
     start = time.perf_counter()
     with pytest.raises(hub.HubUnavailable, match="celeba_hq.*blocked.*root="):
         images.stream("celeba_hq", size=32)
     assert time.perf_counter() - start < 1
+    # downloaded before: the snapshot in the cache is used offline, without the hub library
+    cached = to_parquet(celeba_dir, tmp_path / "hf-cache" / "datasets--mattymchen--celeba-hq" / "snapshots" / "c0ffee")
+    calls.clear()
+    again = images.load("celeba_hq", size=32, limit=3)
+    assert calls == [] and torch.equal(again.images, data.images) and (cached / "data").is_dir()
 
 
 def test_streaming_into_the_latent_cache(celeba_dir, tmp_path):

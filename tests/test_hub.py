@@ -127,3 +127,61 @@ def test_bad_deadlines(monkeypatch, value):
         hub.probe()
     with pytest.raises(TypeError, match="host"):
         hub.probe("")
+
+
+@pytest.mark.parametrize("network", ["silent proxy", "hanging DNS"])
+@pytest.mark.parametrize("call", ["sd-vae-ft-mse", "taesd", "celeba_hq"])
+def test_every_hub_path_fails_within_the_deadline_on_a_broken_network(monkeypatch, tmp_path, network, call):
+    """No hub library call comes before the probe: nothing cached means the probe alone decides, within its
+    deadline (the library's own lookups took 12.6 s behind a silent proxy and 39 s with a hanging DNS)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))   # nothing cached
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("LFM_CELEBA_HQ_DIR", raising=False)
+    monkeypatch.setattr(hub, "DEFAULT_DEADLINE", 1.0)
+    server = None
+    if network == "silent proxy":
+        server = SilentServer()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.port}")
+    else:
+        def hanging(*args, **kwargs):
+            time.sleep(30)
+            raise OSError("too late")
+        monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    load = {"sd-vae-ft-mse": lambda: autoencoders.load("stabilityai/sd-vae-ft-mse"),
+            "taesd": lambda: autoencoders.load("madebyollin/taesd"),
+            "celeba_hq": lambda: images.load("celeba_hq", limit=2)}[call]
+    start = time.perf_counter()
+    try:
+        with pytest.raises(hub.HubUnavailable, match="Offline alternatives"):
+            load()
+    finally:
+        if server is not None:
+            server.close()
+    assert time.perf_counter() - start < 2.0
+
+
+def test_cached_snapshots_load_without_asking_the_network(monkeypatch, tmp_path):
+    """A download in the local cache is found by the file system alone and loaded with no probe at all."""
+    from diffusers import AutoencoderKL
+
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    repo = cache / "models--stabilityai--sd-vae-ft-mse"
+    old, new = repo / "snapshots" / "0ld", repo / "snapshots" / "abc123"
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    AutoencoderKL(**autoencoders.offline_config(3, channels=(16, 16))).save_pretrained(new)
+    old.mkdir(parents=True)
+    (old / "config.json").write_text("{}")           # an incomplete older snapshot: no weights, never chosen
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(hub, "probe", lambda *a, **k: pytest.fail("a cached model must not probe the network"))
+    assert hub.cached_snapshot("stabilityai/sd-vae-ft-mse") == new
+    assert hub.cached_snapshot("stabilityai/sd-vae-ft-mse", patterns=("*.parquet",)) is None
+    assert hub.cached_snapshot("madebyollin/taesd") is None
+    ae = autoencoders.load("stabilityai/sd-vae-ft-mse")
+    assert ae.scale == 0.18215 and ae.model.config.latent_channels == 4
+    for bad, kw in (("no-slash", {}), ("a/b/c", {}), ("/b", {}), ("a/b", {"repo_type": "space"}),
+                    ("a/b", {"patterns": "config.json"}), ("a/b", {"patterns": ()})):
+        with pytest.raises(ValueError, match="repo_id|repo_type|patterns"):
+            hub.cached_snapshot(bad, **kw)

@@ -306,6 +306,8 @@ def load(trainer, path=None, *, override: bool = False) -> bool:
     whose checkpoints are all corrupt. The stored configuration must match the trainer's (or ``override``).
     The trainer's generator is restored; the global random states are kept in ``trainer.global_rng``, not set.
     """
+    if not isinstance(override, bool):
+        raise TypeError(f"override must be True or False, got {override!r} ({type(override).__name__})")
     explicit = path is not None
     candidates = [Path(path)] if explicit else _folders(trainer.out_dir)[::-1]
     problems = []

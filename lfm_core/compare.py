@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from . import average_velocity, metrics, solvers, store, training
-from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
+from .utils import check_finite, check_nonnegative, check_positive_int, check_seed, check_tensor
 
 __all__ = ["RECIPES", "METHODS", "ONE_STEP_METHODS", "recipe", "train_methods", "evaluate", "save_pretrained",
            "load_pretrained"]
@@ -99,8 +99,16 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
     overridden by the keyword arguments in ``meanflow`` (e.g. ``{"steps": 4000, "power": 0.0}``). Returns
     ``(models, seconds)``, dicts keyed by method.
     """
-    if isinstance(methods, str) or not all(m in ONE_STEP_METHODS for m in methods):
-        raise ValueError(f"methods must be a sequence of names from {', '.join(ONE_STEP_METHODS)}, got {methods!r}")
+    if isinstance(methods, str) or not isinstance(methods, (list, tuple)) \
+            or not all(isinstance(m, str) and m in ONE_STEP_METHODS for m in methods):
+        raise ValueError(f"methods must be a list or tuple of names from {', '.join(ONE_STEP_METHODS)}, got "
+                         f"{methods!r}")
+    if not methods:
+        raise ValueError(f"methods is empty: name at least one of {', '.join(ONE_STEP_METHODS)}")
+    check_seed(seed, "seed")
+    check_nonnegative(interpolant_seconds, "interpolant_seconds")
+    if reflow_pairs is not None:
+        check_positive_int(reflow_pairs, "reflow_pairs")
     if not callable(make_model) and any(m != "MeanFlow" for m in methods):
         raise TypeError(f"make_model must be a callable that builds a fresh network, got {type(make_model).__name__}")
     if "MeanFlow" in methods and not callable(make_average_model):
@@ -110,6 +118,14 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
         raise TypeError(f"meanflow must be a dict of train_meanflow keyword arguments, got {type(meanflow).__name__}")
     check_tensor(data, "data", min_dim=2)
     check_finite(data, "data", boundary=True)
+    if isinstance(source, torch.Tensor):
+        check_tensor(source, "source", min_dim=2)
+        if source.shape[1:] != data.shape[1:]:
+            raise ValueError(f"source and data must hold points of one shape, got {tuple(source.shape[1:])} and "
+                             f"{tuple(data.shape[1:])}")
+    elif not callable(source):
+        raise TypeError(f"source must be a tensor of points or a callable (n, generator) -> points, got "
+                        f"{type(source).__name__}")
     if "learned" in methods and interpolant is None:
         raise ValueError("the 'learned' method needs interpolant= (fitted with straightness.fit_interpolant)")
     start, start_seconds = dict(start or {}), dict(start_seconds or {})
@@ -160,6 +176,8 @@ def evaluate(model, z: torch.Tensor, target: torch.Tensor, *, steps=(1, 2, 4, 8,
     the most steps. ``dopri5=True`` adds ``W2@dopri5`` and ``NFE@dopri5`` (the adaptive solver's evaluations);
     ``trajectory=True`` adds that finest ``trajectory`` (``[steps + 1, n, ...]``) for plotting.
     """
+    if not callable(model):
+        raise TypeError(f"model must be callable (a velocity or average-velocity network), got {type(model).__name__}")
     for v, name in ((z, "z"), (target, "target")):
         check_tensor(v, name, min_dim=2)
         check_finite(v, name, boundary=True)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor, values_checked
+from .utils import check_finite, check_nonnegative, check_positive_int, check_real_tensor, check_tensor, values_checked
 
 __all__ = ["check_masks", "rectangle_masks", "stroke_masks", "mask_images", "downsample_mask", "composite",
            "smooth_fill", "check_segmentation", "intensity_segmentation", "one_hot_maps", "SemanticEncoder",
@@ -127,25 +127,62 @@ def composite(generated: torch.Tensor, original: torch.Tensor, masks: torch.Tens
     return m * generated + (1 - m) * original
 
 
+def _blur_weights(sigma: float, size: int, dtype, device):
+    """The taps ``g(k)``, ``|k| <= m``, of a Gaussian of std ``sigma`` truncated at ``r = ceil(3 sigma)`` and
+    normalised, for a signal of ``size`` samples: ``m = min(r, size - 1)``, and the mass of the taps beyond ``m``
+    on each side (0 when ``r <= size - 1``).
+
+    Under replicate padding every tap farther than ``size - 1`` reads an edge sample, whatever the output sample:
+    the taps beyond ``m`` add ``tail x (first + last sample)``, so the kernel never needs more than ``2 size - 1``
+    taps, exactly, however large ``sigma`` is.
+    """
+    r = max(1, math.ceil(3 * sigma)) if math.isfinite(3 * sigma) else math.inf
+    m = min(r, size - 1)
+    if r == m:
+        ax = torch.arange(-r, r + 1, dtype=dtype, device=device)  # the exact taps (and sums) of a plain blur
+        g1 = torch.exp(-ax**2 / (2 * sigma**2))
+        return g1 / g1.sum(), m, 0.0
+    g = torch.exp(-0.5 * (torch.arange(-m, m + 1, dtype=torch.float64) / sigma) ** 2)
+    if r - m <= 2**20:  # sum the tail directly
+        tail = float(torch.exp(-0.5 * (torch.arange(m + 1, r + 1, dtype=torch.float64) / sigma) ** 2).sum())
+    else:  # sigma > 3e5: Euler-Maclaurin, sum = integral + endpoint terms (error far below float64's rounding)
+        f = lambda k: math.exp(-0.5 * (k / sigma) ** 2)  # noqa: E731
+        df = lambda k: -(k / sigma) / sigma * f(k) if f(k) else 0.0  # noqa: E731
+        s2 = sigma * math.sqrt(2)
+        integral = sigma * math.sqrt(math.pi / 2) * (math.erfc(m / s2) - math.erfc(r / s2))
+        tail = integral + (f(r) - f(m)) / 2 + (df(r) - df(m)) / 12
+    total = float(g.sum()) + 2 * tail
+    return (g / total).to(dtype=dtype, device=device), m, tail / total
+
+
 def smooth_fill(images: torch.Tensor, masks: torch.Tensor, *, sigma: float = 2.0, iterations: int = 50) -> torch.Tensor:
     r"""Fill the hole (``masks == 1``) with a blur of the known pixels: the strongest simple inpainting baseline.
 
     Normalised convolution, repeated: each step blurs the current image and the indicator of filled pixels with a
-    Gaussian of std ``sigma`` (pixels) and sets every hole pixel to ``blur(filled image) / blur(indicator)``, so
-    the known pixels diffuse inwards; known pixels are never changed. After ``iterations`` steps a pixel deeper
-    than about ``3 sigma sqrt(iterations)`` inside a hole still takes the mean of the known pixels of its image.
-    In PSNR this beats any sharp fill, since the mean of the plausible fills minimises the squared error.
+    Gaussian of std ``sigma`` (pixels; truncated at ``3 sigma``, replicate padding) and sets every hole pixel to
+    ``blur(filled image) / blur(indicator)``, so the known pixels diffuse inwards; known pixels are never changed.
+    After ``iterations`` steps a pixel deeper than about ``3 sigma sqrt(iterations)`` inside a hole still takes the
+    mean of the known pixels of its image. In PSNR this beats any sharp fill, since the mean of the plausible fills
+    minimises the squared error.
+
+    Any ``sigma > 0`` is taken: a kernel wider than the image is applied exactly with at most ``2 size - 1`` taps
+    per axis, since the taps that reach past the padding's edge all read the edge pixel (their mass is added to
+    it), so its cost does not grow with ``sigma``. Every image needs at least one known pixel (a mask that is all
+    hole leaves nothing to fill from: ``ValueError``).
     """
     check_tensor(images, "images", min_dim=4)
     check_finite(images, "images")
     masks = check_masks(masks, images)
     sigma = check_nonnegative(sigma, "sigma", strict=True)
     check_positive_int(iterations, "iterations")
-    radius = max(1, math.ceil(3 * sigma))
-    ax = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    g1 = torch.exp(-ax**2 / (2 * sigma**2))
-    g1 = g1 / g1.sum()
-    c = images.shape[1]
+    if values_checked(masks):
+        empty = (masks.flatten(1) > 0).all(1).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"masks of image(s) {empty[:10]} are all hole (1 everywhere): smooth_fill has no known "
+                             "pixel to fill from")
+    c, height, width = images.shape[1], images.shape[2], images.shape[3]
+    gh, mh, tail_h = _blur_weights(sigma, height, images.dtype, images.device)
+    gw, mw, tail_w = _blur_weights(sigma, width, images.dtype, images.device)
     hole = masks.to(images).expand_as(images).bool()
     known = (~hole).to(images)
     counts = known.flatten(1).sum(1)
@@ -154,10 +191,13 @@ def smooth_fill(images: torch.Tensor, masks: torch.Tensor, *, sigma: float = 2.0
     weight = known
 
     def blur(x):
-        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), g1.view(1, 1, 1, -1).repeat(c, 1, 1, 1),
-                     groups=c)
-        return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), g1.view(1, 1, -1, 1).repeat(c, 1, 1, 1),
-                        groups=c)
+        y = F.conv2d(F.pad(x, (mw, mw, 0, 0), mode="replicate"), gw.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+        if tail_w:
+            y = y + tail_w * (x[..., :1] + x[..., -1:])
+        z = F.conv2d(F.pad(y, (0, 0, mh, mh), mode="replicate"), gh.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+        if tail_h:
+            z = z + tail_h * (y[..., :1, :] + y[..., -1:, :])
+        return z
 
     for _ in range(iterations):
         num, den = blur(out * weight), blur(weight)
@@ -186,16 +226,20 @@ def region_psnr(reference: torch.Tensor, estimate: torch.Tensor, region: torch.T
 
 
 # ---------------------------------------------------------------------------------- semantic maps
-def check_segmentation(maps: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Check that ``maps`` is an integer tensor ``[N, H, W]`` with classes in ``[0, num_classes)``."""
+def check_segmentation(maps: torch.Tensor, num_classes: int, name: str = "maps") -> torch.Tensor:
+    """Check that ``maps`` is a non-empty integer tensor ``[N, H, W]`` with classes in ``[0, num_classes)``."""
     check_positive_int(num_classes, "num_classes")
-    if not isinstance(maps, torch.Tensor) or maps.dtype.is_floating_point or maps.dtype == torch.bool:
-        raise TypeError("segmentation maps must be an integer tensor [N, H, W]")
+    if not isinstance(maps, torch.Tensor) or maps.dtype.is_floating_point or maps.dtype.is_complex \
+            or maps.dtype == torch.bool:
+        got = f"dtype {maps.dtype}" if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise TypeError(f"{name} (segmentation maps) must be an integer tensor [N, H, W], got {got}")
     if maps.dim() != 3:
-        raise ValueError(f"segmentation maps must have shape [N, H, W], got {tuple(maps.shape)}")
-    if values_checked(maps) and maps.numel() and (int(maps.min()) < 0 or int(maps.max()) >= num_classes):
-        raise ValueError(f"segmentation maps have classes in [{int(maps.min())}, {int(maps.max())}], but only "
-                         f"0..{num_classes - 1} are known")
+        raise ValueError(f"{name} (segmentation maps) must have shape [N, H, W], got {tuple(maps.shape)}")
+    if maps.numel() == 0:
+        raise ValueError(f"{name} (segmentation maps) is empty: shape {tuple(maps.shape)}")
+    if values_checked(maps) and (int(maps.min()) < 0 or int(maps.max()) >= num_classes):
+        raise ValueError(f"{name} (segmentation maps) have classes in [{int(maps.min())}, {int(maps.max())}], but "
+                         f"only 0..{num_classes - 1} are known")
     return maps.long()
 
 
@@ -220,7 +264,13 @@ def intensity_segmentation(images: torch.Tensor, num_classes: int = 3, *, blur: 
     if thresholds is None:
         q = torch.arange(1, num_classes, dtype=x.dtype) / num_classes
         thresholds = torch.quantile(x.flatten().float(), q.float()).to(x.dtype)
-    thresholds = torch.as_tensor(thresholds, dtype=x.dtype)
+    if isinstance(thresholds, torch.Tensor):
+        check_real_tensor(thresholds, "thresholds")
+    try:
+        thresholds = torch.as_tensor(thresholds, dtype=x.dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"thresholds must be numbers, got {type(thresholds).__name__}") from None
+    check_finite(thresholds, "thresholds")
     if thresholds.shape != (num_classes - 1,) or bool((thresholds.diff() < 0).any()):
         raise ValueError(f"thresholds must be {num_classes - 1} increasing values, got {thresholds.tolist()}")
     return torch.bucketize(x.contiguous(), thresholds), thresholds
@@ -229,6 +279,8 @@ def intensity_segmentation(images: torch.Tensor, num_classes: int = 3, *, blur: 
 def one_hot_maps(maps: torch.Tensor, num_classes: int, size: int | None = None) -> torch.Tensor:
     """One-hot ``[N, K, H, W]`` of integer maps, area-downsampled to ``size x size`` when given."""
     maps = check_segmentation(maps, num_classes)
+    if size is not None:
+        check_positive_int(size, "size")
     oh = F.one_hot(maps, num_classes).permute(0, 3, 1, 2).float()
     if size is not None:
         oh = F.interpolate(oh, size=(size, size), mode="area")
@@ -272,11 +324,24 @@ class ConditionedVelocity(nn.Module):
                        "encoder": {"_class_name": type(encoder).__name__, **getattr(encoder, "config", {})}}
 
     def forward(self, x, t, maps=None, *, keep: torch.Tensor | None = None):
+        check_tensor(x, "x", min_dim=4)
         channels = self.net.cond_channels
         if maps is None:
+            if keep is not None:
+                raise ValueError("keep selects rows of maps: with maps=None it must be None too")
             cond = torch.zeros(x.shape[0], channels, *x.shape[2:], device=x.device, dtype=x.dtype)
         else:
+            if not isinstance(maps, torch.Tensor) or maps.dim() < 1 or maps.shape[0] != x.shape[0]:
+                got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+                raise ValueError(f"maps must hold one map per row of x ({x.shape[0]}), got {got}")
+            if keep is not None and (not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool
+                                     or keep.shape != (x.shape[0],)):
+                got = f"{keep.dtype} {tuple(keep.shape)}" if isinstance(keep, torch.Tensor) else type(keep).__name__
+                raise TypeError(f"keep must be a bool tensor [B] = [{x.shape[0]}] or None, got {got}")
             cond = self.encoder(maps.to(x.device))
+            if cond.shape[2:] != x.shape[2:]:
+                raise ValueError(f"maps are encoded at {tuple(cond.shape[2:])} (the encoder's size) but x is "
+                                 f"{tuple(x.shape[2:])}: build the encoder with x's size")
             if keep is not None:
                 cond = cond * keep.to(cond)[:, None, None, None]
         return self.net(x, t, cond=cond)

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .utils import as_time, check_finite, check_tensor
+from .utils import as_time, check_finite, check_positive_int, check_tensor
 
 __all__ = ["drop_labels", "check_labels", "guided_velocity"]
 
@@ -34,7 +34,11 @@ def _num_classes(model) -> int:
     n = getattr(model, "num_classes", None)
     if n is None or not hasattr(model, "null_label"):
         raise ValueError("guidance needs a model built with classes (num_classes=...) and a null label")
-    return int(n)
+    check_positive_int(n, "model.num_classes")
+    null = model.null_label
+    if isinstance(null, bool) or not isinstance(null, int) or null < 0:
+        raise TypeError(f"model.null_label must be an int >= 0 (the class index of 'no label'), got {null!r}")
+    return n
 
 
 def check_labels(labels, num_classes: int, *, allow_null: bool = False, batch: int | None = None) -> torch.Tensor:
@@ -42,12 +46,15 @@ def check_labels(labels, num_classes: int, *, allow_null: bool = False, batch: i
 
     With ``allow_null`` the null label ``num_classes`` is accepted as well.
     """
+    check_positive_int(num_classes, "num_classes")
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int32, torch.int64, torch.int16,
                                                                     torch.uint8):
         raise TypeError(f"labels must be an integer tensor, got {type(labels).__name__}"
                         + (f" of dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else ""))
     if labels.dim() != 1:
         raise ValueError(f"labels must have shape [B], got {tuple(labels.shape)}")
+    if labels.numel() == 0:
+        raise ValueError("labels is empty (shape [0]): there is nothing to label")
     if batch is not None and labels.shape[0] != batch:
         raise ValueError(f"labels must have {batch} entries (one per sample), got {labels.shape[0]}")
     top = num_classes if allow_null else num_classes - 1
@@ -67,9 +74,10 @@ def drop_labels(labels: torch.Tensor, null_label: int, p: float = 0.1, *,
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= float(p) <= 1.0):
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    labels = check_labels(labels, int(null_label))
+    check_positive_int(null_label, "null_label")  # an int: 3.7 is no class index
+    labels = check_labels(labels, null_label)
     u = torch.rand(labels.shape[0], generator=generator, device="cpu").to(labels.device)
-    return torch.where(u < p, torch.full_like(labels, int(null_label)), labels)
+    return torch.where(u < p, torch.full_like(labels, null_label), labels)
 
 
 def guided_velocity(model, labels: torch.Tensor, scale: float = 1.0, *, cond: torch.Tensor | None = None):
@@ -90,7 +98,7 @@ def guided_velocity(model, labels: torch.Tensor, scale: float = 1.0, *, cond: to
         if cond.shape[0] != labels.shape[0]:
             raise ValueError(f"cond has {cond.shape[0]} rows but labels {labels.shape[0]}")
     w = float(scale)
-    null = torch.full_like(labels, int(model.null_label))
+    null = torch.full_like(labels, model.null_label)
 
     def velocity(x, t):
         check_tensor(x, "x")

@@ -39,7 +39,9 @@ from torch import nn
 from .utils import (
     as_time,
     check_finite,
+    check_in_range,
     check_positive_int,
+    check_real_tensor,
     check_same_batch,
     check_tensor,
     expand_like,
@@ -52,6 +54,11 @@ __all__ = ["BernsteinSchedule", "AffineSchedule", "AffineInterpolant", "GlowInte
 def _no_noise(noise):
     if noise is not None:
         raise ValueError("learned interpolants are deterministic: noise must be None")
+
+
+def _check_invertible(t: torch.Tensor) -> None:
+    """``phi_1`` maps every ``x0`` to ``x1``: the preimage exists only for ``t < 1``."""
+    check_in_range(t, "t", 0.0, 1.0, high_open=True)
 
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -71,6 +78,8 @@ class BernsteinSchedule(nn.Module):
     @classmethod
     def from_coefficients(cls, coefficients) -> BernsteinSchedule:
         """A schedule with the given Bernstein coefficients ``c_0 = 0 <= ... <= c_n = 1`` (strictly increasing)."""
+        if isinstance(coefficients, torch.Tensor):
+            check_real_tensor(coefficients, "coefficients")
         c = torch.as_tensor(coefficients, dtype=torch.float32)
         if c.dim() != 1 or c.numel() < 2:
             raise ValueError(f"coefficients must be a 1-D sequence of at least 2 values, got shape {tuple(c.shape)}")
@@ -99,7 +108,12 @@ class BernsteinSchedule(nn.Module):
         return torch.exp(logc) * tt**k * (1 - tt) ** (n - k)
 
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(s(t), s'(t))`` for ``t`` of any shape in ``[0, 1]``."""
+        """``(s(t), s'(t))`` for a floating-point tensor ``t`` of any shape with values in ``[0, 1]`` (outside, the
+        polynomial is no schedule: it leaves ``[0, 1]`` and stops increasing)."""
+        check_real_tensor(t, "t")
+        if not t.is_floating_point():
+            raise TypeError(f"t must be a floating-point tensor, got dtype {t.dtype}")
+        check_in_range(t, "t", 0.0, 1.0)
         c = self.coefficients().to(t.dtype)
         n = self.degree
         s = (self._basis(t, n) * c).sum(-1)
@@ -136,7 +150,7 @@ class AffineInterpolant(nn.Module):
 
     def sample_time(self, n: int, *, generator=None, dtype=torch.float32) -> torch.Tensor:
         """Uniform times in ``[0, 1)`` (the interface of :mod:`lfm_core.paths`)."""
-        return torch.rand(n, generator=generator, dtype=dtype)
+        return torch.rand(check_positive_int(n, "n"), generator=generator, dtype=dtype)
 
     def sample(self, x0: torch.Tensor, x1: torch.Tensor, t, *, noise=None, generator=None):
         """``(x_t, u_t)``; deterministic (no noise), ``noise`` must be None."""
@@ -151,7 +165,20 @@ class AffineInterpolant(nn.Module):
         return (1 - h) * x0 + g * x1, -dh * x0 + dg * x1
 
     def invert(self, x: torch.Tensor, x1: torch.Tensor, t: torch.Tensor):
-        """``x0`` with ``phi_t(x0; x1) = x`` and ``log|det d x0 / d x|`` (``t < 1``); x1 and t broadcast against x."""
+        """``x0`` with ``phi_t(x0; x1) = x`` and ``log|det d x0 / d x|`` for ``t`` in ``[0, 1)``; x1 broadcasts
+        against x, t is a float or ``[B]``."""
+        check_tensor(x, "x")
+        check_tensor(x1, "x1")
+        try:
+            fits = torch.broadcast_shapes(x1.shape, x.shape) == x.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"x1 {tuple(x1.shape)} must broadcast against x {tuple(x.shape)}")
+        check_finite(x, "x")
+        check_finite(x1, "x1")
+        t = as_time(t, x.shape[0], like=x)
+        _check_invertible(t)
         h, _, g, _ = self.schedule(t)
         h, g = expand_like(h, x), expand_like(g, x)
         x0 = (x - g * x1) / (1 - h)
@@ -238,11 +265,14 @@ class GlowInterpolant(nn.Module):
             x[i] = xi * torch.exp(-t * self.log_diag[k, i])
         return torch.stack(x, 1)
 
-    def _check(self, x, x1, t):
-        check_tensor(x, "x0", min_dim=2)
+    def _check(self, x, x1, t, name="x0"):
+        check_tensor(x, name, min_dim=2)
         if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"GlowInterpolant works on vectors [B, {self.dim}], got {tuple(x.shape)}")
-        check_same_batch(x, x1, "x0", "x1")
+            raise ValueError(f"GlowInterpolant works on vectors [B, {self.dim}]: {name} has shape {tuple(x.shape)}")
+        check_tensor(x1, "x1", min_dim=2)
+        check_same_batch(x, x1, name, "x1")
+        check_finite(x, name)
+        check_finite(x1, "x1")
         return as_time(t, x.shape[0], like=x)
 
     def psi(self, x0: torch.Tensor, x1: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +293,7 @@ class GlowInterpolant(nn.Module):
 
     def psi_inverse(self, y: torch.Tensor, x1: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """``psi_{t, x1}^{-1}(y)`` and ``log|det d psi^{-1} / d y|``."""
-        t = self._check(y, x1, t)
+        t = self._check(y, x1, t, "y")
         x, logdet = y, torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
         for k in reversed(range(self.layers)):
             a = self.splits[k][0]
@@ -284,20 +314,19 @@ class GlowInterpolant(nn.Module):
         return (1 - t)[:, None] * y + t[:, None] * x1
 
     def sample_time(self, n: int, *, generator=None, dtype=torch.float32) -> torch.Tensor:
-        return torch.rand(n, generator=generator, dtype=dtype)
+        return torch.rand(check_positive_int(n, "n"), generator=generator, dtype=dtype)
 
     def sample(self, x0: torch.Tensor, x1: torch.Tensor, t, *, noise=None, generator=None):
         """``(x_t, u_t)`` with ``u_t = d phi_t / dt`` by one forward-mode JVP in ``t``."""
         _no_noise(noise)
         t = self._check(x0, x1, t)
-        check_finite(x0, "x0")
-        check_finite(x1, "x1")
         xt, ut = torch.func.jvp(lambda tt: self.forward(x0, x1, tt), (t,), (torch.ones_like(t),))
         return xt, ut
 
     def invert(self, x: torch.Tensor, x1: torch.Tensor, t: torch.Tensor):
-        """``x0 = phi_t^{-1}(x; x1)`` and ``log|det d x0 / d x|`` for ``t < 1``."""
-        t = self._check(x, x1, t)
+        """``x0 = phi_t^{-1}(x; x1)`` and ``log|det d x0 / d x|`` for ``t`` in ``[0, 1)``."""
+        t = self._check(x, x1, t, "x")
+        _check_invertible(t)
         y = (x - t[:, None] * x1) / (1 - t)[:, None]
         x0, logdet = self.psi_inverse(y, x1, t)
         return x0, logdet - self.dim * torch.log(1 - t)

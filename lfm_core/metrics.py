@@ -34,7 +34,7 @@ import math
 import numpy as np
 import torch
 
-from .utils import check_finite, check_nonnegative, check_nonnegative_int, check_positive_int, check_tensor
+from .utils import check_finite, check_nonnegative, check_positive_int, check_seed, check_tensor
 
 __all__ = ["wasserstein2", "path_energy", "normalized_path_energy", "straightness", "psnr",
            "nearest_neighbour_distance", "fid_status", "fid", "StandinFeatures"]
@@ -87,6 +87,9 @@ def _check_trajectory(trajectory, times):
     if times is None:
         times = torch.linspace(0.0, 1.0, traj.shape[0], dtype=torch.float64)
     else:
+        kind = getattr(getattr(times, "dtype", None), "kind", None)  # a NumPy array's
+        if isinstance(times, torch.Tensor) and (times.is_complex() or times.dtype == torch.bool) or kind in ("c", "b"):
+            raise TypeError(f"times must hold real numbers, got dtype {times.dtype}")
         try:
             times = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
         except (TypeError, ValueError, RuntimeError):
@@ -193,7 +196,7 @@ class StandinFeatures(torch.nn.Module):
 
     def __init__(self, dim: int = 64, seed: int = 0):
         super().__init__()
-        g = torch.Generator().manual_seed(check_nonnegative_int(seed, "seed"))
+        g = torch.Generator().manual_seed(check_seed(seed, "seed"))
         self.num_features = check_positive_int(dim, "dim")
         self.convs = torch.nn.ModuleList(torch.nn.Conv2d(a, b, 3, stride=2, padding=1)
                                          for a, b in ((3, 16), (16, 32), (32, dim)))

@@ -41,6 +41,9 @@ __all__ = ["GaussianMixture"]
 def _as_f64(value, name: str) -> torch.Tensor:
     if value is None or isinstance(value, (str, bytes, bool)):
         raise TypeError(f"{name} must be a tensor or a sequence of numbers, got {type(value).__name__}")
+    kind = getattr(getattr(value, "dtype", None), "kind", None)  # a NumPy array's
+    if isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool) or kind in ("c", "b"):
+        raise TypeError(f"{name} must hold real numbers (not complex or bool), got dtype {value.dtype}")
     try:
         return torch.as_tensor(value, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError) as exc:

@@ -81,6 +81,7 @@ class MLP(nn.Module):
             check_tensor(cond, "cond", min_dim=2)
             if cond.shape != (x.shape[0], self.cond_channels):
                 raise ValueError(f"cond must have shape {(x.shape[0], self.cond_channels)}, got {tuple(cond.shape)}")
+            check_finite(cond, "cond")
             parts.append(cond.to(x.dtype))
         elif cond is not None:
             raise ValueError("this model was built without extra inputs (cond_channels=0): cond must be None")
@@ -274,6 +275,7 @@ class ImageVelocity(nn.Module):
             if cond.shape != (x.shape[0], self.cond_channels, *x.shape[2:]):
                 raise ValueError(f"cond must have shape {(x.shape[0], self.cond_channels, *x.shape[2:])}, "
                                  f"got {tuple(cond.shape)}")
+            check_finite(cond, "cond")
             x = torch.cat([x, cond.to(x.dtype)], dim=1)
         elif cond is not None:
             raise ValueError("this model was built without conditioning channels (cond_channels=0)")

@@ -36,7 +36,7 @@ from numbers import Real
 
 import torch
 
-from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor, draw_device
+from .utils import check_bool, check_finite, check_nonnegative, check_positive_int, check_tensor, draw_device
 
 __all__ = ["FIXED_STEP", "ADAPTIVE", "Solution", "integrate", "log_likelihood", "standard_normal_log_prob"]
 
@@ -81,6 +81,9 @@ class _Counted:
         if not isinstance(v, torch.Tensor) or v.shape != x.shape:
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"velocity(x, t) must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+        if v.dtype != x.dtype:  # else the solution would be promoted (or truncated) to the velocity's dtype in silence
+            raise TypeError(f"velocity(x, t) returned dtype {v.dtype} for x of dtype {x.dtype}: return x's dtype "
+                            "(e.g. .to(x.dtype)), or integrate x in the velocity's dtype")
         if self.eager:
             if not bool(torch.isfinite(v).all()):
                 raise FloatingPointError(_nonfinite_message(float(t), self.nfe))
@@ -166,6 +169,8 @@ def integrate(velocity, x: torch.Tensor, *, t_span=(0.0, 1.0), method: str = "eu
         raise TypeError(f"cond must be a dict of keyword arguments, got {type(cond).__name__}")
     if max_nfe is not None:
         check_positive_int(max_nfe, "max_nfe")
+    check_bool(return_trajectory, "return_trajectory")
+    check_bool(enable_grad, "enable_grad")
     adaptive = method in ADAPTIVE
     f = _Counted(velocity, cond or {}, eager=adaptive or x.device.type == "cpu", max_nfe=max_nfe if adaptive else None)
     times = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
@@ -246,6 +251,9 @@ def log_likelihood(velocity, x: torch.Tensor, source_log_prob=standard_normal_lo
     Returns:
         ``[B]`` log densities (and the NFE when ``return_nfe``).
     """
+    check_bool(return_nfe, "return_nfe")
+    if cond is not None and not isinstance(cond, dict):
+        raise TypeError(f"cond must be a dict of keyword arguments, got {type(cond).__name__}")
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
     if not callable(source_log_prob):
@@ -268,6 +276,8 @@ def log_likelihood(velocity, x: torch.Tensor, source_log_prob=standard_normal_lo
             v = velocity(xs, t, **cond)
             if not isinstance(v, torch.Tensor) or v.shape != shape:
                 raise ValueError(f"velocity(x, t) must return a tensor shaped like x {tuple(shape)}")
+            if v.dtype != x.dtype:
+                raise TypeError(f"velocity(x, t) returned dtype {v.dtype} for x of dtype {x.dtype}: return x's dtype")
             div = _divergence_exact(v, xs) if eps is None else _divergence_hutchinson(v, xs, eps)
         return torch.cat([v.detach().reshape(b, d), div.detach()[:, None]], dim=1)
 

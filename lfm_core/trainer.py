@@ -85,6 +85,10 @@ class Trainer:
         for fn, name in ((sample_fn, "sample_fn"), (callback, "callback")):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
+        if progress is not None:
+            utils.check_bool(progress, "progress")
+        if not isinstance(desc, str):
+            raise TypeError(f"desc must be a str, got {type(desc).__name__}")
         params = list(model.parameters())
         if not any(p.requires_grad for p in params):
             raise ValueError("model has no trainable parameters (none with requires_grad=True)")
@@ -135,6 +139,8 @@ class Trainer:
         """
         import torch.distributed as dist
 
+        utils.check_bool(resume, "resume")
+        utils.check_bool(override, "override")
         if resume:
             self.load_checkpoint(override=override)
         if self.global_rng is not None:  # the loaded run's global random states: a loss may draw from them

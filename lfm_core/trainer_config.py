@@ -20,7 +20,7 @@ import torch
 
 from . import utils
 from .devices import PRECISIONS
-from .utils import check_nonnegative, check_nonnegative_int, check_positive_int
+from .utils import check_nonnegative, check_nonnegative_int, check_positive_int, check_seed
 
 __all__ = ["FitResult", "TrainerConfig", "NonFiniteError", "SCHEDULES", "failure", "DIVERGENCE_WINDOW",
            "DIVERGENCE_WARMUP"]
@@ -116,8 +116,7 @@ class TrainerConfig:
             check_nonnegative_int(getattr(self, name), f"TrainerConfig.{name}")
         check_positive_int(self.keep_checkpoints, "TrainerConfig.keep_checkpoints")
         check_positive_int(self.log_every, "TrainerConfig.log_every")
-        if check_nonnegative_int(self.seed, "TrainerConfig.seed") >= 2**64:
-            raise ValueError(f"TrainerConfig.seed must be < 2**64, got {self.seed}")
+        check_seed(self.seed, "TrainerConfig.seed")
         self.divergence = _check_opt_float(self.divergence, "TrainerConfig.divergence", allow_none=True)
         if self.divergence is not None and self.divergence <= 1:
             raise ValueError(f"TrainerConfig.divergence must be > 1 (a factor) or None, got {self.divergence}")

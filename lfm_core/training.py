@@ -36,7 +36,15 @@ from .batches import CFMBatches, _Sampler
 from .guidance import check_labels
 from .solvers import integrate
 from .trainer import FitResult, Trainer, TrainerConfig
-from .utils import check_finite, check_nonnegative_int, check_positive_int, check_probability, check_tensor
+from .utils import (
+    check_bool,
+    check_finite,
+    check_nonnegative_int,
+    check_positive_int,
+    check_probability,
+    check_seed,
+    check_tensor,
+)
 
 __all__ = ["cfm_loss", "train_cfm", "reflow_pairs", "fit", "DEFAULTS"]
 
@@ -53,10 +61,14 @@ def cfm_loss(model, path, x0: torch.Tensor, x1: torch.Tensor, *, t=None, noise=N
     with ``path.sample_time`` and ``(x_t, u_t)`` with ``path.sample``, and returns the mean over all elements
     (the module docstring explains the scaling).
     """
+    if not callable(model):
+        raise TypeError(f"model must be callable (a velocity network), got {type(model).__name__}")
     check_tensor(x0, "x0")
     check_tensor(x1, "x1")
     if not isinstance(coupling, str) or coupling not in couplings.METHODS:
         raise ValueError(f"coupling must be one of {', '.join(couplings.METHODS)}, got {coupling!r}")
+    if coupling_kwargs is not None and not isinstance(coupling_kwargs, dict):
+        raise TypeError(f"coupling_kwargs must be a dict or None, got {type(coupling_kwargs).__name__}")
     if cond is not None and not isinstance(cond, dict):
         raise TypeError(f"cond must be a dict of keyword arguments for the model, got {type(cond).__name__}")
     if coupling != "independent":
@@ -138,8 +150,9 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
     check_nonnegative_int(prefetch, "prefetch")
     if sampling not in ("replacement", "epochs"):
         raise ValueError(f"sampling must be 'replacement' or 'epochs', got {sampling!r}")
-    if not isinstance(paired, bool):
-        raise TypeError(f"paired must be a bool, got {type(paired).__name__}")
+    check_bool(paired, "paired")
+    check_bool(resume, "resume")
+    check_bool(override, "override")
     label_dropout = check_probability(label_dropout, "label_dropout")
     if not hasattr(path, "sample") or not hasattr(path, "sample_time"):
         raise TypeError(f"path must have sample(x0, x1, t) and sample_time(n) (lfm_core.paths or an interpolant), "
@@ -148,6 +161,10 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
     cfg = _trainer_config("train_cfm", config, trainer_fields, steps=steps, batch_size=batch_size * members)
     sources, targets = _per_member(source, members, "source"), _per_member(target, members, "target")
     label_list = None if labels is None else _per_member(labels, members, "labels")
+    for a, b in zip(sources, targets, strict=True):  # named here, not as the couplings' x0 / x1 at step 0
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape[1:] != b.shape[1:]:
+            raise ValueError(f"source and target must hold points of one shape, got {tuple(a.shape[1:])} and "
+                             f"{tuple(b.shape[1:])}")
     if paired:
         if coupling != "independent":
             raise ValueError(f"paired=True trains on the given pairs; coupling must be 'independent', got {coupling!r}")
@@ -165,12 +182,15 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
         if null_label is None:
             raise ValueError("labels need a class-conditional model with a null_label (e.g. nets.UNetVelocity("
                              "..., num_classes=K))")
+        if isinstance(null_label, bool) or not isinstance(null_label, int) or null_label < 1:
+            raise TypeError(f"model.null_label must be an int >= 1 (the class index of 'no label'), got "
+                            f"{null_label!r}")
         for y, x in zip(label_list, targets, strict=True):
             if not isinstance(x, torch.Tensor):
                 raise TypeError("labels need target as a tensor of points (labels are its rows' classes)")
             if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.shape != x.shape[:1]:
                 raise ValueError(f"labels must be an integer tensor of shape [N] = [{x.shape[0]}] (one per target row)")
-            check_labels(y, int(null_label))
+            check_labels(y, null_label)
     if device is None:
         device = next(model.parameters()).device
     batches = CFMBatches(path, sources, targets, batch_size, coupling=coupling, coupling_kwargs=coupling_kwargs,
@@ -200,11 +220,14 @@ def reflow_pairs(model, source, n: int | None = None, *, steps: int = 100, gener
     straight-line interpolant crosses itself less, and the new flow is straighter. Its quality is bounded
     by the first flow's (its samples are the new data).
     """
+    if not callable(model):
+        raise TypeError(f"model must be callable (a velocity network), got {type(model).__name__}")
     check_positive_int(steps, "steps")
     check_positive_int(batch_size, "batch_size")
     if n is None:
         if not isinstance(source, torch.Tensor):
-            raise TypeError("n=None takes every row of source, which must then be a tensor")
+            raise TypeError(f"source must be a tensor when n is None (every row is taken), got "
+                            f"{type(source).__name__}: pass n to draw from a sampler")
         x0 = check_tensor(source, "source", min_dim=2)
         check_finite(x0, "source", boundary=True)
     else:
@@ -229,10 +252,12 @@ def fit(model: torch.nn.Module, loss_fn, *, steps: int, seed: int | None = 0, pr
     """
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    check_bool(resume, "resume")
+    check_bool(override, "override")
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
     else:
-        check_nonnegative_int(seed, "seed")
+        check_seed(seed, "seed")
         torch.manual_seed(seed)
     cfg = _trainer_config("fit", config, trainer_fields, steps=steps, batch_size=None, seed=seed)
     trainer = Trainer(model, lambda step, g: {"step": step, "generator": g},

@@ -42,6 +42,10 @@ __all__ = [
     "check_nonnegative_int",
     "check_nonnegative",
     "check_probability",
+    "check_bool",
+    "check_seed",
+    "check_real_tensor",
+    "check_in_range",
     "as_time",
     "expand_like",
     "randn_like",
@@ -96,6 +100,8 @@ def check_tensor(x, name: str, *, min_dim: int = 1, floating: bool = True) -> to
         raise ValueError(f"{name} has no elements (shape {tuple(x.shape)})")
     if floating and not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.is_complex():  # never made real in silence: the imaginary part would be dropped
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     return x
 
 
@@ -145,6 +151,51 @@ def check_nonnegative(value, name: str, *, strict: bool = False) -> float:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
+
+
+def check_bool(value, name: str) -> bool:
+    """Return ``value`` if it is a real ``bool`` (``'yes'``, ``1`` or ``None`` are refused: each reads as a switch)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+#: one past the largest seed a ``torch.Generator`` takes (it keeps 64 bits)
+SEED_LIMIT = 2**64
+
+
+def check_seed(value, name: str) -> int:
+    """Return ``value`` if it is an integer seed in ``[0, 2**64)``, the range ``torch.Generator.manual_seed`` keeps
+    (it folds negative seeds onto large ones and overflows beyond)."""
+    check_nonnegative_int(value, name)
+    if value >= SEED_LIMIT:
+        raise ValueError(f"{name} must be < 2**64 (a torch seed has 64 bits), got {value}")
+    return value
+
+
+def check_real_tensor(x, name: str) -> torch.Tensor:
+    """Return ``x`` if it is a tensor of real numbers (integers or floats: not complex, not bool), of any shape."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    return x
+
+
+def check_in_range(x: torch.Tensor, name: str, low: float, high: float, *, high_open: bool = False,
+                   boundary: bool = False) -> torch.Tensor:
+    """Raise ``ValueError`` unless every value of ``x`` is finite and in ``[low, high]`` (``[low, high)`` with
+    ``high_open``); value checks on accelerators as in the module docstring."""
+    if values_checked(x, boundary) and x.numel():
+        lo, hi = torch.aminmax(x.detach().reshape(-1))
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            check_finite(x, name, boundary=True)
+        if lo < low or hi > high or (high_open and hi >= high):
+            span = f"[{low:g}, {high:g}{')' if high_open else ']'}"
+            got = f"{lo:.4g}" if lo == hi else f"values in [{lo:.4g}, {hi:.4g}]"
+            raise ValueError(f"{name} must lie in {span}, got {got}")
+    return x
 
 
 def check_probability(value, name: str) -> float:

@@ -210,9 +210,56 @@ def test_smooth_fill_keeps_known_pixels_fills_holes_smoothly_and_beats_grey_on_s
     grey = C.region_psnr(smooth, C.composite(torch.zeros_like(smooth), smooth, masks), masks)
     ours = C.region_psnr(smooth, filled, masks)
     assert ours > grey + 10, (ours, grey)   # a smooth image is predictable from its surroundings
-    # a hole that covers everything: no known pixel, the image is left at its (undefined) mean of 0
+    # a hole that covers everything: no known pixel to fill from, refused (it used to return a grey image)
     everything = torch.ones(1, 1, 8, 8)
-    assert torch.isfinite(C.smooth_fill(smooth[:1, :, :8, :8], everything)).all()
+    with pytest.raises(ValueError, match=r"masks of image\(s\) \[0\] are all hole"):
+        C.smooth_fill(smooth[:1, :, :8, :8], everything)
+
+
+def test_smooth_fill_kernel_wider_than_the_image_is_exact_and_cheap():
+    """Taps past the replicate padding's edge all read the edge pixel: folded into it, the blur is the same (to
+    rounding) as the full kernel, and sigma = 1e6 (6 million taps, which used to hang) takes no longer than 2."""
+    import time
+
+    from lfm_core import conditioning as C
+
+    def reference(images, masks, sigma, iterations=50):  # the plain blur with the whole kernel
+        r = max(1, math.ceil(3 * sigma))
+        ax = torch.arange(-r, r + 1, dtype=images.dtype)
+        g1 = torch.exp(-ax**2 / (2 * sigma**2))
+        g1 = g1 / g1.sum()
+        c = images.shape[1]
+        hole = masks.expand_as(images).bool()
+        weight = (~hole).to(images)
+        mean = (images * weight).flatten(1).sum(1) / weight.flatten(1).sum(1)
+        out = torch.where(hole, mean.view(-1, 1, 1, 1), images)
+
+        def blur(x):
+            x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (r, r, 0, 0), mode="replicate"),
+                                           g1.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+            return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 0, r, r), mode="replicate"),
+                                              g1.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+        for _ in range(iterations):
+            num, den = blur(out * weight), blur(weight)
+            reached = den > 1e-6
+            out = torch.where(hole & reached, num / den.clamp_min(1e-6), out)
+            weight = torch.where(hole & reached, torch.ones_like(weight), weight)
+        return out
+
+    g = torch.Generator().manual_seed(0)
+    for h, w, sigma in [(8, 8, 5.0), (6, 11, 3.0), (5, 9, 40.0), (1, 6, 3.0)]:
+        x = torch.randn(2, 2, h, w, generator=g, dtype=torch.float64)
+        m = (torch.rand(2, 1, h, w, generator=g) > 0.6).double()
+        m[:, :, 0, 0] = 0
+        torch.testing.assert_close(C.smooth_fill(x, m, sigma=sigma), reference(x, m, sigma), rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, 1, 8, 8, generator=g)
+    m = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
+    m[:, :, 0, 0] = 0
+    for sigma in (1e6, 1e300):
+        start = time.perf_counter()
+        out = C.smooth_fill(x, m, sigma=sigma)
+        assert time.perf_counter() - start < 5 and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("kwargs, match", [({"sigma": 0.0}, "sigma"), ({"sigma": -1.0}, "sigma"),

@@ -6,18 +6,23 @@
     python3 tasks.py rehearse  # notebooks 04 and 05 in full-mode configuration, short, offline -> build/rehearsal/
     python3 tasks.py pretrain  # retrain the networks that quick mode of 04 and 05 starts from -> lfm_core/assets/
     python3 tasks.py readme    # rebuild the README's runtime table from the notebooks' metadata
+    python3 tasks.py site      # the course site from the notebooks that `run` executed -> build/site/
+    python3 tasks.py figures   # the README's headline figures from the executed notebooks -> docs/figures/
     python3 tasks.py lab       # student versions (marked solutions blanked) -> build/lab/
     python3 tasks.py colab OWNER/REPO   # point every Open-in-Colab badge and setup cell at github.com/OWNER/REPO
     python3 tasks.py peer      # also install the peer libraries the benchmarks compare against (torchcfm)
     python3 tasks.py setup     # only create or update the virtual environment
 
-`run` and `test` are the README's two commands. `run`, `test`, `rehearse`, `pretrain`, `peer` and `setup` first
-create a virtual environment in .venv (once), install torch into it if it has none, and install this project with
-its notebook and dev extras (again only when pyproject.toml changed); `readme`, `lab` and `colab` need none. This
-file is standard library only, so it runs on a machine with nothing but Python 3.10+ and pip.
+`run` and `test` are the README's two commands. `run`, `test`, `rehearse`, `pretrain`, `site`, `figures`, `peer`
+and `setup` first create a virtual environment in .venv (once), install torch into it if it has none, and install
+this project with its notebooks, dev and site extras (again only when pyproject.toml changed); `readme`, `lab` and
+`colab` need none. `test` and `site --check` also install Debian's chromium for the browser check when it is missing
+and this is root on a machine with apt-get. This file is standard library only, so it runs on a machine with
+nothing but Python 3.10+ and pip.
 
-What each writes: `run`, `rehearse` and `lab` write under build/ only, `pretrain` into lfm_core/assets/ (and
-build/pretrain/), `readme` into README.md, `colab` into pyproject.toml and the notebooks. With --record, `run` and
+What each writes: `run`, `rehearse`, `site` and `lab` write under build/ only, `pretrain` into lfm_core/assets/ (and
+build/pretrain/), `figures` into docs/figures/, `readme` into README.md, `colab` into pyproject.toml and the
+notebooks. With --record, `run` and
 `rehearse` also write each passing notebook's measured time into its metadata (metadata.lfm.runtime, the one
 source of measured notebook times) and rebuild the README's runtime table from it.
 
@@ -30,6 +35,8 @@ Options:
                           ../shared/data/celeba_hq_sample when it exists)
     rehearse NAME ...     only some of notebooks 04 and 05 (`pretrain NAME ...` likewise)
     test -- ARGS          pass ARGS on to pytest (e.g. `python3 tasks.py test -- tests -k paths`)
+    site --check          also open every page in headless Chromium (scripts/check_site.py; screenshots in
+                          build/site-shots/)
     lab NAME ...          only some notebooks
 
 Environment:
@@ -37,6 +44,7 @@ Environment:
                           a CPU build on the project's CI machines; on Linux elsewhere PyPI's default
                           build includes CUDA)
     LFM_VENV              where the virtual environment lives (default .venv)
+    LFM_CHROMIUM          the browser of the site's browser check (default: chromium on the PATH)
 The commands set LFM_MODE (quick, full, rehearsal or pretrain) for the notebooks they run; the README's table of
 environment variables lists the others.
 """
@@ -58,6 +66,7 @@ VENV = Path(os.environ.get("LFM_VENV", ROOT / ".venv"))
 STAMP = VENV / ".lfm-installed"
 CELL_TIMEOUT = 600  # seconds, per notebook cell under nbval
 TEST_WORKERS = 2  # pytest-xdist processes of `test` (the machines this project is tested on have 2 cores)
+EXTRAS = "notebooks,dev,site"  # what setup() installs besides the library (pyproject.toml's optional dependencies)
 
 
 def _python() -> Path:
@@ -89,7 +98,7 @@ def setup() -> None:
               os.environ.get("LFM_TORCH_SPEC", "torch==2.13.0")])
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if not STAMP.exists() or STAMP.read_text().strip() != digest or not _has_module("lfm_core"):
-        _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", f"{ROOT}[notebooks,dev]"])
+        _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", f"{ROOT}[{EXTRAS}]"])
         STAMP.write_text(digest + "\n")
 
 
@@ -142,8 +151,30 @@ def run(args: list[str]) -> None:
          env=_env("full" if "--full" in flags else "quick"), cwd=ROOT)
 
 
+def chromium(install: bool = True) -> str | None:
+    """The browser of the site's browser check: $LFM_CHROMIUM, else chromium on the PATH; when missing and
+    ``install``, Debian's chromium package is installed (as root, with apt-get), the way CI gets it."""
+    for name in filter(None, (os.environ.get("LFM_CHROMIUM"), "chromium", "chromium-browser")):
+        if shutil.which(name):
+            return shutil.which(name)
+    if not install:
+        return None
+    if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
+        print("chromium is missing and cannot be installed here (it needs root and apt-get): "
+              "install Debian's chromium package, or set LFM_CHROMIUM", file=sys.stderr)
+        return None
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        _run(["apt-get", "update", "-qq"], env=env)
+        _run(["apt-get", "install", "-y", "-qq", "chromium"], env=env)
+    except subprocess.CalledProcessError:
+        print("could not install chromium with apt-get", file=sys.stderr)
+    return shutil.which("chromium")
+
+
 def test(args: list[str]) -> None:
     setup()
+    chromium()   # tests/test_site.py opens a small site in it
     env = _env("quick")
     env["LFM_PROGRESS"] = "0"
     py = _python()
@@ -220,11 +251,34 @@ def pretrain(args: list[str]) -> None:
          env=env, cwd=ROOT)
 
 
+def github_repo_problem(value: str) -> str | None:
+    """What makes ``value`` no GitHub ``OWNER/REPO``, or None. GitHub's rules: an owner is 1-39 letters, digits and
+    single hyphens, neither first nor last; a repository name is letters, digits, ``.``, ``-`` and ``_``, at most 100,
+    not ``.`` or ``..``, and without the ``.git`` that GitHub strips from clone URLs."""
+    parts = value.split("/")
+    if len(parts) != 2:
+        return "it needs exactly one '/' between the owner and the repository"
+    owner, repo = parts
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}", owner):
+        return (f"the owner {owner!r} must be 1-39 letters, digits or single hyphens, "
+                "not starting or ending with a hyphen")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", repo) or repo in (".", ".."):
+        return f"the repository {repo!r} must be 1-100 letters, digits, '.', '-' or '_', and not '.' or '..'"
+    if repo.lower().endswith(".git"):
+        return f"write the repository without '.git' ({owner}/{repo[:-4]})"
+    return None
+
+
 def colab(args: list[str], root: Path = ROOT) -> None:
     """Point the repository URL ([project.urls] in pyproject.toml), every notebook's Open-in-Colab badge and every
-    setup cell at github.com/OWNER/REPO (a fork). Standard library only."""
-    if len(args) != 1 or not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", args[0]):
+    setup cell, and the README's address of the published site, at github.com/OWNER/REPO (a fork); a malformed
+    OWNER/REPO is refused before anything is written. Standard library only (the site's Colab buttons are built
+    from pyproject.toml)."""
+    if len(args) != 1:
         sys.exit("usage: python3 tasks.py colab OWNER/REPO  (the GitHub repository that holds this project)")
+    problem = github_repo_problem(args[0])
+    if problem:
+        sys.exit(f"colab: {args[0]!r} is not a GitHub OWNER/REPO: {problem}; nothing was changed")
     new = args[0]
     pyproject = root / "pyproject.toml"
     text = pyproject.read_text()
@@ -246,7 +300,50 @@ def colab(args: list[str], root: Path = ROOT) -> None:
                 cell["source"] = [ln + "\n" for ln in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
                 changed += 1
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    print(f"pointed pyproject.toml and {changed} notebook cells at github.com/{new} (was {old})")
+    readme = root / "README.md"
+    if readme.exists():   # the published site's address: https://OWNER.github.io/REPO/
+        text = readme.read_text()
+        readme.write_text(text.replace(pages_url(old), pages_url(new)))
+    print(f"pointed pyproject.toml, the README's site address and {changed} notebook cells at github.com/{new} "
+          f"(was {old})")
+
+
+def pages_url(repo: str) -> str:
+    """Where GitHub Pages publishes the site of github.com/OWNER/REPO (.github/workflows/site.yml)."""
+    owner, name = repo.split("/")
+    return f"https://{owner.lower()}.github.io/{name}/"
+
+
+def site(args: list[str]) -> None:
+    """The course site in build/site/ from the notebooks that `run` executed (build/notebooks/), without running
+    them again (scripts/build_site.py); with --check, then the browser check on every page (scripts/check_site.py)."""
+    flags, rest = _options("site", args, ("--check",))
+    if rest:
+        sys.exit(f"site takes no notebook names, got {rest}: it shows every notebook `python3 tasks.py run` executed")
+    if sys.version_info < (3, 11):
+        sys.exit(f"building the site needs Python 3.11 or newer (its Sphinx does), this is {sys.version.split()[0]}")
+    if not (ROOT / "build" / "notebooks").is_dir():
+        sys.exit("no executed notebooks in build/notebooks/: run `python3 tasks.py run` first")
+    setup()
+    start = time.perf_counter()
+    _run([_python(), ROOT / "scripts" / "build_site.py", "--executed", ROOT / "build" / "notebooks",
+          "--out", ROOT / "build" / "site"], cwd=ROOT)
+    print(f"site built in {time.perf_counter() - start:.0f} s: build/site/index.html")
+    if "--check" in flags:
+        browser = chromium()
+        if browser is None:
+            sys.exit("the browser check needs chromium")
+        _run([_python(), ROOT / "scripts" / "check_site.py", "--site", ROOT / "build" / "site",
+              "--shots", ROOT / "build" / "site-shots"], cwd=ROOT, env=dict(os.environ, LFM_CHROMIUM=browser))
+
+
+def figures(args: list[str]) -> None:
+    """The README's headline figures (docs/chapters.json, "readme") from the executed notebooks -> docs/figures/."""
+    if args:
+        sys.exit(f"figures takes no arguments, got {args}")
+    setup()
+    _run([_python(), ROOT / "scripts" / "build_site.py", "--executed", ROOT / "build" / "notebooks",
+          "--readme-figures", ROOT / "docs" / "figures"], cwd=ROOT)
 
 
 def readme(args: list[str]) -> None:
@@ -273,7 +370,7 @@ def peer(args: list[str]) -> None:
 
 def main() -> None:
     jobs = {"run": run, "test": test, "rehearse": rehearse, "pretrain": pretrain, "colab": colab, "peer": peer,
-            "readme": readme, "lab": lab, "setup": lambda _args: setup()}
+            "site": site, "figures": figures, "readme": readme, "lab": lab, "setup": lambda _args: setup()}
     if len(sys.argv) < 2 or sys.argv[1] not in jobs:
         sys.exit(__doc__)
     try:

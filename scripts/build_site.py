@@ -9,7 +9,8 @@ Nothing is executed: the pages show the outputs that ``python3 tasks.py run`` sa
 with an error in its outputs stops the build; a notebook of ``notebooks/`` without an executed copy, or whose
 executed copy has other cell sources than the committed one (it changed since the run), is named in a warning.
 
-The sources are staged in ``--work`` (default build/site-src/): docs/ (conf.py, the hand-written pages, styles),
+The sources are staged in ``--work`` (default build/site-src/): docs/ (conf.py, the hand-written pages, styles;
+their links are written from docs/ into the repository, so that they work on GitHub too, and made the site's here),
 each executed notebook with its solutions collapsed, its Colab button (from the repository URL in pyproject.toml)
 and links to its student version (scripts/make_lab.py) and to itself, the pages of ``benchmarks/results/`` with
 their figures, a page per module of ``lfm_core``, and ``data/README.md``. The landing page's table and gallery give
@@ -157,7 +158,7 @@ def thumbnail(png: bytes, height: int, colours: int | None = None) -> bytes:
     return out.getvalue()
 
 
-def readme_figures(executed: Path, out: Path, height: int = 300) -> list[Path]:
+def readme_figures(executed: Path, out: Path, height: int = 240) -> list[Path]:
     """Write the README's strip (the headline figures marked ``readme``) to ``out``; returns the files written."""
     written = []
     for number, chapter in chapters().items():
@@ -196,14 +197,25 @@ def modules(root: Path = ROOT) -> list[str]:
     return sorted(p.stem for p in (root / "lfm_core").glob("*.py") if not p.stem.startswith("_"))
 
 
-def stage(executed: Path, work: Path, notebook_paths: list[Path] | None = None) -> list[str]:
-    """Write the site's sources into ``work`` (emptied first); returns the warnings to show."""
+def _unlink(text: str, folder: str, ext: str, keep: set[str]) -> str:
+    """``text`` with its markdown links ``[label](folder/NAME.ext)`` to a NAME outside ``keep`` made plain labels."""
+    pattern = re.compile(r"\[([^\]]*)\]\(" + re.escape(folder) + r"(\w+)" + re.escape(ext) + r"\)")
+    return pattern.sub(lambda m: m.group(0) if m.group(2) in keep else m.group(1), text)
+
+
+def stage(executed: Path, work: Path, notebook_paths: list[Path] | None = None, info: dict | None = None,
+          module_names: list[str] | None = None, report_names: list[str] | None = None) -> list[str]:
+    """Write the site's sources into ``work`` (emptied first); returns the warnings to show.
+
+    By default the pages are those of every notebook of notebooks/ (``notebook_paths``: others, with
+    ``info`` in place of docs/chapters.json), every module of lfm_core (``module_names``: only these) and every
+    report of benchmarks/results/ (``report_names``: only these, by stem); the tests build a small site so."""
     warnings = []
     repo = repository()
     if work.exists():
         shutil.rmtree(work)
     shutil.copytree(DOCS, work, ignore=shutil.ignore_patterns("figures", "chapters.json", "*.md", "__pycache__"))
-    info = chapters()
+    info = chapters() if info is None else info
     (work / "notebooks").mkdir()
     (work / "lab").mkdir()
     (work / "_static" / "gallery").mkdir(parents=True, exist_ok=True)
@@ -241,7 +253,8 @@ def stage(executed: Path, work: Path, notebook_paths: list[Path] | None = None) 
     # benchmarks: every report of benchmarks/results/ with the figure of the same name
     results = work / "benchmarks" / "results"
     results.mkdir(parents=True)
-    reports = sorted((ROOT / "benchmarks" / "results").glob("*.md"))
+    reports = [md for md in sorted((ROOT / "benchmarks" / "results").glob("*.md"))
+               if report_names is None or md.stem in report_names]
     for md in reports:
         text = md.read_text()
         png = md.with_suffix(".png")
@@ -249,21 +262,25 @@ def stage(executed: Path, work: Path, notebook_paths: list[Path] | None = None) 
             shutil.copy(png, results / png.name)
             text = text.rstrip("\n") + f"\n\n## Figure\n\n![{md.stem}]({png.name})\n"
         (results / md.name).write_text(text)
-    (work / "benchmarks" / "index.md").write_text(
-        (DOCS / "benchmarks.md").read_text() + "\n" + _toctree("Reports", [f"results/{m.stem}" for m in reports]))
+    text = (DOCS / "benchmarks.md").read_text().replace("](../benchmarks/results/", "](results/")
+    text = _unlink(text, "results/", ".md", {m.stem for m in reports})
+    toc = _toctree("Reports", [f"results/{m.stem}" for m in reports])
+    (work / "benchmarks" / "index.md").write_text(text + "\n" + toc)
 
     # the reference: the module table (docs/reference.md) and a page per module from its docstrings
     ref = work / "reference"
     ref.mkdir()
-    names = modules()
+    names = [m for m in modules() if module_names is None or m in module_names]
     for name in names:
         heading = f"``lfm_core.{name}``"   # reStructuredText, the language of the docstrings that autodoc reads
         (ref / f"{name}.rst").write_text(f"{heading}\n{'=' * len(heading)}\n\n.. automodule:: lfm_core.{name}\n")
-    (ref / "index.md").write_text((DOCS / "reference.md").read_text() + "\n" + _toctree("Modules", names, hidden=True))
+    text = re.sub(r"\]\(\.\./lfm_core/(\w+)\.py\)", r"](\1.rst)", (DOCS / "reference.md").read_text())
+    text = _unlink(text, "", ".rst", set(names))
+    (ref / "index.md").write_text(text + "\n" + _toctree("Modules", names, hidden=True))
 
     (work / "data").mkdir()
     shutil.copy(ROOT / "data" / "README.md", work / "data" / "README.md")
-    shutil.copy(DOCS / "development.md", work / "development.md")
+    (work / "development.md").write_text((DOCS / "development.md").read_text().replace("](../", "]("))
 
     index = (DOCS / "index.md").read_text().replace("<!-- gallery -->", _gallery(gallery))
     index = index.replace("<!-- chapters -->", "\n".join(rows))
@@ -288,10 +305,11 @@ def mathjax_parent() -> Path:
     raise SiteError("sphinx-mathjax-offline has no mathjax/tex-chtml.js")
 
 
-def build(executed: Path, out: Path, work: Path, notebook_paths: list[Path] | None = None) -> list[str]:
-    """Stage the sources and run Sphinx into ``out`` (emptied first); returns the warnings (ours and Sphinx's)."""
+def build(executed: Path, out: Path, work: Path, **only) -> list[str]:
+    """Stage the sources and run Sphinx into ``out`` (emptied first); returns the warnings (ours and Sphinx's).
+    ``only``: the keywords of :func:`stage` that build a smaller site."""
     start = time.perf_counter()
-    warnings = stage(executed, work, notebook_paths)
+    warnings = stage(executed, work, **only)
     (work / "_site.json").write_text(json.dumps({"root": str(ROOT), "repository": f"https://github.com/{repository()}",
                                                  "mathjax_parent": str(mathjax_parent())}))
     if out.exists():

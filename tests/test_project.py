@@ -54,23 +54,33 @@ def _environment_pip_requirements():
     return reqs
 
 
+ENV_EXTRAS = ("notebooks", "fid", "dev")   # what environment.yml installs (the site's tools are tasks.py's business)
+
+
 def test_environment_yml_names_the_same_packages_as_pyproject():
     project = PYPROJECT["project"]
     declared = list(project["dependencies"])
-    for extra in project["optional-dependencies"].values():
-        declared += extra
+    for extra in ENV_EXTRAS:
+        declared += project["optional-dependencies"][extra]
     assert sorted(map(_split, _environment_pip_requirements())) == sorted(map(_split, declared))
     env = (ROOT / "environment.yml").read_text()
-    assert "- -e .[notebooks,fid,dev]" in env
+    assert f"- -e .[{','.join(ENV_EXTRAS)}]" in env
     assert f"python{project['requires-python']}" in env
+    assert set(project["optional-dependencies"]) == {*ENV_EXTRAS, "site"}
 
 
-def test_dependencies_have_lower_bounds_not_pins():
+def test_dependencies_have_lower_bounds_not_pins_except_the_sites_pinned_tools():
     project = PYPROJECT["project"]
-    for req in project["dependencies"] + sum(project["optional-dependencies"].values(), []):
+    extras = project["optional-dependencies"]
+    for req in project["dependencies"] + sum((v for k, v in extras.items() if k != "site"), []):
         name, spec = _split(req)
         assert spec.startswith(">="), f"{name} should have a lower bound (>=), got {spec!r}"
         assert "==" not in spec and "<" not in spec, f"{name} must not be pinned or capped: {spec!r}"
+    for req in extras["site"]:   # the site renders the same on every build: its tools are pinned
+        name, spec = _split(req)
+        assert re.fullmatch(r"==[0-9.]+(;python_version>='3\.11')?", spec), f"pin {name} exactly: {spec!r}"
+    tasks = _load_script(ROOT / "tasks.py")
+    assert set(tasks.EXTRAS.split(",")) == {"notebooks", "dev", "site"}
 
 
 def _first_code_block(text):
@@ -89,6 +99,47 @@ def test_readme_starts_with_two_commands_and_ci_runs_the_test_one():
 def test_readme_and_data_readme_list_every_notebook_and_source():
     for nb in NOTEBOOKS:
         assert nb.name in README, f"README.md does not list {nb.name}"
+
+
+def test_readme_is_short_and_lists_the_notebooks_in_order_with_the_lines_of_the_site():
+    """About 100 lines; the notebook table in order 01..07, each with the one line that docs/chapters.json gives the
+    site's landing page."""
+    assert len(README.splitlines()) <= 110, "the README is for a newcomer: move detail to docs/"
+    chapters = json.loads((ROOT / "docs" / "chapters.json").read_text())
+    rows = re.findall(r"^\| \[`(\d\d_\w+\.ipynb)`\]\(notebooks/\1\) \| (.+) \|$", README, re.M)
+    assert [name for name, _ in rows] == [p.name for p in NOTEBOOKS]
+    assert [line for _, line in rows] == [chapters[p.name[:2]]["teaches"] for p in NOTEBOOKS]
+    assert README.index("<!-- runtimes:begin -->") > README.index(rows[-1][1])   # the times right below
+    for page in ("docs/development.md", "docs/reference.md", "docs/benchmarks.md", "data/README.md"):
+        assert f"]({page})" in README and (ROOT / page).is_file(), page
+    assert "latent_cache.cached_latents" in README and "autoencoders.cached_latents" not in README
+
+
+def test_readme_shows_the_headline_figures_that_tasks_figures_writes():
+    chapters = json.loads((ROOT / "docs" / "chapters.json").read_text())
+    shown = re.findall(r'<img src="(docs/figures/[\w.]+\.png)"', README)
+    expected = [f"docs/figures/{p.stem}.png" for p in NOTEBOOKS if chapters[p.name[:2]].get("readme")]
+    assert shown == expected and 3 <= len(shown) <= 4
+    for path in shown:
+        data = (ROOT / path).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 100_000, (path, len(data))
+    assert sorted(p.as_posix() for p in (ROOT / "docs" / "figures").glob("*")) == sorted(
+        (ROOT / p).as_posix() for p in shown), "docs/figures/ holds the README's figures and nothing else"
+
+
+def test_readme_names_where_the_site_is_published_for_the_repository_of_pyproject():
+    tasks = _load_script(ROOT / "tasks.py")
+    repo = PYPROJECT["project"]["urls"]["Repository"].removeprefix("https://github.com/")
+    assert tasks.pages_url(repo) in README
+
+
+def test_the_pages_workflow_runs_only_the_projects_tested_commands_then_deploys_the_site():
+    text = (ROOT / ".github" / "workflows" / "site.yml").read_text()
+    runs = [ln.split("run:", 1)[1].strip() for ln in text.splitlines() if ln.strip().startswith("run:")]
+    assert runs == [_first_code_block(README)[1], "python3 tasks.py run", "python3 tasks.py site --check"]
+    uses = sorted(ln.split("uses:", 1)[1].strip() for ln in text.splitlines() if "uses:" in ln)
+    assert uses == ["actions/checkout@v4", "actions/deploy-pages@v4", "actions/upload-pages-artifact@v3"]
+    assert "path: build/site" in text and "pages: write" in text and "id-token: write" in text
     data_readme = (ROOT / "data" / "README.md").read_text()
     for word in ("Licence", "toy"):
         assert word.lower() in data_readme.lower()
@@ -146,9 +197,12 @@ def test_badges_setup_cells_and_pyproject_agree_and_colab_rewrites_them(tmp_path
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
     for nb in NOTEBOOKS:
         shutil.copy(nb, copy / "notebooks" / nb.name)
+    shutil.copy(ROOT / "README.md", copy / "README.md")
     tasks = _load_script(ROOT / "tasks.py")
     tasks.colab(["someone/fork"], root=copy)
     assert 'Repository = "https://github.com/someone/fork"' in (copy / "pyproject.toml").read_text()
+    readme = (copy / "README.md").read_text()
+    assert "https://someone.github.io/fork/" in readme and tasks.pages_url(repo) not in readme
     for nb in NOTEBOOKS:
         text = (copy / "notebooks" / nb.name).read_text()
         assert repo not in text and "colab.research.google.com/github/someone/fork/blob/main" in text
@@ -156,6 +210,62 @@ def test_badges_setup_cells_and_pyproject_agree_and_colab_rewrites_them(tmp_path
         json.loads(text)  # still a valid notebook
     with pytest.raises(SystemExit):
         tasks.colab(["not a repo"], root=copy)
+
+
+@pytest.mark.parametrize("value", ["../..", "-/-", "o/r.git", "O/R.GIT", "a/b/c", "owner/", "/repo", "a--b/c", "-a/b",
+                                   "a-/b", "o/..", "o/.", "x" * 40 + "/r", "o/" + "r" * 101, "o/r r", "ö/r", "o/r;rm"])
+def test_colab_refuses_what_is_no_github_owner_and_repository_before_writing_anything(tmp_path, value):
+    import shutil
+
+    copy = tmp_path / "project"
+    (copy / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    shutil.copy(ROOT / "README.md", copy / "README.md")
+    shutil.copy(NOTEBOOKS[0], copy / "notebooks" / NOTEBOOKS[0].name)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    tasks = _load_script(ROOT / "tasks.py")
+    with pytest.raises(SystemExit, match=r"is not a GitHub OWNER/REPO: .*; nothing was changed"):
+        tasks.colab([value], root=copy)
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    for good in ("someone/fork", "Some-One/my.repo_2", "a/b", "x" * 39 + "/" + "r" * 100):
+        assert tasks.github_repo_problem(good) is None, good
+
+
+def test_tasks_run_with_a_name_that_matches_no_notebook_lists_them_and_runs_nothing():
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "tasks.py"), "run", "nope"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode != 0 and "+ " not in done.stdout   # stopped before any command
+    assert "no notebook matches 'nope'; the notebooks are: " + ", ".join(p.stem for p in NOTEBOOKS) in done.stderr
+
+
+def test_tasks_site_builds_from_the_executed_notebooks_and_checks_only_when_asked(monkeypatch, tmp_path):
+    tasks, calls = _tasks_with_recorded_commands(monkeypatch)
+    monkeypatch.setattr(tasks, "ROOT", tmp_path)
+    monkeypatch.setattr(tasks, "chromium", lambda install=True: "/usr/bin/chromium")
+    with pytest.raises(SystemExit, match="run `python3 tasks.py run` first"):
+        tasks.site([])
+    (tmp_path / "build" / "notebooks").mkdir(parents=True)
+    tasks.site([])
+    (cmd, _), = calls
+    assert cmd[1].endswith("build_site.py")
+    assert cmd[cmd.index("--executed") + 1] == str(tmp_path / "build" / "notebooks")
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "build" / "site")
+    calls.clear()
+    tasks.site(["--check"])
+    assert [c[0][1].rsplit("/", 1)[-1] for c in calls] == ["build_site.py", "check_site.py"]
+    assert calls[1][0][calls[1][0].index("--shots") + 1] == str(tmp_path / "build" / "site-shots")
+    calls.clear()
+    with pytest.raises(SystemExit, match="site takes no notebook names"):
+        tasks.site(["01"])
+    with pytest.raises(SystemExit, match="site: unknown option --full"):
+        tasks.site(["--full"])
+    tasks.figures([])
+    (cmd, _), = calls
+    assert cmd[cmd.index("--readme-figures") + 1] == str(tmp_path / "docs" / "figures")
+    with pytest.raises(SystemExit, match="figures takes no arguments"):
+        tasks.figures(["01"])
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")

@@ -192,6 +192,18 @@ def fit_autoencoder(model, images: torch.Tensor, *, steps: int, batch_size: int 
                desc="autoencoder")
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: a diffusers folder holds config.json and its weights") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _from_folder(folder: Path, device, dtype, scale: float | None):
     from diffusers import AutoencoderKL, AutoencoderTiny
 
@@ -204,10 +216,14 @@ def _from_folder(folder: Path, device, dtype, scale: float | None):
         return LatentAutoencoder(model.to(device), meta["scale"] if scale is None else scale,
                                  meta.get("name", str(folder)), meta)
     meta_path = folder / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    cfg = json.loads((folder / "config.json").read_text())
+    meta = _read_json(meta_path) if meta_path.exists() else {}
+    cfg = _read_json(folder / "config.json")
     cls = AutoencoderTiny if cfg.get("_class_name") == "AutoencoderTiny" else AutoencoderKL
-    model = cls.from_pretrained(folder, torch_dtype=dtype).to(device)
+    try:
+        model = cls.from_pretrained(folder, torch_dtype=dtype).to(device)
+    except Exception as exc:   # noqa: BLE001 - a truncated or empty weights file raises one of several kinds
+        raise ValueError(f"{folder}: diffusers could not load the {cls.__name__} in it ({type(exc).__name__}: "
+                         f"{exc})") from exc
     if scale is None:
         # diffusers writes scaling_factor = 0.18215 into every AutoencoderKL's config.json, whatever the model: it
         # says nothing about a custom autoencoder, so only lfm_autoencoder.json or sd-vae-ft-mse's own architecture

@@ -23,6 +23,7 @@ Copy with: nothing else (standard library only).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import threading
@@ -31,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 __all__ = ["HF_HOST", "DEFAULT_DEADLINE", "OFFLINE_ALTERNATIVES", "HubUnavailable", "probe", "require", "forget",
-           "cache_dir", "cached_snapshot"]
+           "check_repo_id", "cache_dir", "cached_snapshot"]
 
 HF_HOST = "huggingface.co"
 DEFAULT_DEADLINE = 5.0
@@ -167,6 +168,17 @@ def require(what: str, *, host: str = HF_HOST, deadline: float | None = None,
         raise HubUnavailable(f"{what} needs {host}, which cannot be reached from here ({reason}). {alternatives}")
 
 
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_repo_id(value, name: str = "repo_id") -> str:
+    """``value`` when it is a hub repository id ``owner/name`` (letters, digits, ``_.-``), else a ``ValueError``
+    naming ``name``."""
+    if not isinstance(value, str) or not _REPO_ID.fullmatch(value) or ".." in value:
+        raise ValueError(f"{name} must be a hub repository id 'owner/name', got {value!r}")
+    return value
+
+
 def cache_dir() -> Path:
     """The Hugging Face hub cache, where ``huggingface_hub`` keeps downloads: ``$HF_HUB_CACHE``, else
     ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``."""
@@ -180,8 +192,7 @@ def cached_snapshot(repo_id: str, *, repo_type: str = "model", patterns=("config
     """The folder of a cached download of ``repo_id`` holding a file matching each of ``patterns`` (file-name
     globs, searched in every subfolder), else ``None``. The snapshot that ``refs/main`` names comes first, then
     the others, newest first. Reads the file system only: never the network."""
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo_id must look like 'owner/name', got {repo_id!r}")
+    check_repo_id(repo_id, "repo_id")
     if repo_type not in ("model", "dataset"):
         raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
     if isinstance(patterns, str) or not patterns:

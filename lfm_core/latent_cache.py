@@ -5,7 +5,7 @@ work every epoch and every run, so :func:`cached_latents` does it once. An entry
 images and labels and of the autoencoder (class, configuration, weights and scale), so it is reused exactly when
 both are the same, and verified by a checksum of its tensors when read back.
 
-Copy with: autoencoders, hub, images, store, utils (``torch``, ``diffusers``, ``safetensors``).
+Copy with: autoencoders, hub, image_files, images, store, utils (``torch``, ``diffusers``, ``safetensors``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 
 from . import store
 from .autoencoders import LatentAutoencoder
-from .images import ImageData, ImageFiles
+from .image_files import ImageFiles
+from .images import ImageData
 from .utils import check_positive_int, check_writable_dir
 
 __all__ = ["CACHE_FORMAT", "cached_latents"]
@@ -92,7 +93,7 @@ def cached_latents(autoencoder: LatentAutoencoder, data: ImageData | ImageFiles,
                    read_only: bool = False, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Latents (and labels) of ``data``, encoded once and kept in ``cache_dir``, keyed by content.
 
-    ``data`` is an :class:`~lfm_core.images.ImageData` (in memory) or an :class:`~lfm_core.images.ImageFiles`
+    ``data`` is an :class:`~lfm_core.images.ImageData` (in memory) or an :class:`~lfm_core.image_files.ImageFiles`
     (read from disk a chunk of ``batch_size`` images at a time: decoded, resized and encoded straight into the
     cache; peak memory is the latents of all images, ``N x 4 x (S/8)^2`` floats (0.5 GB for the 30 000
     CelebA-HQ images at 256 px), plus one chunk and the autoencoder's activations for it).

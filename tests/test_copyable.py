@@ -118,6 +118,16 @@ def _use(module: str, mod, tmp_path: Path):
         assert mod.w2_bound(0.1, 1.0, 0.5, 0.01)["sum_form"] > 0.1
     elif module == "images":
         assert mod.load("digits", limit=3).images.shape == (3, 1, 8, 8)
+    elif module == "image_files":
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 100, 50)).save(buf, format="PNG")
+        files = mod.ImageFiles([("a.png", buf.getvalue)] * 3, torch.tensor([0, 1, 0]), size=8, name="three",
+                               source="made here", num_classes=2)
+        assert files.load().images.shape == (3, 3, 8, 8) and len(files.content_key()) == 64
     elif module == "celeba":
         from PIL import Image
 

@@ -42,7 +42,7 @@ from make_lab import student_version  # noqa: E402  (standard library only)
 from run_notebooks import find_notebooks  # noqa: E402
 
 BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]\([^)]*\)")
-CODE_SOLUTION = "### BEGIN SOLUTION"
+CODE_SOLUTION, CODE_END = "### BEGIN SOLUTION", "### END SOLUTION"
 MD_BEGIN, MD_END = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
 
 
@@ -119,8 +119,8 @@ def is_stale(executed: dict, committed: dict) -> bool:
 
 def page_notebook(nb: dict, name: str, repo: str) -> dict:
     """The executed notebook as its page shows it: a row of links (Colab, student version, this notebook) in place of
-    the first cell's Colab badge, every solution's code cell collapsed (with its outputs) and every written answer
-    inside a closed ``<details>``."""
+    the first cell's Colab badge, every solution's code cell collapsed (with its outputs, without the grading
+    markers) and every written answer inside a closed ``<details>``."""
     nb = json.loads(json.dumps(nb))
     links = (f'<div class="course-links">\n\n[![Open in Colab](../_static/colab-badge.svg)]({colab_url(repo, name)})\n'
              f"{{download}}`Student version <../lab/{name}>`\n{{download}}`Executed notebook <{name}>`\n\n</div>")
@@ -133,6 +133,8 @@ def page_notebook(nb: dict, name: str, repo: str) -> dict:
     for cell in nb["cells"]:
         text = _source(cell)
         if cell["cell_type"] == "code" and CODE_SOLUTION in text:
+            # the grading markers are for scripts/make_lab.py; the page shows the code between them
+            _set_source(cell, "\n".join(ln for ln in text.split("\n") if ln.strip() not in (CODE_SOLUTION, CODE_END)))
             tags = cell.setdefault("metadata", {}).setdefault("tags", [])
             if "hide-cell" not in tags:
                 tags.append("hide-cell")

@@ -197,6 +197,13 @@ def test_every_chapter_has_its_line_and_a_headline_figure_cell(path):
     assert set(CHAPTERS) == {p.name[:2] for p in NOTEBOOKS}
 
 
+def test_the_reference_table_has_a_row_for_every_module_of_lfm_core():
+    table = (ROOT / "docs" / "reference.md").read_text()
+    rows = re.findall(r"^\| \[`(\w+)`\]\(\.\./lfm_core/(\w+)\.py\) \|", table, re.M)
+    assert all(a == b for a, b in rows)
+    assert sorted(a for a, _ in rows) == build_site.modules(), "add a row for the new module to docs/reference.md"
+
+
 def test_the_page_of_a_notebook_folds_every_solution_and_points_colab_at_pyproject_repository():
     path = NOTEBOOKS[0]
     nb = json.loads(path.read_text())
@@ -209,6 +216,9 @@ def test_the_page_of_a_notebook_folds_every_solution_and_points_colab_at_pyproje
         src = "".join(before["source"])
         if before["cell_type"] == "code" and "### BEGIN SOLUTION" in src:
             assert "hide-cell" in after["metadata"]["tags"]
+            out = "".join(after["source"])
+            kept = [ln for ln in src.split("\n") if ln.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION")]
+            assert "SOLUTION" not in out and out.split("\n") == kept
         elif "<!-- BEGIN SOLUTION -->" in src:
             out = "".join(after["source"])
             assert '<details class="solution">' in out and "</details>" in out and "BEGIN SOLUTION" not in out

@@ -115,6 +115,16 @@ def test_readme_is_short_and_lists_the_notebooks_in_order_with_the_lines_of_the_
     assert "latent_cache.cached_latents" in README and "autoencoders.cached_latents" not in README
 
 
+def test_the_readmes_library_example_runs(monkeypatch):
+    """The README's few lines of `lfm_core`, as written, at 20 training steps instead of 2000."""
+    code, = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert "steps=2000" in code
+    monkeypatch.setenv("LFM_PROGRESS", "0")
+    namespace = {}
+    exec(compile(code.replace("steps=2000", "steps=20"), "README.md", "exec"), namespace)
+    assert tuple(namespace["samples"].shape) == (1000, 2)
+
+
 def test_readme_shows_the_headline_figures_that_tasks_figures_writes():
     chapters = json.loads((ROOT / "docs" / "chapters.json").read_text())
     shown = re.findall(r'<img src="(docs/figures/[\w.]+\.png)"', README)

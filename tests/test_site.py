@@ -17,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+pytest.importorskip("sphinx")   # the site extra (Python 3.11+; tasks.py installs it)
+pytest.importorskip("myst_nb")
 build_site = pytest.importorskip("build_site")
 check_site = pytest.importorskip("check_site")
 run_notebooks = pytest.importorskip("run_notebooks")

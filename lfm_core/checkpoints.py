@@ -308,6 +308,8 @@ def load(trainer, path=None, *, override: bool = False) -> bool:
     """
     if not isinstance(override, bool):
         raise TypeError(f"override must be True or False, got {override!r} ({type(override).__name__})")
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a checkpoint folder (str or os.PathLike) or None, got {type(path).__name__}")
     explicit = path is not None
     candidates = [Path(path)] if explicit else _folders(trainer.out_dir)[::-1]
     problems = []

@@ -128,7 +128,12 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
                         f"{type(source).__name__}")
     if "learned" in methods and interpolant is None:
         raise ValueError("the 'learned' method needs interpolant= (fitted with straightness.fit_interpolant)")
+    for given, name in ((start, "start"), (start_seconds, "start_seconds")):
+        if given is not None and not isinstance(given, dict):
+            raise TypeError(f"{name} must be a dict keyed by method, got {type(given).__name__}")
     start, start_seconds = dict(start or {}), dict(start_seconds or {})
+    for name, value in start_seconds.items():
+        check_nonnegative(value, f"start_seconds[{name!r}]")
     for name, given in (("start", start), ("start_seconds", start_seconds)):
         unknown = sorted(set(given) - set(ONE_STEP_METHODS))
         if unknown:
@@ -218,6 +223,11 @@ def save_pretrained(folder, models: dict, seconds: dict, record: dict) -> None:
     """Write ``models`` (method -> network) to ``folder``, each as the network ``folder/<method>/``
     (:func:`lfm_core.store.save`) whose record is ``record`` (how they were made) with the seconds it took;
     methods stored there before and not in ``models`` are removed."""
+    for given, name in ((models, "models"), (seconds, "seconds")):
+        if not isinstance(given, dict):
+            raise TypeError(f"{name} must be a dict keyed by method, got {type(given).__name__}")
+    if not models:
+        raise ValueError("models is empty: there is nothing to save")
     unknown = sorted(set(models) - set(ONE_STEP_METHODS))
     if unknown:
         raise ValueError(f"models has entries for unknown methods {unknown}; methods are "
@@ -227,6 +237,8 @@ def save_pretrained(folder, models: dict, seconds: dict, record: dict) -> None:
     missing = sorted(set(models) - set(seconds))
     if missing:
         raise ValueError(f"seconds has no entry for {missing}")
+    for name in models:
+        check_nonnegative(seconds[name], f"seconds[{name!r}]")
     folder = Path(folder)
     for name, model in models.items():
         store.save(folder / name, model, dict(record, seconds=round(float(seconds[name]), 2)))

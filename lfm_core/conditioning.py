@@ -31,7 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import check_finite, check_nonnegative, check_positive_int, check_real_tensor, check_tensor, values_checked
+from .utils import (
+    check_finite,
+    check_generator,
+    check_nonnegative,
+    check_positive_int,
+    check_real_tensor,
+    check_tensor,
+    values_checked,
+)
 
 __all__ = ["check_masks", "rectangle_masks", "stroke_masks", "mask_images", "downsample_mask", "composite",
            "smooth_fill", "check_segmentation", "intensity_segmentation", "one_hot_maps", "SemanticEncoder",
@@ -59,6 +67,7 @@ def rectangle_masks(n: int, size: int, *, min_frac: float = 0.25, max_frac: floa
     check_positive_int(size, "size")
     min_frac = check_nonnegative(min_frac, "min_frac", strict=True)
     max_frac = check_nonnegative(max_frac, "max_frac", strict=True)
+    check_generator(generator)
     if not (0 < min_frac <= max_frac <= 1):
         raise ValueError(f"need 0 < min_frac <= max_frac <= 1, got {min_frac}, {max_frac}")
     masks = torch.zeros(n, 1, size, size)
@@ -79,6 +88,7 @@ def stroke_masks(n: int, size: int, *, strokes: int = 3, vertices: int = 4, widt
     check_positive_int(strokes, "strokes")
     check_positive_int(vertices, "vertices")
     width_frac = check_nonnegative(width_frac, "width_frac", strict=True)
+    check_generator(generator)
     ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
     pix = torch.stack([xs, ys], -1).reshape(-1, 2)  # pixel centres
     radius = max(1.0, width_frac * size / 2)

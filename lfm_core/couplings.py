@@ -47,7 +47,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .utils import check_finite, check_nonnegative, check_positive_int, check_same_batch, check_tensor
+from .utils import (
+    check_finite,
+    check_generator,
+    check_nonnegative,
+    check_positive_int,
+    check_same_batch,
+    check_tensor,
+)
 
 __all__ = ["METHODS", "ConvergenceError", "SINKHORN_MAX_POINTS", "pair", "pair_indices", "plan", "sinkhorn"]
 
@@ -256,6 +263,7 @@ def pair_indices(x0: torch.Tensor, x1: torch.Tensor, method: str = "independent"
     With ``replace=False``, ``i1`` is ``arange(B)`` and ``i0`` a permutation.
     """
     _check_inputs(x0, x1, method, reg, tol)
+    check_generator(generator)
     if not isinstance(replace, bool):
         raise TypeError(f"replace must be a bool, got {type(replace).__name__}")
     if block_size is not None:

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .utils import as_time, check_finite, check_positive_int, check_tensor
+from .utils import as_time, check_finite, check_generator, check_positive_int, check_tensor
 
 __all__ = ["drop_labels", "check_labels", "guided_velocity"]
 
@@ -75,6 +75,7 @@ def drop_labels(labels: torch.Tensor, null_label: int, p: float = 0.1, *,
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= float(p) <= 1.0):
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
     check_positive_int(null_label, "null_label")  # an int: 3.7 is no class index
+    check_generator(generator)
     labels = check_labels(labels, null_label)
     u = torch.rand(labels.shape[0], generator=generator, device="cpu").to(labels.device)
     return torch.where(u < p, torch.full_like(labels, null_label), labels)

@@ -39,6 +39,8 @@ from torch import nn
 from .utils import (
     as_time,
     check_finite,
+    check_float_dtype,
+    check_generator,
     check_in_range,
     check_positive_int,
     check_real_tensor,
@@ -80,7 +82,10 @@ class BernsteinSchedule(nn.Module):
         """A schedule with the given Bernstein coefficients ``c_0 = 0 <= ... <= c_n = 1`` (strictly increasing)."""
         if isinstance(coefficients, torch.Tensor):
             check_real_tensor(coefficients, "coefficients")
-        c = torch.as_tensor(coefficients, dtype=torch.float32)
+        try:
+            c = torch.as_tensor(coefficients, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"coefficients must be a sequence of numbers, got {type(coefficients).__name__}") from None
         if c.dim() != 1 or c.numel() < 2:
             raise ValueError(f"coefficients must be a 1-D sequence of at least 2 values, got shape {tuple(c.shape)}")
         if not bool(torch.isfinite(c).all()):
@@ -150,7 +155,8 @@ class AffineInterpolant(nn.Module):
 
     def sample_time(self, n: int, *, generator=None, dtype=torch.float32) -> torch.Tensor:
         """Uniform times in ``[0, 1)`` (the interface of :mod:`lfm_core.paths`)."""
-        return torch.rand(check_positive_int(n, "n"), generator=generator, dtype=dtype)
+        return torch.rand(check_positive_int(n, "n"), generator=check_generator(generator),
+                          dtype=check_float_dtype(dtype))
 
     def sample(self, x0: torch.Tensor, x1: torch.Tensor, t, *, noise=None, generator=None):
         """``(x_t, u_t)``; deterministic (no noise), ``noise`` must be None."""
@@ -314,7 +320,8 @@ class GlowInterpolant(nn.Module):
         return (1 - t)[:, None] * y + t[:, None] * x1
 
     def sample_time(self, n: int, *, generator=None, dtype=torch.float32) -> torch.Tensor:
-        return torch.rand(check_positive_int(n, "n"), generator=generator, dtype=dtype)
+        return torch.rand(check_positive_int(n, "n"), generator=check_generator(generator),
+                          dtype=check_float_dtype(dtype))
 
     def sample(self, x0: torch.Tensor, x1: torch.Tensor, t, *, noise=None, generator=None):
         """``(x_t, u_t)`` with ``u_t = d phi_t / dt`` by one forward-mode JVP in ``t``."""

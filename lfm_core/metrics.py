@@ -34,7 +34,7 @@ import math
 import numpy as np
 import torch
 
-from .utils import check_finite, check_nonnegative, check_positive_int, check_seed, check_tensor
+from .utils import check_device, check_finite, check_nonnegative, check_positive_int, check_seed, check_tensor
 
 __all__ = ["wasserstein2", "path_energy", "normalized_path_energy", "straightness", "psnr",
            "nearest_neighbour_distance", "fid_status", "fid", "StandinFeatures"]
@@ -245,7 +245,7 @@ def fid(real: torch.Tensor, fake: torch.Tensor, *, device=None, batch_size: int 
         raise RuntimeError(f"FID cannot be computed here: {why}")
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    device = torch.device(device) if device is not None else real.device
+    device = check_device(device) if device is not None else real.device
     if feature_extractor is None:
         metric = FrechetInceptionDistance(feature=2048, normalize=True)
     else:

@@ -33,7 +33,17 @@ import math
 
 import torch
 
-from .utils import as_time, check_finite, check_nonnegative, check_positive_int, check_tensor, values_checked
+from .utils import (
+    as_time,
+    check_bool,
+    check_finite,
+    check_float_dtype,
+    check_generator,
+    check_nonnegative,
+    check_positive_int,
+    check_tensor,
+    values_checked,
+)
 
 __all__ = ["GaussianMixture"]
 
@@ -106,6 +116,9 @@ class GaussianMixture:
                return_labels: bool = False):
         """Draw ``n`` points (and, with ``return_labels``, the index of the component of each)."""
         check_positive_int(n, "n")
+        check_float_dtype(dtype)
+        check_bool(return_labels, "return_labels")
+        check_generator(generator)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         x = (self.means[k] + self._var[k].sqrt() * z).to(dtype)

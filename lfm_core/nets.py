@@ -52,7 +52,7 @@ class MLP(nn.Module):
         self.dim = check_positive_int(dim, "dim")
         check_positive_int(hidden, "hidden")
         check_positive_int(depth, "depth")
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         if isinstance(cond_channels, bool) or not isinstance(cond_channels, int) or cond_channels < 0:
             raise ValueError(f"cond_channels must be an int >= 0, got {cond_channels!r}")
@@ -303,7 +303,7 @@ class UNetVelocity(ImageVelocity):
         super().__init__(channels, sample_size, num_classes, cond_channels)
         from diffusers import UNet2DModel
 
-        if preset not in UNET_PRESETS:
+        if not isinstance(preset, str) or preset not in UNET_PRESETS:
             raise ValueError(f"unknown UNet preset {preset!r}; choose one of {', '.join(UNET_PRESETS)}")
         p = UNET_PRESETS[preset]
         down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in p["attention_levels"])
@@ -337,7 +337,7 @@ class DiTVelocity(ImageVelocity):
         from diffusers import DiTTransformer2DModel
         from diffusers.models.embeddings import LabelEmbedding
 
-        if preset not in DIT_PRESETS:
+        if not isinstance(preset, str) or preset not in DIT_PRESETS:
             raise ValueError(f"unknown DiT preset {preset!r}; choose one of {', '.join(DIT_PRESETS)}")
         p = DIT_PRESETS[preset]
         if sample_size % p["patch_size"]:

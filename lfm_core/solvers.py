@@ -36,7 +36,15 @@ from numbers import Real
 
 import torch
 
-from .utils import check_bool, check_finite, check_nonnegative, check_positive_int, check_tensor, draw_device
+from .utils import (
+    check_bool,
+    check_finite,
+    check_generator,
+    check_nonnegative,
+    check_positive_int,
+    check_tensor,
+    draw_device,
+)
 
 __all__ = ["FIXED_STEP", "ADAPTIVE", "Solution", "integrate", "log_likelihood", "standard_normal_log_prob"]
 
@@ -252,6 +260,7 @@ def log_likelihood(velocity, x: torch.Tensor, source_log_prob=standard_normal_lo
         ``[B]`` log densities (and the NFE when ``return_nfe``).
     """
     check_bool(return_nfe, "return_nfe")
+    check_generator(generator)
     if cond is not None and not isinstance(cond, dict):
         raise TypeError(f"cond must be a dict of keyword arguments, got {type(cond).__name__}")
     if divergence not in ("exact", "hutchinson"):

@@ -97,7 +97,7 @@ class Trainer:
             raise ValueError("batch_size=None (an unsplit batch) works in one process only")
         if config.batch_size is not None and config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by the {self.world} processes")
-        self.device = torch.device(device) if device is not None else params[0].device
+        self.device = utils.check_device(device) if device is not None else params[0].device
         if self.device.type not in ("cpu", "cuda", "mps"):
             raise ValueError(f"device {self.device} is not supported: use 'cpu', 'cuda' or 'mps'")
         self.precision = resolve_precision(config.precision, self.device)

@@ -39,6 +39,7 @@ from .trainer import FitResult, Trainer, TrainerConfig
 from .utils import (
     check_bool,
     check_finite,
+    check_generator,
     check_nonnegative_int,
     check_positive_int,
     check_probability,
@@ -71,6 +72,10 @@ def cfm_loss(model, path, x0: torch.Tensor, x1: torch.Tensor, *, t=None, noise=N
         raise TypeError(f"coupling_kwargs must be a dict or None, got {type(coupling_kwargs).__name__}")
     if cond is not None and not isinstance(cond, dict):
         raise TypeError(f"cond must be a dict of keyword arguments for the model, got {type(cond).__name__}")
+    if not hasattr(path, "sample") or not hasattr(path, "sample_time"):
+        raise TypeError(f"path must have sample(x0, x1, t) and sample_time(n) (lfm_core.paths or an interpolant), "
+                        f"got {type(path).__name__}")
+    check_generator(generator)
     if coupling != "independent":
         x0, x1 = couplings.pair(x0, x1, coupling, generator=generator, **(coupling_kwargs or {}))
     if t is None:
@@ -224,6 +229,7 @@ def reflow_pairs(model, source, n: int | None = None, *, steps: int = 100, gener
         raise TypeError(f"model must be callable (a velocity network), got {type(model).__name__}")
     check_positive_int(steps, "steps")
     check_positive_int(batch_size, "batch_size")
+    check_generator(generator)
     if n is None:
         if not isinstance(source, torch.Tensor):
             raise TypeError(f"source must be a tensor when n is None (every row is taken), got "

@@ -46,6 +46,9 @@ __all__ = [
     "check_seed",
     "check_real_tensor",
     "check_in_range",
+    "check_generator",
+    "check_float_dtype",
+    "check_device",
     "as_time",
     "expand_like",
     "randn_like",
@@ -196,6 +199,31 @@ def check_in_range(x: torch.Tensor, name: str, low: float, high: float, *, high_
             got = f"{lo:.4g}" if lo == hi else f"values in [{lo:.4g}, {hi:.4g}]"
             raise ValueError(f"{name} must lie in {span}, got {got}")
     return x
+
+
+def check_generator(generator, name: str = "generator"):
+    """Return ``generator`` if it is a ``torch.Generator`` or None."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def check_float_dtype(dtype, name: str = "dtype") -> torch.dtype:
+    """Return ``dtype`` if it is a floating-point ``torch.dtype`` (an integer one would round the values in silence)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point torch.dtype (e.g. torch.float32), got {dtype!r}")
+    return dtype
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """``device`` (a ``torch.device``, a name such as ``"cuda:0"``, or an index) as a ``torch.device``."""
+    if isinstance(device, bool) or not isinstance(device, (torch.device, str, int)):
+        raise TypeError(f"{name} must be a torch.device, a name such as 'cpu' or 'cuda:0', or an index, got "
+                        f"{type(device).__name__}")
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{name} {device!r} is not a device name ('cpu', 'cuda', 'cuda:1', 'mps', ...)") from exc
 
 
 def check_probability(value, name: str) -> float:

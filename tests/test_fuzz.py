@@ -63,7 +63,10 @@ BAD = {
     "maps": [None, torch.zeros(2, 8, 8), torch.zeros(0, 8, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long),
              torch.full((2, 8, 8), 7), torch.full((2, 8, 8), -1)],
     "methods": [[], (), "I-CFM", None, ["nope"], 3, [3]],
-    "name": ["nope", 3, None],
+    "name": ["nope", 3, None, ["nope"]],
+    "generator": ["g", 3, torch.Generator().manual_seed(0).get_state()],
+    "float_dtype": [torch.long, torch.bool, "float32", None],
+    "device": ["x", 3.5, "cuda:x", True],
     "callable": [None, 3, "f"],
     "bool": ["yes", 2, None],
     "labels": [None, "x", torch.zeros(B), torch.full((B,), 99), torch.full((B,), -1), torch.zeros(B + 1,
@@ -114,8 +117,8 @@ API = [
     ("couplings.pair sinkhorn", couplings.pair, dict(x0=pts(), x1=pts(seed=1), method="sinkhorn", reg=0.5, tol=1e-3),
      {"reg": "pos_float", "tol": "pos_float"}),
     ("couplings.pair options", couplings.pair, dict(x0=pts(), x1=pts(seed=1), method="ot", block_size=3,
-                                                    replace=False, labels=torch.arange(B) % 2),
-     {"block_size": "posint", "replace": "bool", "labels": "labels"}),
+                                                    replace=False, labels=torch.arange(B) % 2, generator=None),
+     {"block_size": "posint", "replace": "bool", "labels": "labels", "generator": "generator"}),
     ("couplings.sinkhorn", couplings.sinkhorn, dict(cost=torch.rand(4, 4), reg=0.5, max_iter=500),
      {"cost": "points", "reg": "pos_float", "max_iter": "posint"}),
     ("MLP", nets.MLP, dict(dim=2, hidden=4, depth=1, activation="selu"),
@@ -146,7 +149,10 @@ API = [
     ("straightness", metrics.straightness, dict(trajectory=torch.randn(5, B, D)), {"trajectory": "images"}),
     ("GaussianMixture", mixtures.GaussianMixture, dict(means=torch.zeros(2, 2), stds=1.0),
      {"means": "points", "stds": "pos_float"}),
-    ("GaussianMixture.sample", lambda **k: gmm().sample(**k), dict(n=4), {"n": "posint"}),
+    ("GaussianMixture.sample", lambda **k: gmm().sample(**k), dict(n=4, return_labels=True, generator=None),
+     {"n": "posint", "return_labels": "bool", "generator": "generator", "dtype": "float_dtype"}),
+    ("interpolant.sample_time", lambda **k: interpolants.AffineInterpolant(2).sample_time(**k),
+     dict(n=4, generator=None), {"n": "posint", "generator": "generator", "dtype": "float_dtype"}),
     ("GaussianMixture.log_prob", lambda **k: gmm().log_prob(**k), dict(x=pts()), {"x": "points"}),
     ("GaussianMixture.velocity", lambda **k: gmm().velocity(paths.LinearPath(), **k)(pts(), 0.5),
      dict(source_std=1.0), {"source_std": "pos_float"}),
@@ -154,14 +160,14 @@ API = [
      {"x": "points", "t": "time"}),
     ("toy.sample", toy.sample, dict(name="moons", n=5), {"name": "name", "n": "posint"}),
     ("toy.gaussian_mixture", toy.gaussian_mixture, dict(name="8gaussians"), {"name": "name"}),
-    ("drop_labels", guidance.drop_labels, dict(labels=torch.arange(B) % 3, null_label=3, p=0.5),
-     {"labels": "labels", "p": "prob", "null_label": "posint"}),
+    ("drop_labels", guidance.drop_labels, dict(labels=torch.arange(B) % 3, null_label=3, p=0.5, generator=None),
+     {"labels": "labels", "p": "prob", "null_label": "posint", "generator": "generator"}),
     ("check_labels", guidance.check_labels, dict(labels=torch.arange(B) % 3, num_classes=3),
      {"labels": "labels", "num_classes": "posint"}),
     ("guided_velocity", lambda **k: guidance.guided_velocity(Labelled(), **k)(pts(), 0.5),
      dict(labels=torch.arange(B) % 3, scale=2.0), {"labels": "labels", "scale": "nonneg_float"}),
-    ("rectangle_masks", conditioning.rectangle_masks, dict(n=2, size=8, min_frac=0.2, max_frac=0.5),
-     {"n": "posint", "size": "posint", "min_frac": "pos_float", "max_frac": "pos_float"}),
+    ("rectangle_masks", conditioning.rectangle_masks, dict(n=2, size=8, min_frac=0.2, max_frac=0.5, generator=None),
+     {"n": "posint", "size": "posint", "min_frac": "pos_float", "max_frac": "pos_float", "generator": "generator"}),
     ("stroke_masks", conditioning.stroke_masks, dict(n=2, size=8, strokes=1, vertices=2, width_frac=0.1),
      {"n": "posint", "size": "posint", "strokes": "posint", "vertices": "posint", "width_frac": "pos_float"}),
     ("mask_images", conditioning.mask_images, dict(images=torch.zeros(2, 1, 8, 8), masks=torch.ones(2, 1, 8, 8)),
@@ -231,8 +237,8 @@ API = [
      {"source": "points", "target": "points", "steps": "posint", "batch_size": "posint", "coupling": "name",
       "prefetch": "nonneg_int", "sampling": "name", "paired": "bool", "label_dropout": "prob",
       "precision": "name", "lr": "pos_float", "seed": "seed64", "resume": "bool", "override": "bool"}),
-    ("reflow_pairs", lambda **k: training.reflow_pairs(mlp(), **k), dict(source=pts(), n=4, steps=2),
-     {"source": "points", "n": "posint", "steps": "posint", "batch_size": "posint"}),
+    ("reflow_pairs", lambda **k: training.reflow_pairs(mlp(), **k), dict(source=pts(), n=4, steps=2, generator=None),
+     {"source": "points", "n": "posint", "steps": "posint", "batch_size": "posint", "generator": "generator"}),
     ("TrainerConfig", trainer.TrainerConfig, dict(steps=1, batch_size=2),
      {"steps": "posint", "lr": "pos_float", "ema_decay": "prob", "grad_clip": "pos_float", "warmup": "nonneg_int",
       "checkpoint_every": "nonneg_int", "keep_checkpoints": "posint", "precision": "name", "seed": "seed64",
@@ -240,7 +246,8 @@ API = [
     ("Trainer", lambda **k: trainer.Trainer(mlp(), lambda s, g: {}, lambda m: m, trainer.TrainerConfig(steps=1,
                                             batch_size=1), progress=False, **k), dict(out_dir=None),
      {"out_dir": "out_dir"}),
-    ("Trainer progress", lambda **k: tiny_trainer(**k), dict(progress=False), {"progress": "bool"}),
+    ("Trainer progress", lambda **k: tiny_trainer(**k), dict(progress=False, device="cpu"),
+     {"progress": "bool", "device": "device"}),
     ("Trainer.fit", lambda **k: tiny_trainer(progress=False).fit(**k), dict(resume=True, override=False),
      {"resume": "bool", "override": "bool"}),
     ("save_image_grid", lambda **k: images.save_image_grid(path="/tmp/lfm-fuzz-grid.png", **k),
@@ -277,9 +284,12 @@ ACCEPTED = {
     ("integrate adaptive", "max_nfe", None),  # no limit
     ("reflow_pairs", "n", None),  # every row of source, in order
     ("fit", "seed", None),  # an unseeded run
+    ("Trainer progress", "device", None),  # the model's device
     ("Trainer progress", "progress", None),  # the default (runtime.show_progress)
     ("one_hot_maps", "size", None),  # not downsampled
     ("compare.train_methods", "reflow_pairs", None),  # as many as data has
+    *((name, "generator", None) for name in ("couplings.pair options", "GaussianMixture.sample", "drop_labels",
+                                             "interpolant.sample_time", "rectangle_masks", "reflow_pairs")),
 }
 
 
@@ -300,7 +310,7 @@ def _finite(value) -> bool:
 CASES = [(name, fn, valid, arg, kind, bad) for name, fn, valid, kinds in API for arg, kind in kinds.items()
          for bad in BAD[kind]]
 # kinds none of whose values has a meaning: accepting one is a silent coercion (like a complex tensor made real)
-MUST_REFUSE = {"bool", "seed64", "methods", "maps", "time<1"}
+MUST_REFUSE = {"bool", "seed64", "methods", "maps", "time<1", "generator", "float_dtype", "device"}
 
 
 def _id(case):
@@ -399,6 +409,21 @@ NAMED = [
     ("Trainer desc", lambda: tiny_trainer(progress=False, desc=3), "desc"),
     ("StandinFeatures seed 2**70", lambda: metrics.StandinFeatures(seed=2**70), "seed"),
     ("evaluate model", lambda: compare.evaluate(None, pts(), pts(seed=1), steps=(1,)), "model"),
+    ("cfm_loss path", lambda: training.cfm_loss(mlp(), None, pts(), pts(seed=1)), "path"),
+    ("cfm_loss generator", lambda: training.cfm_loss(mlp(), paths.LinearPath(), pts(), pts(), generator="g"),
+     "generator"),
+    ("log_likelihood generator", lambda: solvers.log_likelihood(lambda x, t: -x, pts(), divergence="hutchinson",
+                                                                generator=3), "generator"),
+    ("stroke_masks generator", lambda: conditioning.stroke_masks(2, 8, generator="g"), "^generator must be"),
+    ("load_checkpoint path", lambda: tiny_trainer(progress=False).load_checkpoint(3), "path"),
+    ("coefficients not numbers", lambda: interpolants.BernsteinSchedule.from_coefficients("abc"), "coefficients"),
+    ("save_pretrained seconds NaN", lambda: compare.save_pretrained("/tmp/lfm-fuzz-save", {"I-CFM": mlp()},
+                                                                    {"I-CFM": NAN}, {}), "seconds"),
+    ("save_pretrained models list", lambda: compare.save_pretrained("/tmp/lfm-fuzz-save", [mlp()], {}, {}),
+     "^models must be a dict"),
+    ("save_pretrained nothing", lambda: compare.save_pretrained("/tmp/lfm-fuzz-save", {}, {}, {}), "models"),
+    ("train_methods start list", lambda: compare.train_methods(mlp, pts(), pts(seed=1), methods=["I-CFM"], steps=1,
+                                                               start=[1]), "start"),
 ]
 
 

@@ -9,14 +9,15 @@
     python3 tasks.py site      # the course site from the notebooks that `run` executed -> build/site/
     python3 tasks.py figures   # the README's headline figures from the executed notebooks -> docs/figures/
     python3 tasks.py lab       # student versions (marked solutions blanked) -> build/lab/
+    python3 tasks.py grade NOTEBOOK.ipynb ...   # run a submitted notebook's exercise checks, print its score
     python3 tasks.py colab OWNER/REPO   # point every Open-in-Colab badge and setup cell at github.com/OWNER/REPO
     python3 tasks.py peer      # also install the peer libraries the benchmarks compare against (torchcfm)
     python3 tasks.py setup     # only create or update the virtual environment
 
-`run` and `test` are the README's two commands. `run`, `test`, `rehearse`, `pretrain`, `site`, `figures`, `peer`
-and `setup` first create a virtual environment in .venv (once), install torch into it if it has none, and install
-this project with its notebooks, dev and site extras (again only when pyproject.toml changed); `readme`, `lab` and
-`colab` need none. `test` and `site --check` also install Debian's chromium for the browser check when it is missing
+`run` and `test` are the README's two commands. `run`, `test`, `rehearse`, `pretrain`, `site`, `figures`, `grade`,
+`peer` and `setup` first create a virtual environment in .venv (once), install torch into it if it has none, and
+install this project with its notebooks, dev and site extras (again only when pyproject.toml changed); `readme`, `lab`
+and `colab` need none. `test` and `site --check` also install Debian's chromium for the browser check when it is missing
 and this is root on a machine with apt-get. This file is standard library only, so it runs on a machine with
 nothing but Python 3.10+ and pip.
 
@@ -358,6 +359,31 @@ def lab(args: list[str]) -> None:
     _run([sys.executable, ROOT / "scripts" / "make_lab.py", "--out", ROOT / "build" / "lab", *args], cwd=ROOT)
 
 
+def grade(args: list[str]) -> None:
+    """Score submitted notebooks: each runs headless in quick mode, errors allowed, and each exercise scores by its
+    check cells (scripts/grade.py; exit status 0 with full marks, 1 with a failed exercise, 2 for an argument that
+    is no notebook with checks, checked before anything is set up, or a notebook that could not run to its end)."""
+    import importlib.util
+
+    if not args or any(a.startswith("-") for a in args):
+        print("usage: python3 tasks.py grade NOTEBOOK.ipynb [...]  (submitted notebooks, e.g. from build/lab/)",
+              file=sys.stderr)
+        sys.exit(2)
+    spec = importlib.util.spec_from_file_location("grade", ROOT / "scripts" / "grade.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for arg in args:
+        try:
+            module.load(arg)
+        except ValueError as exc:
+            print(f"grade: {exc}", file=sys.stderr)
+            sys.exit(2)
+    setup()
+    env = _env("quick")
+    env["LFM_PROGRESS"] = "0"
+    _run([_python(), ROOT / "scripts" / "grade.py", *[Path(a).resolve() for a in args]], env=env, cwd=ROOT)
+
+
 def peer(args: list[str]) -> None:
     """Install torchcfm for `benchmarks/ot_cfm_2d.py --peer torchcfm`.
 
@@ -370,7 +396,8 @@ def peer(args: list[str]) -> None:
 
 def main() -> None:
     jobs = {"run": run, "test": test, "rehearse": rehearse, "pretrain": pretrain, "colab": colab, "peer": peer,
-            "site": site, "figures": figures, "readme": readme, "lab": lab, "setup": lambda _args: setup()}
+            "site": site, "figures": figures, "readme": readme, "lab": lab, "grade": grade,
+            "setup": lambda _args: setup()}
     if len(sys.argv) < 2 or sys.argv[1] not in jobs:
         sys.exit(__doc__)
     try:

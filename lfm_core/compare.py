@@ -154,7 +154,7 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
         elif name == "2-RF":
             n = reflow_pairs if reflow_pairs is not None else data.shape[0]
             x0, x1 = training.reflow_pairs(models["I-CFM"], source, n, steps=100,
-                                           generator=torch.Generator().manual_seed(seed + 77))
+                                           generator=torch.Generator().manual_seed((seed + 77) % 2**64))
             training.train_cfm(model, recipe(name)[0], x0, x1, paired=True, **kw)
         elif name == "MeanFlow":
             average_velocity.train_meanflow(model, source, data, **{**kw, **(meanflow or {})})

@@ -128,6 +128,8 @@ def _folders(out_dir: Path) -> list:
 
 def newest(out_dir, at_most: int | None = None) -> Path | None:
     """The newest ``ckpt-*`` folder of ``out_dir`` (verified or not; of step ``at_most`` or before), or None."""
+    if at_most is not None and (isinstance(at_most, bool) or not isinstance(at_most, int)):
+        raise TypeError(f"at_most must be a step (an int) or None, got {type(at_most).__name__}")
     folders = [p for p in _folders(None if out_dir is None else Path(out_dir))
                if at_most is None or _step_of(p) <= at_most]
     return folders[-1] if folders else None

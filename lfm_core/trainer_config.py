@@ -133,6 +133,7 @@ class TrainerConfig:
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (counting from 0)."""
+        check_nonnegative_int(step, "step")
         factor = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
         if self.lr_schedule == "cosine":
             factor *= 0.5 * (1 + math.cos(math.pi * min(step, self.steps) / self.steps))

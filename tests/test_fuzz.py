@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from lfm_core import (
     bounds,
+    checkpoints,
     compare,
     conditioning,
     couplings,
@@ -422,6 +423,9 @@ NAMED = [
     ("save_pretrained models list", lambda: compare.save_pretrained("/tmp/lfm-fuzz-save", [mlp()], {}, {}),
      "^models must be a dict"),
     ("save_pretrained nothing", lambda: compare.save_pretrained("/tmp/lfm-fuzz-save", {}, {}, {}), "models"),
+    ("lr_at a str", lambda: trainer.TrainerConfig(steps=2, batch_size=1).lr_at("x"), "step"),
+    ("lr_at before step 0", lambda: trainer.TrainerConfig(steps=2, batch_size=1).lr_at(-1), "step"),
+    ("newest at_most", lambda: checkpoints.newest("/tmp", at_most="x"), "at_most"),
     ("train_methods start list", lambda: compare.train_methods(mlp, pts(), pts(seed=1), methods=["I-CFM"], steps=1,
                                                                start=[1]), "start"),
 ]

@@ -157,7 +157,16 @@ class LatentAutoencoder:
 
 
 def offline_config(in_channels: int = 1, latent_channels: int = 4, channels=(16, 32, 32)) -> dict:
-    """The configuration of the project's small ``AutoencoderKL``: ``len(channels) - 1`` halvings (x4 by default)."""
+    """The configuration of the project's small ``AutoencoderKL``: ``len(channels) - 1`` halvings (x4 by default).
+
+    ``channels`` are the widths of its blocks, each a multiple of 16 (its group normalisation has 16 groups)."""
+    check_positive_int(in_channels, "in_channels")
+    check_positive_int(latent_channels, "latent_channels")
+    if isinstance(channels, (str, bytes)) or not hasattr(channels, "__len__") or not channels:
+        raise ValueError(f"channels must be a non-empty sequence of block widths, got {channels!r}")
+    for width in channels:
+        if isinstance(width, bool) or not isinstance(width, int) or width <= 0 or width % 16:
+            raise ValueError(f"channels must hold positive multiples of 16 (16 normalisation groups), got {channels!r}")
     return dict(in_channels=in_channels, out_channels=in_channels,
                 down_block_types=("DownEncoderBlock2D",) * len(channels),
                 up_block_types=("UpDecoderBlock2D",) * len(channels),

@@ -381,3 +381,12 @@ def test_standin_features_check_their_seed():
         metrics.StandinFeatures(seed=-1)
     with pytest.raises(TypeError, match="seed must be an int"):
         metrics.StandinFeatures(seed=1.5)
+
+
+@pytest.mark.parametrize("kw, name", [({"in_channels": 0}, "in_channels"), ({"latent_channels": -1}, "latent_channels"),
+                                      ({"in_channels": 1.5}, "in_channels"), ({"channels": ()}, "channels"),
+                                      ({"channels": (16, 24)}, "channels"), ({"channels": "16"}, "channels"),
+                                      ({"channels": (16, True)}, "channels")])
+def test_offline_config_refuses_what_no_autoencoder_can_be_built_from(kw, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        autoencoders.offline_config(**kw)

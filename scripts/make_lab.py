@@ -11,6 +11,10 @@ The notebooks are the instructor versions: each exercise has a solution, marked 
 * In a markdown cell, the text from ``<!-- BEGIN SOLUTION -->`` to ``<!-- END SOLUTION -->`` becomes
   ``*YOUR ANSWER HERE*``.
 
+* A check cell, a code cell whose first line is ``# Check: exercise N``, stays as it is: it compares the student's
+  answer with the library's and says by how much they differ, and ``python3 tasks.py grade`` (scripts/grade.py)
+  scores a submitted notebook by these cells. A solution marker inside one is an error.
+
 Outputs are cleared, and ``metadata.lfm.lab`` records that the file is a student version. Everything before the
 first blank is the instructor version's own cells, so a student version runs up to its first exercise exactly as
 the full notebook (which ``python3 tasks.py test`` runs, solutions included). Standard library only.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +37,7 @@ CODE_BEGIN, CODE_END = "### BEGIN SOLUTION", "### END SOLUTION"
 MD_BEGIN, MD_END = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
 CODE_BLANK = ("# YOUR CODE HERE", "raise NotImplementedError()")
 MD_BLANK = "*YOUR ANSWER HERE*"
+CHECK = re.compile(r"#\s*Check:\s*exercise\b", re.I)   # the first line of a check cell (scripts/grade.py)
 
 
 def _lines(cell: dict) -> list[str]:
@@ -78,6 +84,9 @@ def student_version(nb: dict, name: str = "notebook") -> tuple[dict, int]:
     for i, cell in enumerate(out["cells"]):
         where = f"{name}, cell {i}"
         if cell["cell_type"] == "code":
+            if CHECK.match(_lines(cell)[0].strip()) and any(ln.strip() == CODE_BEGIN for ln in _lines(cell)):
+                raise ValueError(f"{where}: a check cell holds a solution; it stays in the student version, so keep "
+                                 "the solution in the exercise's own cell")
             lines, n = _blank(_lines(cell), CODE_BEGIN, CODE_END, lambda ind: [ind + s for s in CODE_BLANK], where)
             cell["outputs"], cell["execution_count"] = [], None
         elif cell["cell_type"] == "markdown":

@@ -184,3 +184,14 @@ def test_notebook_01_scores_each_exercise_on_its_own():
         if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
             assert grade.CHECK.match(cell.source.split("\n", 1)[0]) or "raise NotImplementedError()" in cell.source, (
                 f"cell {i} failed although it is neither a check nor a blank:\n{cell.source[:300]}")
+
+
+def test_make_lab_keeps_check_cells_and_refuses_a_solution_inside_one():
+    nb = tiny()
+    student, _ = make_lab.student_version(nb)
+    checks = [c for c in nb["cells"] if "".join(c["source"]).startswith("# Check:")]
+    assert checks and all(c in student["cells"] for c in checks)
+    assert grade.check_cells(student) == grade.check_cells(nb) == {"1": [3], "2": [5]}
+    nb["cells"][3]["source"] += ["\n### BEGIN SOLUTION\n", "x = 1\n", "### END SOLUTION"]
+    with pytest.raises(ValueError, match="cell 3: a check cell holds a solution"):
+        make_lab.student_version(nb, "tiny")

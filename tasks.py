@@ -39,6 +39,8 @@ Options:
     site --check          also open every page in headless Chromium (scripts/check_site.py; screenshots in
                           build/site-shots/)
     lab NAME ...          only some notebooks
+    grade --reference FILE  the instructor version whose check cells grade the one NOTEBOOK given (default: the
+                          notebook of the same file name in notebooks/, where there is one)
 
 Environment:
     LFM_TORCH_SPEC        the torch requirement installed into a fresh .venv (default torch==2.13.0,
@@ -361,18 +363,27 @@ def lab(args: list[str]) -> None:
 
 def grade(args: list[str]) -> None:
     """Score submitted notebooks: each runs headless in quick mode, errors allowed, and each exercise scores by its
-    check cells (scripts/grade.py; exit status 0 with full marks, 1 with a failed exercise, 2 for an argument that
-    is no notebook with checks, checked before anything is set up, or a notebook that could not run to its end)."""
+    check cells, the instructor version's (scripts/grade.py; exit status 0 with full marks, 1 with a failed exercise,
+    2 for an argument that is no notebook with checks, checked before anything is set up, or a notebook that could
+    not run to its end)."""
     import importlib.util
 
-    if not args or any(a.startswith("-") for a in args):
-        print("usage: python3 tasks.py grade NOTEBOOK.ipynb [...]  (submitted notebooks, e.g. from build/lab/)",
-              file=sys.stderr)
+    usage = ("usage: python3 tasks.py grade NOTEBOOK.ipynb [...]  or  grade --reference INSTRUCTOR.ipynb NOTEBOOK.ipynb"
+             "  (submitted notebooks, e.g. from build/lab/)")
+    reference = None
+    if "--reference" in args:
+        i = args.index("--reference")
+        if i + 1 >= len(args) or args[i + 1].startswith("-"):
+            print(usage, file=sys.stderr)
+            sys.exit(2)
+        reference, args = args[i + 1], args[:i] + args[i + 2:]
+    if not args or any(a.startswith("-") for a in args) or (reference is not None and len(args) != 1):
+        print(usage, file=sys.stderr)
         sys.exit(2)
     spec = importlib.util.spec_from_file_location("grade", ROOT / "scripts" / "grade.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for arg in args:
+    for arg in [*args, *([reference] if reference else [])]:
         try:
             module.load(arg)
         except ValueError as exc:
@@ -381,7 +392,8 @@ def grade(args: list[str]) -> None:
     setup()
     env = _env("quick")
     env["LFM_PROGRESS"] = "0"
-    _run([_python(), ROOT / "scripts" / "grade.py", *[Path(a).resolve() for a in args]], env=env, cwd=ROOT)
+    ref = ["--reference", Path(reference).resolve()] if reference else []
+    _run([_python(), ROOT / "scripts" / "grade.py", *ref, *[Path(a).resolve() for a in args]], env=env, cwd=ROOT)
 
 
 def peer(args: list[str]) -> None:

@@ -10,6 +10,11 @@ stay in the student version. The notebook runs from top to bottom with errors al
 exercise costs its own point only; an exercise scores 1 when every one of its check cells ran without an error,
 else 0 with the check's error as the reason. Exercises without a check cell (open questions) are not scored.
 
+The check cells that run are the course's own: those of ``--reference`` (an instructor version), by default of the
+notebook of the same file name in notebooks/ where there is one, replace the submitted notebook's check cells
+exercise by exercise, so an edited check does not change a score (a submitted notebook whose check cells do not
+pair up with the reference's is refused).
+
 Prints a line per exercise and a total per notebook. Exit status: 0 when every notebook has full marks, 1 when an
 exercise failed, 2 when an argument is not a notebook with check cells (nothing runs then) or a notebook could not
 be run to the end (its kernel died or a cell ran out of time). Running needs ``nbclient`` and the project's
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 CHECK = re.compile(r"#\s*Check:\s*exercise\s+(\w+)\s*(?:\((.*)\))?\s*$", re.I)
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"   # the instructor versions
 CELL_TIMEOUT = 600  # seconds per cell, as `tasks.py test` gives nbval
 
 
@@ -73,6 +79,27 @@ def load(path) -> dict:
         raise ValueError(f"{path} has no check cells (code cells starting with '# Check: exercise N'): nothing to "
                          "grade")
     return nb
+
+
+def default_reference(path) -> Path | None:
+    """The instructor version that grades ``path``: notebooks/ holds one of the same file name (not ``path``)."""
+    ref = NOTEBOOKS / Path(path).name
+    return ref if ref.exists() and ref.resolve() != Path(path).resolve() else None
+
+
+def with_checks_of(nb: dict, reference: dict, name: str = "the notebook") -> dict:
+    """A copy of ``nb`` whose check cells hold the source of ``reference``'s check cells, exercise by exercise.
+
+    Raises ValueError when the two do not have the same exercises with the same number of check cells."""
+    mine, theirs = check_cells(nb), check_cells(reference)
+    if {k: len(v) for k, v in mine.items()} != {k: len(v) for k, v in theirs.items()}:
+        raise ValueError(f"{name}'s check cells (exercises {', '.join(mine) or 'none'}) do not pair up with the "
+                         f"reference's (exercises {', '.join(theirs)}): restore the check cells as they were given")
+    out = json.loads(json.dumps(nb))
+    for exercise, indices in mine.items():
+        for i, j in zip(indices, theirs[exercise], strict=True):
+            out["cells"][i]["source"] = reference["cells"][j]["source"]
+    return out
 
 
 class Score(NamedTuple):
@@ -137,9 +164,11 @@ def execute(nb: dict, folder: Path, timeout: int = CELL_TIMEOUT):
     return executed, None
 
 
-def report(name: str, results: list[Score], seconds: float, stopped: str | None = None) -> str:
+def report(name: str, results: list[Score], seconds: float, stopped: str | None = None,
+           reference: str | None = None) -> str:
     width = max(len(s.exercise) for s in results)
-    lines = [f"{name} (quick mode, {seconds:.0f} s)"]
+    checks = f"; checks of {reference}" if reference else ""
+    lines = [f"{name} (quick mode, {seconds:.0f} s{checks})"]
     for s in results:
         what = f" ({s.what})" if s.what else ""
         lines.append(f"  exercise {s.exercise:<{width}}  {s.points}/1  {'passed' if s.points else 'FAILED'}{what}: "
@@ -153,19 +182,29 @@ def report(name: str, results: list[Score], seconds: float, stopped: str | None 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path, help="the submitted notebooks (.ipynb)")
+    parser.add_argument("--reference", type=Path, help="the instructor version whose check cells run (one notebook "
+                        "only; default: notebooks/ holds one of the same file name)")
     parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT, help="seconds per cell (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.reference is not None and len(args.notebooks) > 1:
+        print("grade: --reference goes with one notebook", file=sys.stderr)
+        return 2
     try:
-        loaded = [(path, load(path)) for path in args.notebooks]
+        loaded = []
+        for path in args.notebooks:
+            nb, ref = load(path), args.reference or default_reference(path)
+            if ref is not None:
+                nb = with_checks_of(nb, load(ref), str(path))
+            loaded.append((path, nb, ref))
     except ValueError as exc:
         print(f"grade: {exc}", file=sys.stderr)
         return 2
     status, got, possible = 0, 0, 0
-    for path, nb in loaded:
+    for path, nb, ref in loaded:
         start = time.perf_counter()
         executed, stopped = execute(nb, path.resolve().parent, args.timeout)
         results = scores(executed)
-        print(report(path.name, results, time.perf_counter() - start, stopped), flush=True)
+        print(report(path.name, results, time.perf_counter() - start, stopped, ref and str(ref)), flush=True)
         got, possible = got + sum(s.points for s in results), possible + len(results)
         if stopped:
             status = 2

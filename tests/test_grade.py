@@ -195,3 +195,40 @@ def test_make_lab_keeps_check_cells_and_refuses_a_solution_inside_one():
     nb["cells"][3]["source"] += ["\n### BEGIN SOLUTION\n", "x = 1\n", "### END SOLUTION"]
     with pytest.raises(ValueError, match="cell 3: a check cell holds a solution"):
         make_lab.student_version(nb, "tiny")
+
+
+def test_the_reference_checks_run_instead_of_the_submitted_ones(tmp_path, capsys):
+    """An edited check cell does not change the score: the instructor version's check cells run; a submission whose
+    check cells do not pair up with them is refused before anything runs."""
+    reference = _write(tmp_path / "course.ipynb", tiny())
+    edited = tiny(double="2 * x + 1")
+    edited["cells"][3]["source"] = "# Check: exercise 1 (double)\nprint('exercise 1: correct')"
+    edited = _write(tmp_path / "edited.ipynb", edited)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "grade.py"), "--reference", str(reference),
+                             str(edited)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"checks of {reference}" in result.stdout
+    assert "exercise 1  0/1  FAILED (double): AssertionError: double(21) should be 42, got 43" in result.stdout
+
+    missing = tiny()
+    del missing["cells"][5]
+    assert grade.main(["--reference", str(reference), str(_write(tmp_path / "missing.ipynb", missing))]) == 2
+    assert "do not pair up" in capsys.readouterr().err
+    assert grade.main(["--reference", str(reference), str(reference), str(reference)]) == 2
+    assert "one notebook" in capsys.readouterr().err
+
+
+def test_the_default_reference_is_the_course_notebook_of_the_same_name(tmp_path):
+    course = next((ROOT / "notebooks").glob("01_*.ipynb"))
+    assert grade.default_reference(tmp_path / course.name) == course   # e.g. build/lab/01_...ipynb
+    assert grade.default_reference(course) is None
+    assert grade.default_reference(tmp_path / "mine.ipynb") is None
+
+
+@pytest.mark.parametrize("args", [["--reference"], ["--reference", "a.ipynb", "b.ipynb", "c.ipynb"], ["--full", "a"]])
+def test_tasks_grade_refuses_malformed_options(args, capsys, monkeypatch):
+    tasks = _load(ROOT / "tasks.py")
+    monkeypatch.setattr(tasks, "setup", lambda: pytest.fail("setup() ran before the arguments were checked"))
+    with pytest.raises(SystemExit) as exc:
+        tasks.grade(args)
+    assert exc.value.code == 2 and "usage" in capsys.readouterr().err

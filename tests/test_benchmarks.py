@@ -285,3 +285,22 @@ def test_notebook_seeds_instrument_margin_and_bad_arguments(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             ns.main([*bad, "--out", str(tmp_path)])
         assert exc.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_input_audit_quick_run(tmp_path):
+    """The audit's small subset: every call's valid arguments run, every case gets an outcome, and the report lists
+    each case that is not clear; --report-only rewrites the same report from the JSON."""
+    audit = load("input_audit")
+    assert audit.main(["--quick", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "input_audit_quick.json").read_text())
+    rows = audit.cases_of(data)
+    assert {r["module"] for r in rows} == set(audit.QUICK_MODULES)
+    assert all(r["outcome"] == "ok" for r in rows if r["baseline"])
+    bad = [r for r in rows if not r["baseline"] and not r["ambiguous"]]
+    assert len(bad) >= 50 and all(r["outcome"] in audit.OUTCOMES for r in bad)
+    md = (tmp_path / "input_audit_quick.md").read_text()
+    assert "| kind | clear | vague | unclear | silent | hang | crash |" in md
+    assert all(f"| {audit._cell(r['value'])} |" in md for r in bad if r["outcome"] != "clear")
+    (tmp_path / "input_audit_quick.md").unlink()
+    assert audit.main(["--report-only", str(tmp_path / "input_audit_quick.json")]) == 0
+    assert (tmp_path / "input_audit_quick.md").read_text() == md

@@ -26,7 +26,15 @@ from __future__ import annotations
 import torch
 
 from . import couplings, guidance
-from .utils import check_finite, check_tensor
+from .utils import (
+    check_bool,
+    check_finite,
+    check_nonnegative_int,
+    check_positive_int,
+    check_probability,
+    check_seed,
+    check_tensor,
+)
 
 __all__ = ["CFMBatches"]
 
@@ -38,6 +46,28 @@ def _mix(*values: int) -> int:
         h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         h ^= h >> 31
     return h & 0x7FFFFFFFFFFFFFFF
+
+
+#: the keyword arguments of :func:`lfm_core.couplings.pair_indices` that ``coupling_kwargs`` may hold
+COUPLING_KWARGS = ("reg", "tol", "replace", "labels", "groups", "block_size")
+
+
+def _check_coupling(coupling, coupling_kwargs, allowed=COUPLING_KWARGS) -> dict:
+    """``coupling_kwargs`` as a dict, after checking ``coupling`` names a method and the keys are known ones."""
+    if not isinstance(coupling, str):
+        raise TypeError(f"coupling must be a str (one of {', '.join(couplings.METHODS)}), got "
+                        f"{type(coupling).__name__}")
+    if coupling not in couplings.METHODS:
+        raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(couplings.METHODS)}")
+    if coupling_kwargs is None:
+        return {}
+    if not isinstance(coupling_kwargs, dict):
+        raise TypeError(f"coupling_kwargs must be a dict or None, got {type(coupling_kwargs).__name__}")
+    unknown = sorted(str(k) for k in coupling_kwargs if k not in allowed)
+    if unknown:
+        raise ValueError(f"coupling_kwargs has unknown key(s) {', '.join(map(repr, unknown))}; the coupling takes "
+                         f"{', '.join(allowed)}")
+    return dict(coupling_kwargs)
 
 
 class _Sampler:
@@ -93,13 +123,39 @@ class CFMBatches:
     def __init__(self, path, sources, targets, batch_size, *, coupling="independent", coupling_kwargs=None,
                  prefetch=0, seed=0, paired=False, labels=None, label_dropout=0.0, null_label=None,
                  sampling="replacement"):
+        if not callable(getattr(path, "sample_time", None)):
+            raise TypeError(f"path must have sample_time(n, generator, dtype) (lfm_core.paths or an interpolant), "
+                            f"got {type(path).__name__}")
+        check_positive_int(batch_size, "batch_size")
+        kwargs = _check_coupling(coupling, coupling_kwargs, tuple(k for k in COUPLING_KWARGS if k != "labels"))
+        check_nonnegative_int(prefetch, "prefetch")
+        check_seed(seed, "seed")
+        check_bool(paired, "paired")
+        if not isinstance(sampling, str) or sampling not in ("replacement", "epochs"):
+            raise ValueError(f"sampling must be 'replacement' or 'epochs', got {sampling!r}")
+        label_dropout = check_probability(label_dropout, "label_dropout")
+        for value, name in ((sources, "sources"), (targets, "targets")):
+            if not isinstance(value, (list, tuple)) or not value:
+                got = f"{len(value)} items" if isinstance(value, (list, tuple)) else type(value).__name__
+                raise (ValueError if isinstance(value, (list, tuple)) else TypeError)(
+                    f"{name} must be a non-empty list of samplers (one per ensemble member), got {got}")
+        if len(sources) != len(targets):
+            raise ValueError(f"sources and targets must hold one sampler per ensemble member each, got "
+                             f"{len(sources)} sources and {len(targets)} targets")
         self.path, self.b, self.seed = path, batch_size, seed
         self.members = len(targets)
-        self.coupling, self.kwargs = coupling, dict(coupling_kwargs or {})
+        self.coupling, self.kwargs = coupling, kwargs
         self.paired, self.p_drop, self.null = paired, label_dropout, null_label
         self.labels = None if labels is None else [y.cpu() for y in labels]
-        self.src = [_Sampler(s, "source", sampling, _mix(seed, 1, m)) for m, s in enumerate(sources)]
-        self.tgt = [_Sampler(s, "target", sampling, _mix(seed, 2, m)) for m, s in enumerate(targets)]
+        self.src = [_Sampler(s, f"sources[{m}]", sampling, _mix(seed, 1, m)) for m, s in enumerate(sources)]
+        self.tgt = [_Sampler(s, f"targets[{m}]", sampling, _mix(seed, 2, m)) for m, s in enumerate(targets)]
+        for m, (a, b) in enumerate(zip(self.src, self.tgt, strict=True)):
+            if a.data is not None and b.data is not None and a.data.shape[1:] != b.data.shape[1:]:
+                raise ValueError(f"sources[{m}] and targets[{m}] must hold points of one shape, got "
+                                 f"{tuple(a.data.shape[1:])} and {tuple(b.data.shape[1:])}")
+            if paired and (a.data is None or b.data is None or a.data.shape[0] != b.data.shape[0]):
+                raise ValueError(f"paired=True needs sources[{m}] and targets[{m}] as tensors of the same number "
+                                 f"of rows")
         self.prefetch = prefetch
         self.pool, self.queue, self.next_step = None, {}, None
 

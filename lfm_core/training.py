@@ -32,7 +32,7 @@ from dataclasses import fields
 import torch
 
 from . import couplings
-from .batches import CFMBatches, _Sampler
+from .batches import COUPLING_KWARGS, CFMBatches, _check_coupling, _Sampler
 from .guidance import check_labels
 from .solvers import integrate
 from .trainer import FitResult, Trainer, TrainerConfig
@@ -68,8 +68,7 @@ def cfm_loss(model, path, x0: torch.Tensor, x1: torch.Tensor, *, t=None, noise=N
     check_tensor(x1, "x1")
     if not isinstance(coupling, str) or coupling not in couplings.METHODS:
         raise ValueError(f"coupling must be one of {', '.join(couplings.METHODS)}, got {coupling!r}")
-    if coupling_kwargs is not None and not isinstance(coupling_kwargs, dict):
-        raise TypeError(f"coupling_kwargs must be a dict or None, got {type(coupling_kwargs).__name__}")
+    coupling_kwargs = _check_coupling(coupling, coupling_kwargs)
     if cond is not None and not isinstance(cond, dict):
         raise TypeError(f"cond must be a dict of keyword arguments for the model, got {type(cond).__name__}")
     if not hasattr(path, "sample") or not hasattr(path, "sample_time"):
@@ -77,7 +76,7 @@ def cfm_loss(model, path, x0: torch.Tensor, x1: torch.Tensor, *, t=None, noise=N
                         f"got {type(path).__name__}")
     check_generator(generator)
     if coupling != "independent":
-        x0, x1 = couplings.pair(x0, x1, coupling, generator=generator, **(coupling_kwargs or {}))
+        x0, x1 = couplings.pair(x0, x1, coupling, generator=generator, **coupling_kwargs)
     if t is None:
         t = path.sample_time(x0.shape[0], generator=generator, dtype=x0.dtype).to(x0.device)
     xt, ut = path.sample(x0, x1, t, noise=noise, generator=generator)
@@ -150,8 +149,7 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
     check_positive_int(batch_size, "batch_size")
     if not isinstance(coupling, str) or coupling not in couplings.METHODS:
         raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(couplings.METHODS)}")
-    if coupling_kwargs is not None and not isinstance(coupling_kwargs, dict):
-        raise TypeError(f"coupling_kwargs must be a dict or None, got {type(coupling_kwargs).__name__}")
+    _check_coupling(coupling, coupling_kwargs, tuple(k for k in COUPLING_KWARGS if k != "labels"))
     check_nonnegative_int(prefetch, "prefetch")
     if sampling not in ("replacement", "epochs"):
         raise ValueError(f"sampling must be 'replacement' or 'epochs', got {sampling!r}")
@@ -159,6 +157,9 @@ def train_cfm(model, path, source, target, *, steps: int, batch_size: int = 256,
     check_bool(resume, "resume")
     check_bool(override, "override")
     label_dropout = check_probability(label_dropout, "label_dropout")
+    if label_dropout > 0 and labels is None:
+        raise ValueError(f"label_dropout={label_dropout} drops labels to the null label, but no labels were given: "
+                         f"pass labels (the classes of the target rows) or leave label_dropout at 0")
     if not hasattr(path, "sample") or not hasattr(path, "sample_time"):
         raise TypeError(f"path must have sample(x0, x1, t) and sample_time(n) (lfm_core.paths or an interpolant), "
                         f"got {type(path).__name__}")

@@ -110,3 +110,47 @@ def test_labels_outside_the_classes_are_refused():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
         train_cfm(Cond(), LinearPath(), torch.randn(8, 2), data, labels=torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]),
                   steps=1, batch_size=4, progress=False)
+
+
+@pytest.mark.parametrize("kw, exc, name", [
+    ({"path": "linear"}, TypeError, "path"),
+    ({"batch_size": "3"}, TypeError, "batch_size"), ({"batch_size": 2.5}, TypeError, "batch_size"),
+    ({"batch_size": True}, TypeError, "batch_size"), ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"batch_size": -5}, ValueError, "batch_size"),
+    ({"coupling": 3}, TypeError, "coupling"), ({"coupling": ["a"]}, TypeError, "coupling"),
+    ({"coupling": "no-such"}, ValueError, "coupling"),
+    ({"coupling_kwargs": {"nope": 1}}, ValueError, "coupling_kwargs"),
+    ({"prefetch": "3"}, TypeError, "prefetch"), ({"prefetch": 2.5}, TypeError, "prefetch"),
+    ({"prefetch": -1}, ValueError, "prefetch"), ({"prefetch": True}, TypeError, "prefetch"),
+    ({"prefetch": float("nan")}, TypeError, "prefetch"),
+    ({"seed": -1}, ValueError, "seed"), ({"seed": 2**70}, ValueError, "seed"), ({"seed": 1.5}, TypeError, "seed"),
+    ({"seed": "3"}, TypeError, "seed"), ({"seed": True}, TypeError, "seed"),
+    ({"seed": float("nan")}, TypeError, "seed"),
+    ({"paired": "yes"}, TypeError, "paired"), ({"paired": 2}, TypeError, "paired"),
+    ({"paired": 1.0}, TypeError, "paired"),
+    ({"sampling": "no-such"}, ValueError, "sampling"), ({"sampling": ""}, ValueError, "sampling"),
+    ({"sampling": 3}, ValueError, "sampling"), ({"sampling": ["a"]}, ValueError, "sampling"),
+    ({"label_dropout": "0.5"}, TypeError, "label_dropout"), ({"label_dropout": -1.0}, ValueError, "label_dropout"),
+    ({"label_dropout": float("nan")}, ValueError, "label_dropout"),
+    ({"label_dropout": True}, TypeError, "label_dropout"), ({"label_dropout": 0.5j}, TypeError, "label_dropout"),
+    ({"label_dropout": 2.0}, ValueError, "label_dropout"),
+    ({"sources": []}, ValueError, "sources"), ({"sources": "abc"}, TypeError, "sources"),
+    ({"sources": [torch.full((16, 2), float("nan"))]}, ValueError, "sources"),
+    ({"sources": [torch.zeros(16, 3)]}, ValueError, "sources"),
+    ({"sources": [torch.zeros(16, 2), torch.zeros(16, 2)]}, ValueError, "sources and targets"),
+    ({"paired": True, "targets": [torch.zeros(12, 2)]}, ValueError, "paired"),
+])
+def test_cfm_batches_refuse_bad_arguments_naming_them(kw, exc, name):
+    args = dict(path=LinearPath(), sources=[torch.zeros(16, 2)], targets=[torch.ones(16, 2)], batch_size=4)
+    args.update(kw)
+    with pytest.raises(exc, match=name):
+        CFMBatches(**args)
+
+
+def test_cfm_batches_valid_arguments_still_draw():
+    b = CFMBatches(LinearPath(), [torch.zeros(16, 2)], [torch.ones(16, 2)], 4, coupling="sinkhorn",
+                   coupling_kwargs={"reg": 0.1, "block_size": 4}, prefetch=1, seed=2**63, paired=False)
+    try:
+        assert b(0)["x0"].shape == (4, 2)
+    finally:
+        b.close()

@@ -317,3 +317,23 @@ def test_trainer_settings_are_passed_by_name_over_the_defaults():
     torch.manual_seed(0)
     plain = train_cfm(MLP(2, hidden=8), LinearPath(), src, tgt, steps=2, batch_size=8, progress=False)
     assert plain.ema is None  # train_cfm's default: no EMA
+
+
+def test_cfm_loss_refuses_unknown_coupling_kwargs_and_train_cfm_dropout_without_labels():
+    from lfm_core import paths as _paths
+    from lfm_core import training as _training
+    from lfm_core.nets import MLP as _MLP
+
+    x = torch.randn(6, 2)
+    with pytest.raises(ValueError, match="coupling_kwargs"):
+        _training.cfm_loss(_MLP(2), _paths.LinearPath(), x, x, coupling_kwargs={"nope": 1})
+    with pytest.raises(ValueError, match="coupling_kwargs"):
+        _training.cfm_loss(_MLP(2), _paths.LinearPath(), x, x, coupling="ot", coupling_kwargs={"nope": 1})
+    assert torch.isfinite(_training.cfm_loss(_MLP(2), _paths.LinearPath(), x, x, coupling="sinkhorn",
+                                             coupling_kwargs={"reg": 0.5}))
+    with pytest.raises(ValueError, match="label_dropout.*labels"):
+        _training.train_cfm(_MLP(2), _paths.LinearPath(), torch.zeros(16, 2), torch.zeros(16, 2), steps=1,
+                            batch_size=4, label_dropout=0.2, progress=False)
+    with pytest.raises(ValueError, match="coupling_kwargs"):
+        _training.train_cfm(_MLP(2), _paths.LinearPath(), torch.zeros(16, 2), torch.zeros(16, 2), steps=1,
+                            batch_size=4, coupling="ot", coupling_kwargs={"nope": 1}, progress=False)

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from .utils import check_nonnegative_int, check_positive_int
+from .utils import check_device, check_nonnegative_int, check_positive_int
 
 __all__ = ["PRECISIONS", "resolve_precision", "autocast", "dist_info", "init_distributed", "measure_step"]
 
@@ -40,9 +40,9 @@ def resolve_precision(precision: str, device) -> str:
     else fp16 with a gradient scaler (e.g. a T4). Asking for bf16 on a GPU without it, or for bf16 / fp16
     on a CPU, is an error: the CPU would silently run far slower or less precisely than asked.
     """
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device)
+    device = check_device(device)
     if device.type != "cuda":
         if precision in ("bf16", "fp16"):
             raise ValueError(f"precision={precision!r} needs a CUDA GPU; this run is on {device.type!r}: use 'fp32' "
@@ -60,9 +60,13 @@ def resolve_precision(precision: str, device) -> str:
 
 def autocast(precision: str, device):
     """The context of a forward pass in ``precision`` (a resolved one: ``"fp32"``, ``"bf16"`` or ``"fp16"``)."""
+    if not isinstance(precision, str) or precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be a resolved one, 'fp32', 'bf16' or 'fp16' (resolve_precision gives it), "
+                         f"got {precision!r}")
+    device = check_device(device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def dist_info() -> tuple[int, int]:
@@ -100,9 +104,14 @@ def measure_step(model: torch.nn.Module, batch_fn, loss_fn, *, repeats: int = 5,
     autograd keeps for the backward pass, parameters excluded: what grows with the batch on any device) and
     ``peak_mb`` (CUDA's peak allocation; ``None`` elsewhere).
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for fn, name in ((batch_fn, "batch_fn"), (loss_fn, "loss_fn")):
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
     check_positive_int(repeats, "repeats")
     check_nonnegative_int(warmup, "warmup")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = check_device(device) if device is not None else next(model.parameters()).device
     precision = resolve_precision(precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     model = model.to(device).train()

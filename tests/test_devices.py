@@ -39,3 +39,31 @@ def test_autocast_and_dist_info_outside_torchrun():
     with devices.autocast("bf16", "cpu"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
     assert devices.dist_info() == (0, 1)
+
+
+@pytest.mark.parametrize("precision", ["no-such", "", 3, ["a"], "auto"])
+def test_autocast_refuses_a_precision_it_cannot_run(precision):
+    with pytest.raises(ValueError, match="precision"):
+        devices.autocast(precision, "cpu")
+
+
+@pytest.mark.parametrize("device, exc", [("gpu9", ValueError), (3.5, TypeError)])
+def test_bad_devices_are_named(device, exc):
+    with pytest.raises(exc, match="device"):
+        devices.autocast("fp32", device)
+    with pytest.raises(exc, match="device"):
+        resolve_precision("fp32", device)
+    with pytest.raises(exc, match="device"):
+        devices.measure_step(torch.nn.Linear(2, 2), lambda i: {"x": torch.zeros(4, 2)},
+                             lambda m, x: m(x).sum(), repeats=1, warmup=0, device=device)
+
+
+@pytest.mark.parametrize("kw, name", [({"model": "m"}, "model"), ({"batch_fn": "abc"}, "batch_fn"),
+                                      ({"batch_fn": 3}, "batch_fn"), ({"loss_fn": "abc"}, "loss_fn"),
+                                      ({"loss_fn": 3}, "loss_fn")])
+def test_measure_step_checks_its_callables_first(kw, name):
+    args = dict(model=torch.nn.Linear(2, 2), batch_fn=lambda i: {"x": torch.zeros(4, 2)},
+                loss_fn=lambda m, x: m(x).sum(), repeats=1, warmup=0)
+    args.update(kw)
+    with pytest.raises(TypeError, match=name):
+        devices.measure_step(**args)

@@ -29,6 +29,7 @@ __all__ = ["MODES", "mode_setting", "mode", "is_quick", "is_rehearsal", "get_dev
 MODES = ("quick", "full", "rehearsal", "pretrain")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
+_SEED_LIMIT = 2**64   # a torch.Generator keeps 64 bits (as utils.SEED_LIMIT; this module copies alone)
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -64,6 +65,8 @@ def mode(supported=None) -> str:
     if supported is not None:
         if isinstance(supported, str) or not all(isinstance(m, str) for m in supported):
             raise TypeError(f"supported must be a collection of mode names, got {supported!r}")
+        if not supported:
+            raise ValueError(f"supported must name at least one mode ({', '.join(MODES)}), got {supported!r}")
         unknown = sorted(set(supported) - set(MODES))
         if unknown:
             raise ValueError(f"supported names modes that do not exist: {unknown}; modes are {', '.join(MODES)}")
@@ -132,6 +135,8 @@ def seed() -> int:
         return 0
     if not raw.isdigit():
         raise ValueError(f"environment variable LFM_SEED={os.environ['LFM_SEED']!r} must be a non-negative integer")
+    if int(raw) >= _SEED_LIMIT:
+        raise ValueError(f"environment variable LFM_SEED={raw!r} must be < 2**64 (a torch seed has 64 bits)")
     return int(raw)
 
 
@@ -139,6 +144,8 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a CPU ``torch.Generator`` seeded alike."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if seed >= _SEED_LIMIT:
+        raise ValueError(f"seed must be < 2**64 (a torch seed has 64 bits), got {seed}")
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy global RNG is what user code calls
     torch.manual_seed(seed)

@@ -243,6 +243,9 @@ def as_time(t, batch: int, *, like: torch.Tensor, name: str = "t", check_range: 
     ``check_range`` the values must lie in ``[0, 1]`` (value checks on accelerators: see the
     module docstring).
     """
+    check_positive_int(batch, "batch")
+    if not isinstance(like, torch.Tensor):
+        raise TypeError(f"like must be a torch.Tensor (the times take its dtype and device), got {type(like).__name__}")
     if isinstance(t, bool):
         raise TypeError(f"{name} must be a float or a tensor of shape [B], got bool")
     if isinstance(t, Real):
@@ -276,6 +279,10 @@ def as_time(t, batch: int, *, like: torch.Tensor, name: str = "t", check_range: 
 
 def expand_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a per-sample tensor ``t`` of shape ``[B]`` to ``[B, 1, ..., 1]`` so it broadcasts against ``x``."""
+    if not isinstance(t, torch.Tensor) or not isinstance(x, torch.Tensor):
+        raise TypeError(f"t and x must be torch.Tensors, got {type(t).__name__} and {type(x).__name__}")
+    if t.dim() != 1 or x.dim() < 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"t must have shape [B] (x's batch), got t {tuple(t.shape)} for x {tuple(x.shape)}")
     return t.reshape(t.shape[0], *([1] * (x.dim() - 1)))
 
 
@@ -285,11 +292,13 @@ def draw_device(generator: torch.Generator | None, device):
     Random draws happen there and are then moved, which lets a CPU ``torch.Generator`` (the one that
     seeds a reproducible run) drive the noise of tensors that live on a GPU.
     """
-    return generator.device if generator is not None else device
+    return check_generator(generator).device if generator is not None else device
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Standard normal noise shaped like ``x`` (drawn on :func:`draw_device`, returned on ``x``'s device)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=draw_device(generator, x.device))
     return noise.to(x.device)
 
@@ -326,6 +335,9 @@ def check_writable_dir(path, name: str) -> Path:
 # ------------------------------------------------------------------------------------------ norms, errors
 def global_norm(tensors) -> torch.Tensor:
     """The 2-norm of all the values of ``tensors`` (a non-empty list) together, as a 0-d tensor, not read back."""
+    tensors = list(tensors) if not isinstance(tensors, (str, bytes)) and hasattr(tensors, "__iter__") else [tensors]
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError(f"tensors must be a list of torch.Tensors, got {sorted({type(t).__name__ for t in tensors})}")
     tensors = [t.detach() for t in tensors]
     if hasattr(torch.nn.utils, "get_total_norm"):
         return torch.nn.utils.get_total_norm(tensors)
@@ -360,6 +372,8 @@ class RunningMedian:
             self.add(v)
 
     def add(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(f"value must be a real number (a loss), got {value!r} ({type(value).__name__})")
         if math.isfinite(value):
             self.recent.append(value)
             bisect.insort(self.sorted, value)

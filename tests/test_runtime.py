@@ -56,6 +56,7 @@ def test_a_notebook_config_reads_as_one_dict_per_mode(monkeypatch):
     ("quick", TypeError, "supported must be a collection of mode names"),
     ([1, 2], TypeError, "supported must be a collection of mode names"),
     (["quick", "fast"], ValueError, r"supported names modes that do not exist: \['fast'\]"),
+    ((), ValueError, r"supported must name at least one mode .*got \(\)"),
 ])
 def test_bad_supported_modes(monkeypatch, supported, error, match):
     monkeypatch.setenv("LFM_MODE", "quick")
@@ -76,3 +77,17 @@ def test_progress_on_by_default_and_bad_values_refused(monkeypatch):
     monkeypatch.setenv("LFM_PROGRESS", "maybe")
     with pytest.raises(ValueError, match="LFM_PROGRESS"):
         runtime.show_progress()
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999999", str(2**64)])
+def test_a_seed_beyond_64_bits_in_lfm_seed_is_refused_naming_it(monkeypatch, value):
+    monkeypatch.setenv("LFM_SEED", value)
+    with pytest.raises(ValueError, match=r"LFM_SEED=.*must be < 2\*\*64"):
+        runtime.seed()
+    monkeypatch.setenv("LFM_SEED", str(2**64 - 1))
+    assert runtime.seed() == 2**64 - 1
+
+
+def test_seed_everything_refuses_a_seed_beyond_64_bits_naming_seed():
+    with pytest.raises(ValueError, match=r"seed must be < 2\*\*64.*got 1180591620717411303424"):
+        runtime.seed_everything(2**70)

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .utils import as_time, check_finite, check_generator, check_positive_int, check_tensor
+from .utils import as_time, check_bool, check_finite, check_generator, check_positive_int, check_tensor
 
 __all__ = ["drop_labels", "check_labels", "guided_velocity"]
 
@@ -47,6 +47,7 @@ def check_labels(labels, num_classes: int, *, allow_null: bool = False, batch: i
     With ``allow_null`` the null label ``num_classes`` is accepted as well.
     """
     check_positive_int(num_classes, "num_classes")
+    check_bool(allow_null, "allow_null")
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int32, torch.int64, torch.int16,
                                                                     torch.uint8):
         raise TypeError(f"labels must be an integer tensor, got {type(labels).__name__}"
@@ -76,6 +77,10 @@ def drop_labels(labels: torch.Tensor, null_label: int, p: float = 0.1, *,
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
     check_positive_int(null_label, "null_label")  # an int: 3.7 is no class index
     check_generator(generator)
+    if (isinstance(labels, torch.Tensor) and labels.numel() and labels.dtype != torch.bool
+            and not labels.is_floating_point() and not labels.is_complex() and int(labels.max()) >= null_label):
+        raise ValueError(f"labels must lie in [0, {null_label - 1}], below null_label={null_label}, got values up to "
+                         f"{int(labels.max())}: null_label is among the labels (it must be a class of its own)")
     labels = check_labels(labels, null_label)
     u = torch.rand(labels.shape[0], generator=generator, device="cpu").to(labels.device)
     return torch.where(u < p, torch.full_like(labels, null_label), labels)

@@ -274,3 +274,12 @@ def test_smooth_fill_refuses_bad_arguments(kwargs, match):
         C.smooth_fill(x, torch.full((2, 1, 8, 8), 0.5))
     with pytest.raises((ValueError, TypeError), match="images"):
         C.smooth_fill(torch.full((2, 1, 8, 8), float("nan")), torch.zeros(2, 1, 8, 8))
+
+
+def test_guidance_names_null_label_and_allow_null():
+    with pytest.raises(ValueError, match="null_label"):
+        guidance.drop_labels(torch.tensor([0, 1, 2]), 1, 0.2)
+    for bad in ("yes", 2, 1.0):
+        with pytest.raises(TypeError, match="allow_null"):
+            guidance.check_labels(torch.tensor([0, 1]), 3, allow_null=bad)
+    assert torch.equal(guidance.check_labels(torch.tensor([0, 3]), 3, allow_null=True), torch.tensor([0, 3]))

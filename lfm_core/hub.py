@@ -137,6 +137,8 @@ def probe(host: str = HF_HOST, deadline: float | None = None) -> str | None:
     reason it does not (a str)."""
     if not isinstance(host, str) or not host:
         raise TypeError(f"host must be a non-empty str, got {host!r}")
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"host must be a host name such as {HF_HOST!r} (no scheme, port or path), got {host!r}")
     deadline = DEFAULT_DEADLINE if deadline is None else deadline
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < float("inf"):
         raise ValueError(f"deadline must be a number of seconds > 0, got {deadline!r}")
@@ -163,11 +165,14 @@ def forget() -> None:
 def require(what: str, *, host: str = HF_HOST, deadline: float | None = None,
             alternatives: str = OFFLINE_ALTERNATIVES) -> None:
     """Return if ``host`` answers within the deadline; else raise :class:`HubUnavailable` naming ``what`` and why."""
+    if not isinstance(what, str) or not what.strip():
+        raise TypeError(f"what must be a non-empty str (what needs the network), got {what!r}")
     reason = probe(host, deadline)
     if reason is not None:
         raise HubUnavailable(f"{what} needs {host}, which cannot be reached from here ({reason}). {alternatives}")
 
 
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -195,7 +200,8 @@ def cached_snapshot(repo_id: str, *, repo_type: str = "model", patterns=("config
     check_repo_id(repo_id, "repo_id")
     if repo_type not in ("model", "dataset"):
         raise ValueError(f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
-    if isinstance(patterns, str) or not patterns:
+    if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)) or not patterns \
+            or not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"patterns must be a non-empty sequence of file-name globs, got {patterns!r}")
     folder = cache_dir() / f"{repo_type}s--{repo_id.replace('/', '--')}"
     snapshots = folder / "snapshots"

@@ -185,3 +185,23 @@ def test_cached_snapshots_load_without_asking_the_network(monkeypatch, tmp_path)
                     ("a/b", {"patterns": "config.json"}), ("a/b", {"patterns": ()})):
         with pytest.raises(ValueError, match="repo_id|repo_type|patterns"):
             hub.cached_snapshot(bad, **kw)
+
+
+@pytest.mark.parametrize("patterns", [3, [3], ("config.json", ""), {"config.json": 1}])
+def test_cached_snapshot_refuses_patterns_that_are_not_globs(patterns):
+    with pytest.raises(ValueError, match="patterns must be a non-empty sequence of file-name globs"):
+        hub.cached_snapshot("a/b", patterns=patterns)
+
+
+@pytest.mark.parametrize("host", ["http://x/", "huggingface.co:443", "huggingface.co/path", "a b", "-x"])
+def test_probe_refuses_a_url_or_anything_but_a_host_name(host):
+    with pytest.raises(ValueError, match="host must be a host name"):
+        hub.probe(host, deadline=0.1)
+    with pytest.raises(ValueError, match="host must be a host name"):
+        hub.require("x", host=host, deadline=0.1)
+
+
+@pytest.mark.parametrize("what", [3, None, ""])
+def test_require_refuses_a_what_that_is_not_a_description(what):
+    with pytest.raises(TypeError, match="what must be a non-empty str"):
+        hub.require(what, host="localhost", deadline=0.1)

@@ -34,9 +34,13 @@ import torch
 
 from .utils import (
     as_time,
+    check_device,
     check_finite,
+    check_float_dtype,
+    check_generator,
     check_nonnegative,
     check_positive_int,
+    check_real_tensor,
     check_same_batch,
     check_tensor,
     draw_device,
@@ -46,6 +50,20 @@ from .utils import (
 )
 
 __all__ = ["Schedule", "AffinePath", "LinearPath", "TargetPath", "VPPath", "BridgePath"]
+
+
+def _schedule_time(t) -> torch.Tensor:
+    """``t`` if it is a tensor of real times (a schedule of complex or boolean times is meaningless)."""
+    check_real_tensor(t, "t")
+    return t
+
+
+def _time_draw(n, generator, device, dtype):
+    """Check the arguments of ``sample_time``; returns ``device`` as a ``torch.device`` (or None)."""
+    check_positive_int(n, "n")
+    check_generator(generator)
+    check_float_dtype(dtype)
+    return None if device is None else check_device(device)
 
 
 class Schedule(NamedTuple):
@@ -95,6 +113,7 @@ class AffinePath:
         check_tensor(x0, "x0")
         check_tensor(x1, "x1")
         check_same_batch(x0, x1, "x0", "x1")
+        check_generator(generator)
         t = as_time(t, x0.shape[0], like=x0)
         self.validate_time(t)
         check_finite(x0, "x0")
@@ -123,7 +142,7 @@ class AffinePath:
     def sample_time(self, n: int, *, generator: torch.Generator | None = None, device=None,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Draw training times ``t ~ U[0, 1)`` of shape ``[n]`` (on the generator's device, then ``device``)."""
-        check_positive_int(n, "n")
+        device = _time_draw(n, generator, device, dtype)
         t = torch.rand(n, generator=generator, device=draw_device(generator, device), dtype=dtype)
         return t if device is None else t.to(device)
 
@@ -150,6 +169,7 @@ class LinearPath(AffinePath):
         return self.sigma > 0
 
     def schedule(self, t):
+        t = _schedule_time(t)
         one, zero = torch.ones_like(t), torch.zeros_like(t)
         return Schedule(1 - t, t, self.sigma * one, -one, one, zero)
 
@@ -174,6 +194,7 @@ class TargetPath(AffinePath):
             raise ValueError(f"sigma_min must be < 1, got {self.sigma_min}")
 
     def schedule(self, t):
+        t = _schedule_time(t)
         one, zero = torch.ones_like(t), torch.zeros_like(t)
         k = 1.0 - self.sigma_min
         return Schedule(1 - k * t, t, zero, -k * one, one, zero)
@@ -194,6 +215,7 @@ class VPPath(AffinePath):
         return self.sigma > 0
 
     def schedule(self, t):
+        t = _schedule_time(t)
         h = 0.5 * math.pi
         c, s = torch.cos(h * t), torch.sin(h * t)
         zero = torch.zeros_like(t)
@@ -232,6 +254,7 @@ class BridgePath(AffinePath):
             )
 
     def schedule(self, t):
+        t = _schedule_time(t)
         one = torch.ones_like(t)
         s = torch.sqrt((t * (1 - t)).clamp_min(0))
         if self.sigma > 0:
@@ -242,7 +265,7 @@ class BridgePath(AffinePath):
 
     def sample_time(self, n, *, generator=None, device=None, dtype=torch.float32):
         """Draw ``t ~ U[t_min, 1 - t_min)`` of shape ``[n]``."""
-        check_positive_int(n, "n")
+        device = _time_draw(n, generator, device, dtype)
         u = torch.rand(n, generator=generator, device=draw_device(generator, device), dtype=dtype)
         u = u if device is None else u.to(device)
         return self.t_min + (1 - 2 * self.t_min) * u

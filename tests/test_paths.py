@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lfm_core import paths
 from lfm_core.paths import BridgePath, LinearPath, TargetPath, VPPath
 
 ALL_PATHS = [LinearPath(0.0), LinearPath(0.3), TargetPath(1e-4), TargetPath(0.1), VPPath(0.0), VPPath(0.2),
@@ -190,3 +191,32 @@ def test_value_checks_stay_off_accelerators_inside_loops():
     assert not utils.values_checked(on_gpu)
     with utils.debug_checks(), utils.debug_checks(False):   # the innermost block decides
         assert not utils.values_checked(on_gpu)
+
+
+@pytest.mark.parametrize("generator", ["g", 42])
+def test_paths_refuse_a_generator_that_is_not_one(generator):
+    x = torch.zeros(4, 2)
+    with pytest.raises(TypeError, match="generator"):
+        paths.LinearPath(0.1).sample(x, x, 0.5, generator=generator)
+    for path in (paths.VPPath(), paths.BridgePath()):
+        with pytest.raises(TypeError, match="generator"):
+            path.sample_time(4, generator=generator)
+
+
+@pytest.mark.parametrize("kw, exc, name", [({"dtype": torch.int64}, TypeError, "dtype"),
+                                           ({"dtype": torch.complex64}, TypeError, "dtype"),
+                                           ({"dtype": "float32"}, TypeError, "dtype"),
+                                           ({"device": "gpu9"}, ValueError, "device"),
+                                           ({"device": 3.5}, TypeError, "device")])
+def test_sample_time_checks_dtype_and_device(kw, exc, name):
+    for path in (paths.VPPath(), paths.BridgePath(), paths.LinearPath()):
+        with pytest.raises(exc, match=name):
+            path.sample_time(4, **kw)
+    assert paths.VPPath().sample_time(3, device="cpu", dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize("t", [torch.full((3,), 0.5, dtype=torch.complex64), torch.ones(3, dtype=torch.bool)])
+def test_schedule_refuses_complex_and_bool_times(t):
+    for path in (paths.TargetPath(), paths.LinearPath(), paths.VPPath(), paths.BridgePath()):
+        with pytest.raises(TypeError, match="t must hold real numbers"):
+            path.schedule(t)

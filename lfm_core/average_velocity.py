@@ -68,7 +68,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import solvers
+from . import solvers, utils
 from .utils import (
     as_time,
     check_finite,
@@ -176,6 +176,9 @@ class TimePairs:
                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """``(r, t)``, each of shape ``[n]``, with ``r <= t``."""
         check_positive_int(n, "n")
+        utils.check_generator(generator)
+        utils.check_float_dtype(dtype)
+        device = None if device is None else utils.check_device(device)
         dev = draw_device(generator, device)
         if self.distribution == "uniform":
             a = torch.rand(n, 2, generator=generator, device=dev, dtype=dtype)
@@ -233,6 +236,7 @@ def meanflow_loss(model, x0: torch.Tensor, x1: torch.Tensor, *, r=None, t=None, 
     _check_model(model)
     check_tensor(x0, "x0", min_dim=2)
     check_tensor(x1, "x1", min_dim=2)
+    utils.check_generator(generator)
     if x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
     check_finite(x0, "x0")
@@ -324,6 +328,7 @@ def sample(model, x: torch.Tensor, *, steps: int = 1, t_span=(0.0, 1.0), return_
     check_tensor(x, "x")
     check_finite(x, "x", boundary=True)
     check_positive_int(steps, "steps")
+    utils.check_bool(return_trajectory, "return_trajectory")
     t0, t1 = solvers._check_t_span(t_span)
     if not (0.0 <= t0 < t1 <= 1.0):
         raise ValueError(f"t_span must go forward within [0, 1] (t0 < t1; t = 0 is noise), got {t_span!r}: an "
@@ -394,7 +399,7 @@ class GaussianFlow:
     """
 
     def __init__(self, mean: torch.Tensor, std: float):
-        check_tensor(mean, "mean")
+        check_finite(check_tensor(mean, "mean"), "mean", boundary=True)
         if mean.dim() != 1:
             raise ValueError(f"mean must be a vector [dim], got shape {tuple(mean.shape)}")
         self.mean = mean

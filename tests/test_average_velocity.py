@@ -300,3 +300,31 @@ def test_exact_average_velocity_bad_inputs():
     with pytest.raises(ValueError, match="std must be > 0"):
         AV.GaussianFlow(MEAN, 0.0)
     assert math.isfinite(float(AV.exact_average_velocity(g.velocity, x, 0.4, 0.4).sum()))
+
+
+@pytest.mark.parametrize("generator", ["g", 42])
+def test_time_pairs_and_the_loss_refuse_a_generator_that_is_not_one(generator):
+    with pytest.raises(TypeError, match="generator"):
+        AV.TimePairs().sample(4, generator=generator)
+    x = torch.zeros(4, 2)
+    with pytest.raises(TypeError, match="generator"):
+        AV.meanflow_loss(AV.AverageVelocity(nets.MLP(2, 8, 2, cond_channels=1)), x, x, generator=generator)
+
+
+@pytest.mark.parametrize("kw, exc, name", [({"dtype": torch.int64}, TypeError, "dtype"),
+                                           ({"dtype": torch.complex64}, TypeError, "dtype"),
+                                           ({"device": "gpu9"}, ValueError, "device")])
+def test_time_pairs_check_dtype_and_device(kw, exc, name):
+    with pytest.raises(exc, match=name):
+        AV.TimePairs().sample(4, **kw)
+    r, t = AV.TimePairs().sample(4, device="cpu", dtype=torch.float64)
+    assert r.dtype == torch.float64 and bool((r <= t).all())
+
+
+def test_sample_return_trajectory_must_be_a_bool_and_gaussian_flow_mean_finite():
+    model = AV.AverageVelocity(nets.MLP(2, 8, 2, cond_channels=1))
+    for bad in ("yes", 2, 1.0):
+        with pytest.raises(TypeError, match="return_trajectory"):
+            AV.sample(model, torch.zeros(3, 2), return_trajectory=bad)
+    with pytest.raises(ValueError, match="mean"):
+        AV.GaussianFlow(torch.full((2,), float("nan")), 0.5)

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["ASSETS", "FORMAT", "CLASSES", "StoreError", "save", "load", "load_state", "verify", "verify_files",
-           "write_folder", "tidy", "build", "model_config", "file_mode", "os_error"]
+           "write_folder", "tidy", "build", "model_config", "file_mode", "os_error", "check_path"]
 
 #: the folder of the networks that ship with the package (one store folder, or a folder of them, per use)
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -67,10 +67,13 @@ class StoreError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ checks and files
-def _folder(folder) -> Path:
-    if not isinstance(folder, (str, os.PathLike)):
-        raise TypeError(f"folder must be a path (str or os.PathLike), got {type(folder).__name__}")
-    return Path(folder)
+def check_path(value, name: str = "folder") -> Path:
+    """``value`` (a ``str`` or ``os.PathLike``, not empty) as a ``Path``, else an error naming the argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
+    if not str(os.fspath(value)).strip():
+        raise ValueError(f"{name} is an empty path (which would mean the current folder): name a folder")
+    return Path(value)
 
 
 def _module(model) -> torch.nn.Module:
@@ -111,9 +114,8 @@ def model_config(model: torch.nn.Module) -> dict:
     """The model's own ``config`` mapping as JSON data (tuples as lists, anything else by its ``repr``), without
     diffusers' private ``_`` keys."""
     cfg = getattr(_module(model), "config", None)
-    if not (isinstance(cfg, dict) or hasattr(cfg, "items")):
-        return {}
-    return {k: v for k, v in json.loads(json.dumps(dict(cfg), default=repr)).items() if not k.startswith("_")}
+    cfg = json.loads(json.dumps(dict(cfg), default=repr)) if isinstance(cfg, dict) or hasattr(cfg, "items") else {}
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
 # ------------------------------------------------------------------------------------ the atomic folder write
@@ -139,10 +141,7 @@ def _remove_stale(folder: Path, also: Path | None = None) -> None:
     """Delete the copies of ``folder`` left by writers that are gone (and ``also``)."""
     for p in _leftovers(folder):
         if p == also or not process_alive(int(_LEFTOVER.match(p.name).group(2))):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def file_mode() -> int:
@@ -157,6 +156,8 @@ def os_error(exc: BaseException, what: str) -> OSError | None:
     """The ``OSError`` behind ``exc`` (disk full, permission denied ...: ``exc`` itself, one it was raised from, or
     the ``os error N`` that ``safetensors`` writes into its messages) as an ``OSError`` of the same errno whose
     message says what was being done (``what`` names the operation and its path); None when there is none."""
+    if not isinstance(exc, BaseException) or not isinstance(what, str):
+        raise TypeError(f"exc must be an exception and what a str, got {type(exc).__name__}, {type(what).__name__}")
     if isinstance(exc, (ValueError, TypeError)):   # an argument's error, whatever it was raised from
         return None
     cause = exc
@@ -168,9 +169,7 @@ def os_error(exc: BaseException, what: str) -> OSError | None:
             return None
         cause = OSError(int(found.group(1)), os.strerror(int(found.group(1))))
     text = f"{what} failed: {cause.strerror or str(cause) or type(cause).__name__}"
-    if not cause.errno:
-        return OSError(text)
-    return OSError(cause.errno, text, cause.filename) if cause.filename else OSError(cause.errno, text)
+    return OSError(*((cause.errno, text, cause.filename)[: 3 if cause.filename else 2] if cause.errno else (text,)))
 
 
 def write_folder(folder, write) -> Path:
@@ -179,7 +178,9 @@ def write_folder(folder, write) -> Path:
     renamed aside and deleted once the new one is in place. Returns ``folder``. Files get mode :func:`file_mode`;
     an ``OSError`` (disk full, permission denied) is raised again naming the operation and the path
     (:func:`os_error`), once the temporary folder is removed and the previous version put back."""
-    folder = _folder(folder)
+    folder = check_path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"folder {folder} is a file: refusing to replace it by a folder (remove it, or name another)")
     if not callable(write):
         raise TypeError(f"write must be a callable that writes files into a folder, got {type(write).__name__}")
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -191,8 +192,7 @@ def write_folder(folder, write) -> Path:
         tmp.mkdir()
         write(tmp)
         names = sorted(p.name for p in tmp.iterdir())
-        bad = [n for n in names if n == CHECKSUMS or n.startswith(".") or not (tmp / n).is_file()]
-        if bad:
+        if bad := [n for n in names if n == CHECKSUMS or n.startswith(".") or not (tmp / n).is_file()]:
             raise ValueError(f"write left {bad} in the folder: it may write plain files, other than {CHECKSUMS}")
         mode = file_mode()
         for name in names:
@@ -237,9 +237,8 @@ def _checked(folder: Path, required=()) -> dict:
             raise StoreError(f"{path} is missing (listed in {CHECKSUMS}): the folder is incomplete")
         if _sha256(path) != digest:
             raise StoreError(f"{path} does not match its checksum in {CHECKSUMS}: truncated or changed")
-    for name in required:
-        if name not in sums:
-            raise StoreError(f"{folder / name} is not listed in {sums_file}")
+    if missing := [name for name in required if name not in sums]:
+        raise StoreError(f"{folder / missing[0]} is not listed in {sums_file}")
     return sums
 
 
@@ -257,10 +256,9 @@ def _locate(folder: Path) -> Path:
 
 def _complete(folder: Path) -> bool:
     try:
-        _checked(folder)
+        return _checked(folder) is not None
     except (StoreError, OSError):
         return False
-    return True
 
 
 def _restore(folder: Path) -> Path | None:
@@ -283,7 +281,7 @@ def tidy(parent) -> None:
     """Settle what killed writes left in the folder ``parent``: each folder that is missing, or that fails its
     checksums while a complete copy of it is left, gets back the newest complete copy (every copy is verified
     first), and the copies of writers that are gone are deleted (superseded, or incomplete)."""
-    parent = _folder(parent)
+    parent = check_path(parent, "parent")
     names = {m.group(1) for p in (parent.iterdir() if parent.is_dir() else ()) if (m := _LEFTOVER.match(p.name))}
     for name in sorted(names):
         folder, damaged = parent / name, None
@@ -311,13 +309,13 @@ def _verified(folder: Path) -> tuple[Path, dict, dict]:
 def verify(folder) -> dict:
     """Check a stored network's files against ``checksums.json`` and return its ``config.json``
     (:class:`StoreError` naming the file that is wrong; ``FileNotFoundError`` when nothing is stored there)."""
-    return _verified(_folder(folder))[2]
+    return _verified(check_path(folder))[2]
 
 
 def verify_files(folder, required=()) -> dict:
     """Check every file of a folder that :func:`write_folder` wrote against its ``checksums.json``, which must
     list ``required``; return the checksums (:class:`StoreError` naming the file that is wrong)."""
-    return _checked(_locate(_folder(folder)), tuple(required))
+    return _checked(_locate(check_path(folder)), tuple(required))
 
 
 # ---------------------------------------------------------------------------------------------- save, load
@@ -325,11 +323,8 @@ def _state(module_or_state, name: str, half: bool) -> dict:
     state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TypeError(f"{name} must be a torch.nn.Module or a dict of tensors, got {type(module_or_state).__name__}")
-    out = {}
-    for k, v in state.items():
-        v = v.detach().cpu().contiguous()
-        out[str(k)] = v.half() if half and v.is_floating_point() else v
-    return out
+    cpu = {str(k): v.detach().cpu().contiguous() for k, v in state.items()}
+    return {k: v.half() if half and v.is_floating_point() else v for k, v in cpu.items()}
 
 
 def save(folder, model: torch.nn.Module, record: dict | None = None, *, half: bool = False,
@@ -340,13 +335,15 @@ def save(folder, model: torch.nn.Module, record: dict | None = None, *, half: bo
     float16. ``tensors``: name -> module or state dict, each written to ``<name>.safetensors`` (also halved with
     ``half``). ``write(tmp)``: writes further files into the temporary folder (all are checksummed).
     """
-    folder, record, tensors = _folder(folder), {} if record is None else record, dict(tensors or {})
-    if not isinstance(record, dict):
-        raise TypeError(f"record must be a dict (how the network was made), got {type(record).__name__}")
+    folder, record = check_path(folder), {} if record is None else record
+    for value, name, what in ((record, "record", "how the network was made"), (tensors, "tensors", "name -> module")):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{name} must be a dict ({what}), got {type(value).__name__}")
     try:
-        json.dumps(record)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"record must be JSON-serialisable: {exc}") from None
+        json.dumps(record, allow_nan=False)
+    except (TypeError, ValueError) as exc:   # NaN and inf are not JSON
+        raise type(exc)(f"record must be JSON-serialisable (finite numbers): {exc}") from None
+    tensors = dict(tensors or {})
     if not isinstance(half, bool):
         raise TypeError(f"half must be a bool, got {type(half).__name__}")
     if write is not None and not callable(write):
@@ -376,7 +373,7 @@ def _read(folder: Path, name: str) -> tuple[Path, dict, dict]:
     where, sums, config = _verified(folder)
     path = where / f"{name}.safetensors"
     if path.name not in sums:
-        raise StoreError(f"{path} is not part of the stored network (it holds {sorted(sums)})")
+        raise StoreError(f"name {name!r}: {path} is not part of the stored network (it holds {sorted(sums)})")
     try:
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - checksummed but not safetensors: written by something else
@@ -389,22 +386,25 @@ def _read(folder: Path, name: str) -> tuple[Path, dict, dict]:
 def load_state(folder, name: str = "model") -> tuple[dict, dict]:
     """``(state dict, config.json)`` of ``<name>.safetensors`` in a stored network, after verifying every file;
     float16 tensors of a half-precision folder come back in float32."""
-    return _read(_folder(folder), name)[1:]
+    return _read(check_path(folder), name)[1:]
 
 
 def build(class_name: str, config: dict) -> torch.nn.Module:
     """A fresh network of a class of :data:`CLASSES` from its config (nested ``_class_name`` mappings built first)."""
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    cls = CLASSES.get(class_name)
-    if cls is None:
-        raise ValueError(f"no known class {class_name!r} (known: {', '.join(sorted(CLASSES))}): build the network "
-                         "yourself and pass it as model=, or add its class to CLASSES")
-    if isinstance(cls, str):
+    if not isinstance(class_name, str) or class_name not in CLASSES:
+        raise (ValueError if isinstance(class_name, str) else TypeError)(f"class_name must be a known class ("
+            f"{', '.join(sorted(CLASSES))}), got {class_name!r}: build it yourself, or add its class to CLASSES")
+    if isinstance(cls := CLASSES[class_name], str):
         cls = getattr(importlib.import_module(cls, __package__ if cls.startswith(".") else None), class_name)
     kwargs = {k: build(v["_class_name"], {a: b for a, b in v.items() if a != "_class_name"})
               if isinstance(v, dict) and "_class_name" in v else v for k, v in config.items()}
-    return cls.from_config(kwargs) if hasattr(cls, "from_config") else cls(**kwargs)
+    try:
+        return cls.from_config(kwargs) if hasattr(cls, "from_config") else cls(**kwargs)
+    except (TypeError, ValueError) as exc:   # the class refused its arguments
+        raise (ValueError if isinstance(exc, ValueError) else TypeError)(
+            f"config {config} does not build a {class_name}: {exc}") from exc
 
 
 def load(folder, model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict]:
@@ -413,7 +413,7 @@ def load(folder, model: torch.nn.Module | None = None) -> tuple[torch.nn.Module,
     Without ``model`` the network is built from its class name and config (:func:`build`); a given ``model``
     must be of the stored class and config, and is loaded into (strictly: every key and shape).
     """
-    folder, model = _folder(folder), model if model is None else _module(model)
+    folder, model = check_path(folder), model if model is None else _module(model)
     where, state, config = _read(folder, "model")
     path, stored, name = where / "config.json", config["config"], config["_class_name"]
     if model is None:

@@ -264,7 +264,7 @@ def test_classes_outside_the_registry_are_loaded_into_a_given_model_or_added_to_
 
     model = Scale(3)
     folder = store.save(tmp_path / "scale", model)
-    with pytest.raises(store.StoreError, match=r"scale/config.json: cannot build its Scale .*no known class 'Scale'"):
+    with pytest.raises(store.StoreError, match=r"scale/config.json: cannot build its Scale .*class_name .*'Scale'"):
         store.load(folder)
     assert _same(store.load(folder, Scale(3))[0], model)
     store.CLASSES["Scale"] = Scale
@@ -290,3 +290,47 @@ def test_the_assets_folder_is_defined_once():
     for path in [*root.glob("lfm_core/*.py"), *root.glob("scripts/*.py")]:
         if path.name != "store.py":
             assert not re.search(r"""["']assets["']""", path.read_text()), f"{path} names the assets folder itself"
+
+
+def test_bad_arguments_are_refused_naming_them_before_any_work(tmp_path):
+    """Issue 24: each bad argument is a ValueError / TypeError naming it (or a StoreError naming the file)."""
+    net = nets.MLP(2, 8, 1)
+    folder = store.save(tmp_path / "net", net)
+    for fn in (store.load, store.verify, store.load_state, store.verify_files):
+        with pytest.raises(ValueError, match="folder is an empty path"):
+            fn("")
+    for call in (lambda f: store.save(f, net), lambda f: store.write_folder(f, lambda tmp: None)):
+        with pytest.raises(ValueError, match="folder is an empty path"):
+            call("")
+        with pytest.raises(TypeError, match="folder must be a path"):
+            call(3)
+        a_file = tmp_path / "a_file.txt"
+        a_file.write_text("mine\n")
+        with pytest.raises(ValueError, match="folder .*a_file.txt is a file: refusing to replace it"):
+            call(a_file)
+        assert a_file.read_text() == "mine\n"   # the user's file is left as it was
+    with pytest.raises(ValueError, match="record must be JSON-serialisable"):
+        store.save(tmp_path / "nan", net, {"a": float("nan")})
+    with pytest.raises(ValueError, match="record must be JSON-serialisable"):
+        store.save(tmp_path / "inf", net, {"a": [float("inf")]})
+    with pytest.raises(TypeError, match="tensors must be a dict"):
+        store.save(tmp_path / "t", net, tensors="t")
+    assert not (tmp_path / "nan").exists() and not (tmp_path / "t").exists()
+    with pytest.raises(store.StoreError, match="name 'nope': .*nope.safetensors is not part"):
+        store.load_state(folder, "nope")
+    for bad, kind in (("no-such", ValueError), ("", ValueError), (3, TypeError), (["a"], TypeError)):
+        with pytest.raises(kind, match=r"class_name must be a known class \(.*MLP.*\), got"):
+            store.build(bad, {"dim": 2})
+    with pytest.raises(ValueError, match=r"config \{'dim': 0\} does not build a MLP: dim must be"):
+        store.build("MLP", {"dim": 0})
+    with pytest.raises(TypeError, match=r"config .* does not build a MLP: .*'nope'"):
+        store.build("MLP", {"dim": 2, "nope": 1})
+    with pytest.raises(TypeError, match="parent must be a path"):
+        store.tidy(3)
+    with pytest.raises(ValueError, match="parent is an empty path"):
+        store.tidy("")
+    with pytest.raises(TypeError, match="exc must be an exception and what a str, got str"):
+        store.os_error("e", "writing x")
+    with pytest.raises(TypeError, match="exc must be an exception and what a str, got OSError, int"):
+        store.os_error(OSError(28, "No space"), 3)
+    assert store.check_path("a/b", "x") == Path("a/b")

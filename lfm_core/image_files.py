@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .utils import check_positive_int
+from .utils import check_finite, check_positive_int, check_tensor
 
-__all__ = ["ImageFiles", "decode_image", "resize", "check_folder"]
+__all__ = ["ImageFiles", "decode_image", "resize", "check_folder", "check_rows"]
 
 _RESIZE = "bilinear-antialias-v1"  # part of every content key: another resize gives other images
 
@@ -85,12 +86,7 @@ class ImageFiles:
 
     def _rows(self, indices) -> list[int]:
         """``indices`` (a sequence or tensor of row numbers) as a checked, non-empty list of ints."""
-        idx = [int(i) for i in torch.as_tensor(indices if isinstance(indices, torch.Tensor) else list(indices),
-                                               dtype=torch.long).reshape(-1)]
-        if not idx or any(i < 0 or i >= len(self) for i in idx):
-            raise ValueError(f"indices must be a non-empty list of rows in [0, {len(self)}), got "
-                             f"{'none' if not idx else f'{min(idx)}..{max(idx)}'}")
-        return idx
+        return check_rows(indices, len(self)).reshape(-1).tolist()
 
     def load(self, limit: int | None = None):
         """Every image (or the first ``limit``) in memory, as an :class:`~lfm_core.images.ImageData`."""
@@ -121,6 +117,33 @@ class ImageFiles:
                           source=self.source, num_classes=self.num_classes, workers=self.workers)
 
 
+def check_rows(indices, length: int, name: str = "indices", *, allow_empty: bool = False) -> torch.Tensor:
+    """``indices`` (a sequence or tensor of integer row numbers, each in ``[0, length)``) as an int64 tensor; a str,
+    non-integer rows (``0.5``, ``'a'``, ``True``), rows out of range and (unless ``allow_empty``) no rows at all are
+    an error naming ``name``."""
+    if isinstance(indices, torch.Tensor):
+        if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
+            raise TypeError(f"{name} must hold integer row numbers, got a tensor of dtype {indices.dtype}")
+        idx = indices.long()
+    else:
+        if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+            raise TypeError(f"{name} must be a sequence or tensor of row numbers, got {indices!r}")
+        rows = []
+        for i in indices:
+            try:
+                if isinstance(i, bool):   # True is an int to Python, not a row number
+                    raise TypeError
+                rows.append(operator.index(i))
+            except TypeError:
+                raise TypeError(f"{name} must hold integer row numbers, got {i!r} ({type(i).__name__})") from None
+        idx = torch.tensor(rows, dtype=torch.long)
+    lo, hi = (int(idx.min()), int(idx.max())) if idx.numel() else (0, 0)
+    if (idx.numel() == 0 and not allow_empty) or (idx.numel() and (lo < 0 or hi >= length)):
+        raise ValueError(f"{name} must be a {'' if allow_empty else 'non-empty '}list of rows in [0, {length}), got "
+                         f"{f'{lo}..{hi}' if idx.numel() else 'none'}")
+    return idx
+
+
 def check_folder(value, name: str) -> Path:
     """``value`` (a ``str`` or ``os.PathLike`` naming a folder) as a :class:`~pathlib.Path`, ``~`` expanded; anything
     else, and the empty path (which would silently mean the current folder), is an error naming ``name``."""
@@ -141,6 +164,9 @@ def decode_image(data: bytes, size: int, *, name: str = "image") -> torch.Tensor
     """
     from PIL import Image, UnidentifiedImageError
 
+    check_positive_int(size, "size")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data ({name}) must be the encoded bytes of an image, got {type(data).__name__}")
     try:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -168,6 +194,10 @@ def decode_image(data: bytes, size: int, *, name: str = "image") -> torch.Tensor
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize ``[N, C, H, W]`` images to ``size x size`` (antialiased bilinear; identity when already there)."""
     check_positive_int(size, "size")
+    check_tensor(images, "images", min_dim=4)
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [N, C, H, W], got {tuple(images.shape)}")
+    check_finite(images, "images")
     if images.shape[-2:] == (size, size):
         return images
     return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

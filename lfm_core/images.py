@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .image_files import check_folder, resize
+from .image_files import check_folder, check_rows, resize
 from .utils import check_finite, check_positive_int, check_tensor
 
 __all__ = ["ImageData", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "FASHION_MNIST_DIR", "save_image_grid"]
@@ -109,8 +109,8 @@ class ImageData:
         yield from self.images.split(n)
 
     def get(self, indices) -> torch.Tensor:
-        """The images at ``indices`` (a sequence or tensor of row numbers)."""
-        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+        """The images at ``indices`` (a sequence or tensor of row numbers in ``[0, N)``)."""
+        return self.images[check_rows(indices, len(self), allow_empty=True)]
 
     def load(self, limit: int | None = None) -> ImageData:
         """Itself (the first ``limit`` images when given)."""
@@ -270,6 +270,12 @@ def save_image_grid(images: torch.Tensor, path, *, nrow: int | None = None) -> P
     and NaN or infinite pixels (a diverged model's samples) are an error rather than grey."""
     from PIL import Image
 
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path naming a .png file, got {type(path).__name__}")
+    if not str(path).strip() or Path(path).suffix.lower() != ".png":
+        raise ValueError(f"path must name a .png file, got {str(path)!r}")
+    if Path(path).is_dir():
+        raise ValueError(f"path {path} is a folder: name a .png file in it")
     check_tensor(images, "images", min_dim=4)
     n, c, h, w = images.shape
     if images.dim() != 4 or c not in (1, 3):

@@ -240,3 +240,46 @@ def test_get_checks_its_rows_like_subset(celeba_dir):
     for bad in ([], [len(src)]):
         with pytest.raises(ValueError, match="indices must be a non-empty list of rows"):
             src.get(bad)
+
+
+def test_get_and_subset_refuse_rows_that_are_not_integers(celeba_dir):
+    src = images.stream("celeba_hq", size=32, root=celeba_dir)
+    for bad in (["a"], [0.5], [True], torch.tensor([0.5])):
+        with pytest.raises(TypeError, match="indices must hold integer row numbers"):
+            src.get(bad)
+        with pytest.raises(TypeError, match="indices must hold integer row numbers"):
+            src.subset(bad)
+    with pytest.raises(TypeError, match="indices must be a sequence or tensor of row numbers"):
+        src.subset("a")
+
+
+def test_decode_image_checks_size_and_data_first():
+    from lfm_core.image_files import decode_image
+
+    jpg = _jpeg(np.zeros((16, 16, 3), dtype=np.uint8))
+    assert decode_image(jpg, 8).shape == (3, 8, 8)
+    for size, err in ((0, ValueError), ("3", TypeError), (2 + 0j, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="size must be"):
+            decode_image(jpg, size)
+    for data in ("abc", None, 3):
+        with pytest.raises(TypeError, match=r"data \(x.jpg\) must be the encoded bytes"):
+            decode_image(data, 8, name="x.jpg")
+
+
+def test_resize_checks_its_images():
+    from lfm_core.image_files import resize
+
+    x = torch.rand(2, 1, 8, 8)
+    assert resize(x, 8) is x and resize(x, 4).shape == (2, 1, 4, 4)
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    for bad, err, match in (("abc", TypeError, "images must be a torch.Tensor"),
+                            (3.0, TypeError, "images must be a torch.Tensor"),
+                            (x.to(torch.complex64), TypeError, "images must be a floating-point tensor"),
+                            (x > 0.5, TypeError, "images must be a floating-point tensor"),
+                            (torch.empty(0, 1, 8, 8), ValueError, "images is an empty batch"),
+                            (nan, ValueError, "images contains 1 non-finite"),
+                            (torch.rand(1, 8, 8), ValueError, "images must have at least 4 dimension"),
+                            (torch.rand(1, 1, 1, 8, 8), ValueError, r"images must have shape \[N, C, H, W\]")):
+        with pytest.raises(err, match=match):
+            resize(bad, 4)

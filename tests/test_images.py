@@ -20,3 +20,34 @@ def test_save_image_grid(tmp_path):
     with pytest.raises(ValueError, match="empty batch"):
         save_image_grid(torch.zeros(0, 3, 4, 4), tmp_path / "none.png")
     assert not (tmp_path / "nan.png").exists() and not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.parametrize("path, err, match", [("", ValueError, "path must name a .png file, got ''"),
+                                              ("grid.jpg", ValueError, "path must name a .png file"),
+                                              ("grid", ValueError, "path must name a .png file"),
+                                              (3, TypeError, "path must be a str or Path")])
+def test_save_image_grid_refuses_a_path_that_is_not_a_png_file(tmp_path, monkeypatch, path, err, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(err, match=match):
+        save_image_grid(torch.zeros(2, 1, 4, 4), path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_image_grid_refuses_a_folder(tmp_path):
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        save_image_grid(torch.zeros(2, 1, 4, 4), tmp_path / "d.png")
+
+
+def test_image_data_get_checks_its_rows():
+    from lfm_core.images import ImageData
+
+    data = ImageData(torch.rand(8, 1, 4, 4) * 2 - 1, None, "x", "x")
+    assert torch.equal(data.get([2, 0]), data.images[[2, 0]]) and data.get([]).shape == (0, 1, 4, 4)
+    assert torch.equal(data.get(torch.tensor([7, 1])), data.images[[7, 1]])
+    for bad in ([8], [-1]):
+        with pytest.raises(ValueError, match=r"indices must be a list of rows in \[0, 8\)"):
+            data.get(bad)
+    for bad in (["a"], [0.5], torch.tensor([0.5])):
+        with pytest.raises(TypeError, match="indices must hold integer row numbers"):
+            data.get(bad)

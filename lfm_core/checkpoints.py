@@ -78,7 +78,7 @@ def verify_folder(path, required=()) -> None:
 
     Raises :class:`CheckpointError` naming the folder and what is wrong.
     """
-    path = Path(path)
+    path = store.check_path(path, "path")
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint folder")
     try:
@@ -92,7 +92,7 @@ def clean_partial(out_dir) -> None:
     a complete copy of it, other copies go), then the hidden ``.tmp-*`` files and folders: a complete copy of a
     missing checkpoint is moved into place (with a warning), the rest (incomplete writes, checkpoints being
     deleted, temporary ``latest`` files) is removed."""
-    out_dir = Path(out_dir)
+    out_dir = _out_dir(out_dir)
     if not out_dir.is_dir():
         return
     store.tidy(out_dir)
@@ -110,6 +110,14 @@ def clean_partial(out_dir) -> None:
         else:
             with contextlib.suppress(OSError):
                 p.unlink()
+
+
+def _out_dir(out_dir) -> Path:
+    """``out_dir`` as a ``Path``: a path, not empty, not a file (a missing folder holds no checkpoints yet)."""
+    out_dir = store.check_path(out_dir, "out_dir")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {out_dir} is a file, not a folder of checkpoints")
+    return out_dir
 
 
 def _step_of(folder: Path) -> int:
@@ -130,7 +138,9 @@ def newest(out_dir, at_most: int | None = None) -> Path | None:
     """The newest ``ckpt-*`` folder of ``out_dir`` (verified or not; of step ``at_most`` or before), or None."""
     if at_most is not None and (isinstance(at_most, bool) or not isinstance(at_most, int)):
         raise TypeError(f"at_most must be a step (an int) or None, got {type(at_most).__name__}")
-    folders = [p for p in _folders(None if out_dir is None else Path(out_dir))
+    if at_most is not None and at_most < 0:
+        raise ValueError(f"at_most must be a step >= 0 or None, got {at_most}")
+    folders = [p for p in _folders(None if out_dir is None else _out_dir(out_dir))
                if at_most is None or _step_of(p) <= at_most]
     return folders[-1] if folders else None
 
@@ -155,7 +165,8 @@ def after_failure(out_dir, step: int, met_loss: bool, writer: bool = True) -> st
     aside when ``writer``) or of ``step`` (its gradient or its update failed), with a lower learning rate or
     without the step's batch."""
     aside = set_aside(out_dir, step) if met_loss and writer and out_dir is not None else None
-    last = newest(out_dir, at_most=step - 1 if met_loss else step)
+    bound = step - 1 if met_loss else step   # a loss that failed at step 0 leaves no checkpoint before it
+    last = newest(out_dir, at_most=bound) if bound >= 0 else None
     where = (f"The last good checkpoint is {last}" if last is not None else
              "No good checkpoint was written: fit() starts again from step 0")
     where += f" ({aside.name} holds the weights that gave this loss)" if aside is not None else ""
@@ -194,6 +205,8 @@ def model_config(model: torch.nn.Module) -> dict:
 
 def parameter_signature(model: torch.nn.Module) -> str:
     """A short hash of the names and shapes of the model's parameters and buffers."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
     return hashlib.sha256(shapes.encode()).hexdigest()[:16]
 
@@ -211,6 +224,10 @@ def rng_state(device: torch.device) -> dict:
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     """Restore what :func:`rng_state` recorded."""
+    if not isinstance(state, dict) or not {"torch", "python", "numpy"} <= state.keys():
+        raise (ValueError if isinstance(state, dict) else TypeError)(
+            "state must be what rng_state() recorded (a dict with 'torch', 'python' and 'numpy'), got "
+            + (f"the keys {sorted(map(str, state))}" if isinstance(state, dict) else type(state).__name__))
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -312,6 +329,8 @@ def load(trainer, path=None, *, override: bool = False) -> bool:
         raise TypeError(f"override must be True or False, got {override!r} ({type(override).__name__})")
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a checkpoint folder (str or os.PathLike) or None, got {type(path).__name__}")
+    if path is not None:
+        store.check_path(path, "path")
     explicit = path is not None
     candidates = [Path(path)] if explicit else _folders(trainer.out_dir)[::-1]
     problems = []

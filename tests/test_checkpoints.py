@@ -196,3 +196,41 @@ def test_model_config_and_parameter_signature():
             != checkpoints.parameter_signature(torch.nn.Linear(3, 2)))
     assert checkpoints.parameter_signature(torch.nn.Linear(2, 3)) == checkpoints.parameter_signature(
         torch.nn.Linear(2, 3))
+
+
+def test_bad_arguments_are_refused_naming_them(tmp_path):
+    """Issue 24: an empty path, a file, a wrong type, a negative step and a bad random state are refused, naming
+    the argument; a missing out_dir still holds no checkpoints (nothing to clean, no newest)."""
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("mine\n")
+    for fn in (checkpoints.clean_partial, checkpoints.newest):
+        with pytest.raises(ValueError, match="out_dir is an empty path"):
+            fn("")
+        with pytest.raises(ValueError, match="out_dir .*a_file.txt is a file"):
+            fn(a_file)
+        with pytest.raises(TypeError, match="out_dir must be a path"):
+            fn(3)
+    assert a_file.read_text() == "mine\n"
+    assert checkpoints.newest(tmp_path / "missing") is None and checkpoints.newest(None) is None
+    checkpoints.clean_partial(tmp_path / "missing")
+    for at_most in (-1, -5):
+        with pytest.raises(ValueError, match="at_most must be a step >= 0"):
+            checkpoints.newest(tmp_path, at_most=at_most)
+    assert checkpoints.newest(tmp_path, at_most=0) is None
+    with pytest.raises(TypeError, match="state must be what rng_state"):
+        checkpoints.set_rng_state("s", torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"state must be what rng_state.* got the keys \[\]"):
+        checkpoints.set_rng_state({}, torch.device("cpu"))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        checkpoints.parameter_signature("mlp")
+    for fn in (checkpoints.verify, checkpoints.verify_folder):
+        with pytest.raises(ValueError, match="path is an empty path"):
+            fn("")
+    with pytest.raises(ValueError, match="path is an empty path"):
+        make_trainer(steps=1, out_dir=tmp_path / "run").load_checkpoint("")
+
+
+def test_after_failure_at_step_0_names_no_checkpoint(tmp_path):
+    """A loss that failed at step 0 leaves no checkpoint before it (newest is not asked for step -1)."""
+    text = checkpoints.after_failure(tmp_path, 0, met_loss=True)
+    assert "No good checkpoint was written" in text

@@ -58,11 +58,17 @@ def wasserstein2(a, b) -> float:
     (``ot.emd2``); returns the square root of the optimal cost. ``O(N M)`` memory; a few
     thousand points per side take well under a second.
     """
+    return _wasserstein2(a, b, "a", "b")
+
+
+def _wasserstein2(a, b, name_a: str, name_b: str) -> float:
+    """:func:`wasserstein2`, its errors naming the arguments ``name_a`` and ``name_b``."""
     import ot  # POT; imported here because it takes seconds to import (it loads scikit-learn)
 
-    a, b = _as_points(a, "a"), _as_points(b, "b")
+    a, b = _as_points(a, name_a), _as_points(b, name_b)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"a and b must have points of the same dimension, got {a.shape[1]} and {b.shape[1]}")
+        raise ValueError(f"{name_a} and {name_b} must have points of the same dimension, got {a.shape[1]} and "
+                         f"{b.shape[1]}")
     # W2 is positively homogeneous: W2(a, b) = s W2(a / s, b / s). Dividing by the largest coordinate keeps
     # the squared distances far from float64's overflow (|x| ~ 1e200 would square to inf) and underflow.
     scale = float(max(a.abs().max(), b.abs().max()))
@@ -118,7 +124,7 @@ def normalized_path_energy(trajectory: torch.Tensor, source, target, times=None)
     ``source`` and ``target`` are samples of the two distributions the flow connects (for the
     paper's tables, the held-out test sets); ``W2^2`` between them is computed exactly.
     """
-    w2sq = wasserstein2(source, target) ** 2
+    w2sq = _wasserstein2(source, target, "source", "target") ** 2
     if w2sq == 0:
         raise ValueError("source and target have W2 = 0: the normalised path energy is undefined")
     return abs(path_energy(trajectory, times) - w2sq) / w2sq
@@ -171,6 +177,9 @@ def fid_status(feature_extractor=None) -> tuple[bool, str]:
     """
     import importlib.util
 
+    if feature_extractor is not None and not isinstance(feature_extractor, torch.nn.Module):
+        raise TypeError(f"feature_extractor must be a torch.nn.Module or None (None: Inception-v3), got "
+                        f"{type(feature_extractor).__name__}")
     needed = ("torchmetrics",) if feature_extractor is not None else ("torchmetrics", "torch_fidelity")
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:

@@ -218,6 +218,7 @@ def integrate(velocity, x: torch.Tensor, *, t_span=(0.0, 1.0), method: str = "eu
 
 def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
     """``log N(x; 0, I)`` summed over all but the batch dimension: ``[B, ...] -> [B]``."""
+    check_finite(check_tensor(x, "x"), "x")
     d = x[0].numel()
     return -0.5 * x.reshape(x.shape[0], -1).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
 

@@ -88,3 +88,25 @@ def test_nonuniform_times():
 def test_bad_inputs(fn, args, err, match):
     with pytest.raises(err, match=match):
         fn(*args)
+
+
+@pytest.mark.parametrize("bad, exc", [("abc", TypeError), (3.0, TypeError), (torch.zeros(0, 2), ValueError),
+                                      (torch.full((6, 2), float("nan")), ValueError),
+                                      (torch.zeros(6, 2, dtype=torch.complex64), TypeError),
+                                      (torch.zeros(6, 2, dtype=torch.bool), TypeError),
+                                      (torch.zeros(6, 3), ValueError)])
+def test_normalized_path_energy_names_source_and_target(bad, exc):
+    traj = torch.stack([torch.zeros(6, 2), torch.ones(6, 2)])
+    good = torch.randn(6, 2)
+    with pytest.raises(exc, match="source"):
+        normalized_path_energy(traj, bad, good)
+    with pytest.raises(exc, match="target"):
+        normalized_path_energy(traj, good, bad)
+
+
+@pytest.mark.parametrize("bad", ["inception", 3])
+def test_fid_status_refuses_a_feature_extractor_that_is_no_module(bad):
+    from lfm_core.metrics import fid_status
+
+    with pytest.raises(TypeError, match="feature_extractor"):
+        fid_status(bad)

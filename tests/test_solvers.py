@@ -185,3 +185,13 @@ def test_nan_velocity_under_python_optimisations_does_not_hang():
             "except FloatingPointError as e:\n    print('stopped:', e)\n")
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "stopped: the velocity returned non-finite values" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("x, exc", [(3.0, TypeError), ("abc", TypeError), (torch.zeros(0, 2), ValueError),
+                                    (torch.tensor([[0.0, float("nan")]]), ValueError),
+                                    (torch.tensor([[0.0, float("inf")]]), ValueError),
+                                    (torch.zeros(2, 2, dtype=torch.complex64), TypeError)])
+def test_standard_normal_log_prob_refuses_bad_x(x, exc):
+    with pytest.raises(exc, match="x"):
+        standard_normal_log_prob(x)
+    assert standard_normal_log_prob(torch.zeros(2, 3)).shape == (2,)

@@ -238,6 +238,8 @@ def fit_straight_flow(interpolant, model, source, data: torch.Tensor, *, levels:
     check_positive_int(levels, "levels")
     for name, value in (("interpolant_steps", interpolant_steps), ("model_steps", model_steps)):
         check_positive_int(value, name)
+    for name, value in (("lr", lr), ("interpolant_lr", interpolant_lr)):  # named here, not as TrainerConfig.lr
+        check_nonnegative(value, name, strict=True)
     history = {"interpolant": [], "model": []}
     for level in range(levels):
         interpolant.requires_grad_(True)

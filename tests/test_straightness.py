@@ -130,3 +130,16 @@ def test_fit_interpolant_turns_the_loss_to_median_guard_off(monkeypatch):
     S.fit_interpolant(I.AffineInterpolant(), lambda n, g: torch.randn(n, 2, generator=g), torch.randn(32, 2),
                       steps=1, batch_size=4, n_reference=8)
     assert seen["divergence"] is None and seen["grad_clip"] is not None
+
+
+@pytest.mark.parametrize("bad, exc", [("0.5", TypeError), (-1.0, ValueError), (float("nan"), ValueError),
+                                      (True, TypeError), (0.5j, TypeError), (0.0, ValueError),
+                                      (float("inf"), ValueError)])
+def test_fit_straight_flow_names_its_learning_rates(bad, exc):
+    from lfm_core.nets import MLP
+
+    for name in ("interpolant_lr", "lr"):
+        with pytest.raises(exc, match=f"^{name}"):
+            S.fit_straight_flow(I.AffineInterpolant(2), MLP(2, hidden=8), torch.randn(8, 2), torch.randn(8, 2),
+                                levels=1, interpolant_steps=1, model_steps=1, batch_size=4, progress=False,
+                                **{name: bad})

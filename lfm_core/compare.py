@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 import torch
 
@@ -105,6 +104,8 @@ def train_methods(make_model, source, data: torch.Tensor, *, methods=METHODS, st
                          f"{methods!r}")
     if not methods:
         raise ValueError(f"methods is empty: name at least one of {', '.join(ONE_STEP_METHODS)}")
+    if twice := sorted({m for m in methods if methods.count(m) > 1}):
+        raise ValueError(f"methods names {twice} more than once: each method is trained once")
     check_seed(seed, "seed")
     check_nonnegative(interpolant_seconds, "interpolant_seconds")
     if reflow_pairs is not None:
@@ -223,6 +224,9 @@ def save_pretrained(folder, models: dict, seconds: dict, record: dict) -> None:
     """Write ``models`` (method -> network) to ``folder``, each as the network ``folder/<method>/``
     (:func:`lfm_core.store.save`) whose record is ``record`` (how they were made) with the seconds it took;
     methods stored there before and not in ``models`` are removed."""
+    folder = store.check_path(folder, "folder")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"folder {folder} is a file, not a folder of networks")
     for given, name in ((models, "models"), (seconds, "seconds")):
         if not isinstance(given, dict):
             raise TypeError(f"{name} must be a dict keyed by method, got {type(given).__name__}")
@@ -239,7 +243,6 @@ def save_pretrained(folder, models: dict, seconds: dict, record: dict) -> None:
         raise ValueError(f"seconds has no entry for {missing}")
     for name in models:
         check_nonnegative(seconds[name], f"seconds[{name!r}]")
-    folder = Path(folder)
     for name, model in models.items():
         store.save(folder / name, model, dict(record, seconds=round(float(seconds[name]), 2)))
     for name in sorted(set(ONE_STEP_METHODS) - set(models)):
@@ -254,11 +257,19 @@ def load_pretrained(task: str, root=None, *, name: str = "straight_flows") -> tu
     :data:`lfm_core.store.ASSETS`; ``name="one_step"`` holds the MeanFlow models of notebook 07), every file
     verified against its checksum. Pass them to :func:`train_methods` as ``start=`` and ``start_seconds=`` to
     continue them."""
-    folder = Path(root if root is not None else store.ASSETS) / f"{name}_{task}"
+    for value, arg in ((task, "task"), (name, "name")):
+        if not isinstance(value, str) or not value.strip():
+            raise (ValueError if isinstance(value, str) else TypeError)(f"{arg} must be a non-empty str, got {value!r}")
+    base = store.ASSETS if root is None else store.check_path(root, "root")
+    folder = base / f"{name}_{task}"
     methods = [m for m in ONE_STEP_METHODS if (folder / m / "config.json").is_file()]
-    if not methods:
-        raise FileNotFoundError(f"no pretrained networks in {folder}: run python scripts/train_straight_flows.py"
-                                + ("" if name == "straight_flows" else f" --name {name} --methods MeanFlow"))
+    if not methods:   # out of what the package ships: a ValueError; not (yet) in a folder of yours: not found
+        known = sorted(p.name for p in base.iterdir() if any((p / m / "config.json").is_file()
+                                                             for m in ONE_STEP_METHODS)) if base.is_dir() else []
+        raise (ValueError if root is None else FileNotFoundError)(
+            f"task {task!r} with name {name!r} has no pretrained networks: {folder} holds none (known: "
+            f"{', '.join(known) or 'none'}); run python scripts/train_straight_flows.py"
+            + ("" if name == "straight_flows" else f" --name {name} --methods MeanFlow"))
     states, seconds, record = {}, {}, {}
     for m in methods:
         states[m], config = store.load_state(folder / m)

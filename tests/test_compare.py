@@ -161,3 +161,38 @@ def test_evaluate_keys_dopri5_and_trajectory():
         compare.evaluate(model, z, target, trajectory=1)
     with pytest.raises(ValueError, match="dopri5=True integrates a velocity"):
         compare.evaluate(_average_model(), z, target, dopri5=True)
+
+
+def test_bad_arguments_are_refused_naming_them(tmp_path):
+    """Issue 24: save_pretrained refuses an empty folder (it would write into the current folder) and a file;
+    load_pretrained names an unknown task or name and lists the known folders, and names a bad root;
+    train_methods refuses a method named twice."""
+    models, seconds = {"I-CFM": nets.MLP(2, 8, 2)}, {"I-CFM": 1.0}
+    with pytest.raises(ValueError, match="folder is an empty path"):
+        compare.save_pretrained("", models, seconds, {})
+    with pytest.raises(TypeError, match="folder must be a path"):
+        compare.save_pretrained(3, models, seconds, {})
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("mine\n")
+    with pytest.raises(ValueError, match="folder .*a_file.txt is a file"):
+        compare.save_pretrained(a_file, models, seconds, {})
+    assert a_file.read_text() == "mine\n"
+    with pytest.raises(ValueError, match=r"task 'no-such' with name 'straight_flows' has no pretrained .*known: "
+                                         r".*straight_flows_moons"):
+        compare.load_pretrained("no-such")
+    with pytest.raises(ValueError, match="name 'no-such' has no pretrained"):
+        compare.load_pretrained("moons", name="no-such")
+    for bad, kind in (("", ValueError), (3, TypeError), (["a"], TypeError)):
+        with pytest.raises(kind, match="task must be a non-empty str"):
+            compare.load_pretrained(bad)
+        with pytest.raises(kind, match="name must be a non-empty str"):
+            compare.load_pretrained("moons", name=bad)
+    with pytest.raises(ValueError, match="root is an empty path"):
+        compare.load_pretrained("moons", root="")
+    with pytest.raises(TypeError, match="root must be a path"):
+        compare.load_pretrained("moons", root=3)
+    with pytest.raises(FileNotFoundError, match=r"task 'moons' .*known: none"):   # a folder of yours: not found
+        compare.load_pretrained("moons", root=tmp_path)
+    with pytest.raises(ValueError, match=r"methods names \['I-CFM'\] more than once"):
+        compare.train_methods(lambda: nets.MLP(2, 8, 2), _source, torch.randn(16, 2), methods=["I-CFM", "I-CFM"],
+                              steps=1)

@@ -177,3 +177,10 @@ def test_an_error_after_a_nonfinite_step_reports_that_step():
 
 def test_smoothed():
     assert FitResult(losses=[1.0, 3.0, 5.0]).smoothed(2) == [1.0, 2.0, 4.0]
+
+
+def test_load_checkpoint_refuses_an_empty_path(tmp_path):
+    tr = make_trainer(steps=2, out_dir=tmp_path)
+    for bad in ("", "  "):
+        with pytest.raises(ValueError, match="path is empty"):
+            tr.load_checkpoint(bad)

@@ -327,7 +327,7 @@ class Trainer:
 
     def load_checkpoint(self, path=None, *, override: bool = False) -> bool:
         """Resume from ``path`` or the newest good checkpoint in ``out_dir`` (:func:`lfm_core.checkpoints.load`)."""
-        if isinstance(path, str) and not path.strip():  # not taken as the current folder
+        if isinstance(path, str) and not path:  # not taken as the current folder
             raise ValueError(f"path is empty ({path!r}): name a checkpoint folder, or pass None for the newest "
                              f"good checkpoint in out_dir")
         return checkpoints.load(self, path, override=override)

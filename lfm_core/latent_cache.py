@@ -22,7 +22,7 @@ import torch
 
 from . import store
 from .autoencoders import LatentAutoencoder
-from .image_files import ImageFiles
+from .image_files import ImageFiles, check_folder
 from .images import ImageData
 from .utils import check_positive_int, check_writable_dir
 
@@ -123,9 +123,11 @@ def cached_latents(autoencoder: LatentAutoencoder, data: ImageData | ImageFiles,
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if read_only and overwrite:
         raise ValueError("read_only=True and overwrite=True contradict each other")
-    if not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"cache_dir must be a path (str or os.PathLike), got {type(cache_dir).__name__}")
-    cache_dir = Path(cache_dir)
+    cache_dir = check_folder(cache_dir, "cache_dir")   # '' would mean the current folder
+    channels = data.images.shape[1] if isinstance(data, ImageData) else 3   # ImageFiles decodes RGB
+    if channels != autoencoder.in_channels:
+        raise ValueError(f"data has {channels}-channel images but the autoencoder {autoencoder.name!r} takes "
+                         f"{autoencoder.in_channels} channel(s): encode data it was trained on")
     if not read_only:
         check_writable_dir(cache_dir, "cache_dir")
         _remove_stale_writes(cache_dir)

@@ -390,3 +390,78 @@ def test_standin_features_check_their_seed():
 def test_offline_config_refuses_what_no_autoencoder_can_be_built_from(kw, name):
     with pytest.raises((ValueError, TypeError), match=name):
         autoencoders.offline_config(**kw)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(sample="yes"), TypeError, "sample must be True or False"),
+    (dict(sample=2), TypeError, "sample must be True or False"),
+    (dict(sample=1.0), TypeError, "sample must be True or False"),
+    (dict(generator="g"), TypeError, "generator must be a torch.Generator"),
+    (dict(generator=42), TypeError, "generator must be a torch.Generator"),
+])
+def test_encode_refuses_bad_sample_and_generator(tiny_ae, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        tiny_ae.encode(torch.zeros(2, 1, 16, 16), **kwargs)
+
+
+def _tiny_kl():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(**autoencoders.offline_config(1, channels=(16, 16)))
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    *[(dict(batch_size=b), e, "batch_size must be") for b, e in (("3", TypeError), (2.5, TypeError), (True, TypeError),
+                                                                 (2 + 0j, TypeError), (float("nan"), TypeError),
+                                                                 (0, ValueError), (-5, ValueError))],
+    *[(dict(kl_weight=k), e, "kl_weight must be") for k, e in ((-1.0, ValueError), (True, TypeError),
+                                                               ("0.5", TypeError), (float("nan"), ValueError),
+                                                               (float("inf"), ValueError), (0.5j, TypeError))],
+    *[(dict(flip=f), TypeError, "flip must be True or False") for f in ("yes", 2, 1.0)],
+    (dict(images=torch.zeros(2, 3, 8, 8)), ValueError, "images have 3 channels but the model takes 1"),
+    (dict(images=torch.zeros(2, 8, 8)), ValueError, "images must have at least 4"),
+    (dict(images=torch.full((2, 1, 8, 8), float("nan"))), ValueError, "images contains 128 non-finite"),
+])
+def test_fit_autoencoder_checks_its_arguments_before_training(kwargs, err, match):
+    args = dict(images=torch.zeros(2, 1, 8, 8), steps=1, batch_size=2, progress=False) | kwargs
+    with pytest.raises(err, match=match):
+        autoencoders.fit_autoencoder(_tiny_kl(), **args)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(name_or_path=""), ValueError, "name_or_path is empty"),
+    (dict(name_or_path="  "), ValueError, "name_or_path is empty"),
+    (dict(device=3.5), TypeError, "device must be a torch.device"),
+    (dict(device="gpu9"), ValueError, "device 'gpu9' is not a device name"),
+    (dict(dtype=torch.complex64), TypeError, "dtype must be a floating-point torch.dtype"),
+    (dict(dtype=torch.int64), TypeError, "dtype must be a floating-point torch.dtype"),
+    (dict(scale=0.0), ValueError, "scale must be > 0"),
+])
+def test_load_checks_its_arguments_first(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        autoencoders.load(**({"name_or_path": "offline-digits"} | kwargs))
+
+
+def test_write_standin_refuses_the_empty_folder_a_file_and_a_bad_seed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="folder is an empty path"):
+        autoencoders.write_standin("")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="folder .* is not a folder"):
+        autoencoders.write_standin(tmp_path / "f")
+    for seed, err in ((-1, ValueError), (2**70, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="seed must be"):
+            autoencoders.write_standin(tmp_path / "sd", seed=seed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_latent_cache_refuses_an_empty_cache_dir_and_data_of_other_channels(tmp_path, monkeypatch, tiny_ae):
+    monkeypatch.chdir(tmp_path)
+    data = images.load("digits", size=16, limit=4)
+    with pytest.raises(ValueError, match="cache_dir must name a folder, got an empty path"):
+        latent_cache.cached_latents(tiny_ae, data, "")
+    rgb = images.ImageData(torch.rand(2, 3, 16, 16) * 2 - 1, None, "x", "x")
+    with pytest.raises(ValueError, match="data has 3-channel images but the autoencoder 'tiny-test' takes 1"):
+        latent_cache.cached_latents(tiny_ae, rgb, tmp_path / "cache")
+    assert list(tmp_path.iterdir()) == []

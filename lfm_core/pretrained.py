@@ -44,12 +44,17 @@ def _check_entry(entry) -> str:
     return entry
 
 
+def _bare(folder) -> bool:
+    return isinstance(folder, str) and "/" not in folder and "\\" not in folder
+
+
 def _folder(folder) -> Path:
-    if isinstance(folder, str) and "/" not in folder and "\\" not in folder:
-        return ASSETS / folder       # a bare name: a folder of the package's assets
-    if not isinstance(folder, (str, os.PathLike)):
+    if isinstance(folder, bool) or not isinstance(folder, (str, os.PathLike)):
         raise TypeError(f"folder must be a path or the name of a folder of the assets, got {type(folder).__name__}")
-    return Path(folder)
+    store.check_path(folder, "folder")   # not empty: that would be the assets themselves, or the current folder
+    if _bare(folder) and not _ENTRY.match(folder):
+        raise ValueError(f"folder must be a path or the name of a folder of the assets (a file name), got {folder!r}")
+    return ASSETS / folder if _bare(folder) else Path(folder)   # a bare name: a folder of the package's assets
 
 
 def add(folder, entry: str, model: torch.nn.Module, record: dict, *, half: bool = False) -> Path:
@@ -63,6 +68,11 @@ def add(folder, entry: str, model: torch.nn.Module, record: dict, *, half: bool 
     return store.save(_folder(folder) / entry, model, record, half=half)
 
 
+def _assets() -> list[str]:
+    """The folders of the package's assets."""
+    return sorted(p.name for p in ASSETS.iterdir() if p.is_dir() and _ENTRY.match(p.name)) if ASSETS.is_dir() else []
+
+
 def _names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if _ENTRY.match(p.name) and (p / "config.json").exists()) \
         if folder.is_dir() else []
@@ -71,13 +81,23 @@ def _names(folder: Path) -> list[str]:
 def load(folder, entries=None) -> tuple[dict, dict]:
     """``(states, records)``: entry -> state dict (floating tensors in float32) and entry -> record, read from
     ``folder`` (a path, or a bare name for a folder of :data:`ASSETS`), every file verified against its checksum
-    (:class:`lfm_core.store.StoreError` names a corrupt one). ``entries``: read only the weights of these (the
-    records of all are returned)."""
-    folder = _folder(folder)
-    names = _names(folder)
+    (:class:`lfm_core.store.StoreError` names a corrupt one). ``entries``: read only the weights of these (a
+    non-empty list of entry names; the records of all are returned)."""
+    path = _folder(folder)
+    if entries is not None and (isinstance(entries, str) or not isinstance(entries, (list, tuple, set, frozenset))
+                                or not all(isinstance(e, str) for e in entries)):
+        raise TypeError(f"entries must be a list of entry names or None (all), got {entries!r}")
+    if entries is not None and not entries:
+        raise ValueError("entries is empty: name the entries whose weights to read, or pass None for all")
+    names = _names(path)
+    if not names and _bare(folder) and not path.exists():
+        raise ValueError(f"folder {folder!r} is not a folder of the package's assets (known: {', '.join(_assets())})")
     if not names:
-        raise FileNotFoundError(f"no pretrained networks in {folder}: `python3 tasks.py pretrain` writes the "
+        raise FileNotFoundError(f"no pretrained networks in {path}: `python3 tasks.py pretrain` writes the "
                                 "notebooks' networks")
+    if entries is not None and (unknown := sorted(set(entries) - set(names))):
+        raise ValueError(f"entries {unknown} are not in {path} (it holds {names})")
+    folder = path
     records, states = {}, {}
     for name in names:
         if entries is None or name in entries:
@@ -107,6 +127,8 @@ def start(model: torch.nn.Module, folder, entry: str | None, *, steps: int,
     mode and the rehearsal, or ``entry=None`` (a network that is never pretrained): ``steps`` from the network
     as initialised.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for value, name in ((steps, "steps"), (pretrain_steps, "pretrain_steps")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -140,21 +162,23 @@ def finish(model: torch.nn.Module, folder, entry: str | None, result, settings: 
                                 "settings": settings or {}, "command": "python3 tasks.py pretrain"}, half=True)
 
 
-def _check_start(start) -> None:
+def _check_start(start, result) -> None:
     if start is not None and not isinstance(start, dict):
         raise TypeError(f"start must be the record start() returned (a dict) or None, got {type(start).__name__}")
+    if not (hasattr(result, "losses") and hasattr(result, "seconds")):
+        raise TypeError(f"result must be the FitResult of the training (losses, seconds), got {type(result).__name__}")
 
 
 def history(start: dict | None, result) -> list:
     """Every training step's loss of a network :func:`start` prepared: the stored pretraining's (when it was
     loaded), then ``result``'s (the :class:`lfm_core.trainer.FitResult` of the training that followed)."""
-    _check_start(start)
+    _check_start(start, result)
     return (list(start.get("losses", [])) if start else []) + list(result.losses)
 
 
 def summary(start: dict | None, result) -> str:
     """One line on how a network was trained: ``"500 pretrained steps (142 s) + 60 steps in 10.4 s"``."""
-    _check_start(start)
+    _check_start(start, result)
     steps = len(result.losses)
     before = f"{start['steps']} pretrained steps ({start.get('seconds', 0):.0f} s) + " if start else ""
     return f"{before}{steps} steps in {result.seconds:.1f} s ({1000 * result.seconds / max(steps, 1):.0f} ms/step)"

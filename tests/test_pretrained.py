@@ -166,3 +166,36 @@ def test_history_and_summary_join_the_pretraining_and_the_continuation():
     for f in (pretrained.history, pretrained.summary):
         with pytest.raises(TypeError, match="start must be the record"):
             f(3, res)
+
+
+def test_bad_arguments_are_refused_naming_them(tmp_path):
+    """Issue 24: an empty folder (which meant the package's assets themselves) is refused by add and load, so
+    nothing is written into lfm_core/assets/; load names an unknown asset folder and bad entries; start and
+    history check the model and the result."""
+    before = sorted(p.name for p in pretrained.ASSETS.iterdir())
+    for bad in ("", " ", ".", ".."):
+        with pytest.raises(ValueError, match="folder"):
+            pretrained.add(bad, "x", nets.MLP(2, 8, 1), {})
+        with pytest.raises(ValueError, match="folder"):
+            pretrained.load(bad)
+    assert sorted(p.name for p in pretrained.ASSETS.iterdir()) == before
+    with pytest.raises(ValueError, match=r"folder 'no_such_asset' is not a folder of the package's assets "
+                                         r"\(known: .*straight_flows_moons"):
+        pretrained.load("no_such_asset")
+    with pytest.raises(FileNotFoundError, match="no pretrained networks in .*missing"):   # a path of yours
+        pretrained.load(tmp_path / "missing")
+    pretrained.add(tmp_path, "a", nets.MLP(2, 8, 1), {"steps": 1})
+    for bad in (3, "a", [3]):
+        with pytest.raises(TypeError, match="entries must be a list of entry names or None"):
+            pretrained.load(tmp_path, entries=bad)
+    with pytest.raises(ValueError, match="entries is empty"):
+        pretrained.load(tmp_path, entries=[])
+    with pytest.raises(ValueError, match=r"entries \['nope'\] are not in .* \(it holds \['a'\]\)"):
+        pretrained.load(tmp_path, entries=["nope"])
+    assert pretrained.load(tmp_path, entries=("a",))[0].keys() == {"a"}
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        pretrained.start("m", "straight_flows_moons", None, steps=3, pretrain_steps=5)
+    with pytest.raises(TypeError, match="result must be the FitResult"):
+        pretrained.history(None, "r")
+    with pytest.raises(TypeError, match="result must be the FitResult"):
+        pretrained.summary(None, "r")

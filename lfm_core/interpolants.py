@@ -30,7 +30,6 @@ Copy with: utils, store (for :func:`load_pretrained` only) (``torch``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -91,7 +90,7 @@ class BernsteinSchedule(nn.Module):
         if not bool(torch.isfinite(c).all()):
             raise ValueError("coefficients must be finite")
         if abs(float(c[0])) > 1e-6 or abs(float(c[-1]) - 1) > 1e-6:
-            raise ValueError(f"a schedule must start at 0 and end at 1, got c_0 = {float(c[0]):g}, "
+            raise ValueError(f"coefficients must start at 0 and end at 1 (a schedule), got c_0 = {float(c[0]):g}, "
                              f"c_n = {float(c[-1]):g}")
         steps = c.diff()
         if bool((steps <= 0).any()):
@@ -358,7 +357,7 @@ def load_pretrained(task: str, root=None) -> tuple[GlowInterpolant, dict]:
 
     if task not in PRETRAINED_TASKS:
         raise ValueError(f"task must be one of {PRETRAINED_TASKS}, got {task!r}")
-    folder = Path(root if root is not None else store.ASSETS) / f"interpolant_{task}"
+    folder = (store.ASSETS if root is None else store.check_path(root, "root")) / f"interpolant_{task}"
     try:
         interp, record = store.load(folder)
     except FileNotFoundError:

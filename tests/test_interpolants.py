@@ -177,3 +177,14 @@ def test_load_pretrained_gives_the_committed_fits_and_refuses_what_it_cannot_loa
     loaded, record = I.load_pretrained("moons", root=tmp_path)
     assert record == {"task": "moons"} and loaded.config == glow.config
     assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), glow.parameters(), strict=True))
+
+
+def test_bad_arguments_are_refused_naming_them():
+    """Issue 24: load_pretrained names a bad root (an empty path would mean the current folder);
+    from_coefficients names its argument when the schedule does not end at 1."""
+    with pytest.raises(ValueError, match="root is an empty path"):
+        I.load_pretrained("moons", root="")
+    with pytest.raises(TypeError, match="root must be a path"):
+        I.load_pretrained("moons", root=3)
+    with pytest.raises(ValueError, match="coefficients must start at 0 and end at 1"):
+        I.BernsteinSchedule.from_coefficients(torch.tensor([0.0, 0.3, 0.7, 0.9]))

@@ -55,9 +55,9 @@ and the network's own time input gets ``r``, the time of the point ``x`` (the pa
 ``(t, t - r)`` in its Table 1, in our letters). At ``h = 0`` the network is an ordinary velocity, which
 :meth:`AverageVelocity.velocity` exposes for every solver of :mod:`lfm_core.solvers`.
 
-Copy with: utils, solvers, training, trainer, trainer_config, batches, checkpoints, store, devices, images, hub,
-runtime, couplings, guidance (``torch``; ``torchdiffeq`` for adaptive solvers; ``safetensors``, ``tqdm``,
-``Pillow``).
+Copy with: utils, solvers, training, trainer, trainer_config, batches, checkpoints, store, devices, images,
+image_files, hub, runtime, couplings, guidance (``torch``; ``torchdiffeq`` for adaptive solvers; ``safetensors``,
+``tqdm``, ``Pillow``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ An interpolant here is any object with ``invert(x, x1, t) -> (x0, log|det d x0 /
 Time runs from the source at ``t = 0`` to the data at ``t = 1``.
 
 Copy with: utils, and for :func:`fit_interpolant` and :func:`fit_straight_flow` training, trainer, trainer_config,
-batches, checkpoints, store, devices, images, hub, runtime, couplings, guidance, solvers (``torch``).
+batches, checkpoints, store, devices, images, image_files, hub, runtime, couplings, guidance, solvers (``torch``).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ always be resumed. The error says how to go on (a lower learning rate with ``ove
 **Checkpoints** (:mod:`lfm_core.checkpoints`): atomic, checksummed, resumed bit for bit, refused on resume
 when the settings that change the optimisation differ (unless ``override=True``).
 
-Copy with: trainer_config, checkpoints, store, devices, images, hub, runtime, utils (``torch``, ``numpy``,
+Copy with: trainer_config, checkpoints, store, devices, images, image_files, hub, runtime, utils (``torch``, ``numpy``,
 ``safetensors``, ``tqdm``, ``Pillow``).
 """
 

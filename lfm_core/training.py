@@ -21,8 +21,9 @@ loop to the :class:`lfm_core.trainer.Trainer` (AdamW, EMA, clipping, mixed preci
 checkpoints); its settings are passed once, as :class:`lfm_core.trainer.TrainerConfig` field names
 (``lr=..., ema_decay=..., warmup=...``) or a whole ``config``, over :data:`DEFAULTS`.
 
-Copy with: trainer, trainer_config, batches, checkpoints, store, devices, images, hub, runtime, couplings, guidance,
-solvers, utils (``torch``, ``numpy``, ``safetensors``, ``tqdm``, ``Pillow``; ``POT`` for the exact couplings).
+Copy with: trainer, trainer_config, batches, checkpoints, store, devices, images, image_files, hub, runtime, couplings,
+guidance, solvers, utils (``torch``, ``numpy``, ``safetensors``, ``tqdm``, ``Pillow``; ``POT`` for the exact
+couplings).
 """
 
 from __future__ import annotations

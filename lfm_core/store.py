@@ -71,7 +71,7 @@ def check_path(value, name: str = "folder") -> Path:
     """``value`` (a ``str`` or ``os.PathLike``, not empty) as a ``Path``, else an error naming the argument ``name``."""
     if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
-    if not str(os.fspath(value)).strip():
+    if not os.fspath(value):
         raise ValueError(f"{name} is an empty path (which would mean the current folder): name a folder")
     return Path(value)
 

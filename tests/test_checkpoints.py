@@ -226,7 +226,7 @@ def test_bad_arguments_are_refused_naming_them(tmp_path):
     for fn in (checkpoints.verify, checkpoints.verify_folder):
         with pytest.raises(ValueError, match="path is an empty path"):
             fn("")
-    with pytest.raises(ValueError, match="path is an empty path"):
+    with pytest.raises(ValueError, match="path is (an )?empty"):
         make_trainer(steps=1, out_dir=tmp_path / "run").load_checkpoint("")
 
 

@@ -23,6 +23,7 @@ Copy with: runtime, store (``torch``, ``safetensors``).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -157,7 +158,7 @@ def finish(model: torch.nn.Module, folder, entry: str | None, result, settings: 
     float16. Otherwise, or with ``entry=None``, nothing."""
     if entry is None or not pretraining():
         return
-    losses = [round(float(v), 5) for v in result.losses]
+    losses = [round(float(v), 5) if math.isfinite(v) else None for v in result.losses]   # skipped steps' NaN: null
     add(folder, entry, model, {"steps": len(losses), "seconds": round(float(result.seconds), 2), "losses": losses,
                                 "settings": settings or {}, "command": "python3 tasks.py pretrain"}, half=True)
 
@@ -173,7 +174,8 @@ def history(start: dict | None, result) -> list:
     """Every training step's loss of a network :func:`start` prepared: the stored pretraining's (when it was
     loaded), then ``result``'s (the :class:`lfm_core.trainer.FitResult` of the training that followed)."""
     _check_start(start, result)
-    return (list(start.get("losses", [])) if start else []) + list(result.losses)
+    stored = [float("nan") if v is None else v for v in start.get("losses", [])] if start else []
+    return stored + list(result.losses)
 
 
 def summary(start: dict | None, result) -> str:

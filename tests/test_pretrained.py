@@ -199,3 +199,16 @@ def test_bad_arguments_are_refused_naming_them(tmp_path):
         pretrained.history(None, "r")
     with pytest.raises(TypeError, match="result must be the FitResult"):
         pretrained.summary(None, "r")
+
+
+def test_finish_stores_skipped_steps_as_null_and_history_gives_them_back_as_nan(tmp_path, monkeypatch):
+    """A record holds JSON only (store refuses NaN): a skipped step's NaN loss is stored as null, read as NaN."""
+    from lfm_core.trainer import FitResult
+
+    monkeypatch.setenv("LFM_MODE", "pretrain")
+    model = nets.MLP(2, 8, 1)
+    pretrained.finish(model, tmp_path, "m", FitResult(losses=[1.0, float("nan"), 0.5], seconds=1.0))
+    record = pretrained.load(tmp_path)[1]["m"]
+    assert record["losses"] == [1.0, None, 0.5] and record["steps"] == 3
+    joined = pretrained.history(record, FitResult(losses=[0.4], seconds=0.1))
+    assert joined[0] == 1.0 and joined[1] != joined[1] and joined[2:] == [0.5, 0.4]

@@ -26,7 +26,7 @@ normalised path energy ``NPE`` of the finest trajectory (``W2@dopri5`` and ``NFE
 02, 03 and 07 and the benchmarks ``ot_cfm_2d``, ``straight_flows`` and ``one_step`` use these functions.
 
 Copy with: utils, metrics, paths, solvers, training, trainer, trainer_config, batches, checkpoints, devices, images,
-couplings, guidance, runtime, hub, average_velocity, store (``torch``, ``numpy``, ``POT``, ``safetensors``,
+image_files, couplings, guidance, runtime, hub, average_velocity, store (``torch``, ``numpy``, ``POT``, ``safetensors``,
 ``tqdm``, ``Pillow``).
 """
 

@@ -69,7 +69,7 @@ class StoreError(ValueError):
 # ------------------------------------------------------------------------------------------ checks and files
 def check_path(value, name: str = "folder") -> Path:
     """``value`` (a ``str`` or ``os.PathLike``, not empty) as a ``Path``, else an error naming the argument ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+    if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
     if not os.fspath(value):
         raise ValueError(f"{name} is an empty path (which would mean the current folder): name a folder")
@@ -122,8 +122,7 @@ def model_config(model: torch.nn.Module) -> dict:
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (on Windows every writer counts as alive: ``os.kill`` would end it)."""
     try:
-        if os.name != "nt":
-            os.kill(pid, 0)
+        os.name == "nt" or os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # exists, owned by someone else
@@ -177,7 +176,8 @@ def write_folder(folder, write) -> Path:
     ``checksums.json`` (SHA-256 of each) is written last and the folder is swapped in, the previous version
     renamed aside and deleted once the new one is in place. Returns ``folder``. Files get mode :func:`file_mode`;
     an ``OSError`` (disk full, permission denied) is raised again naming the operation and the path
-    (:func:`os_error`), once the temporary folder is removed and the previous version put back."""
+    (:func:`os_error`), once the temporary folder is removed and the previous version put back. A file at
+    ``folder`` is refused (``ValueError``), never replaced; so is the empty path."""
     folder = check_path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"folder {folder} is a file: refusing to replace it by a folder (remove it, or name another)")

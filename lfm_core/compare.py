@@ -256,7 +256,8 @@ def load_pretrained(task: str, root=None, *, name: str = "straight_flows") -> tu
     ``methods`` and their ``seconds``), read from ``root/<name>_<task>/<method>/`` (default root: the package's
     :data:`lfm_core.store.ASSETS`; ``name="one_step"`` holds the MeanFlow models of notebook 07), every file
     verified against its checksum. Pass them to :func:`train_methods` as ``start=`` and ``start_seconds=`` to
-    continue them."""
+    continue them. A ``task`` or ``name`` the package does not ship is a ``ValueError`` listing what it ships; in
+    a ``root`` of yours, a ``FileNotFoundError`` (not trained there yet)."""
     for value, arg in ((task, "task"), (name, "name")):
         if not isinstance(value, str) or not value.strip():
             raise (ValueError if isinstance(value, str) else TypeError)(f"{arg} must be a non-empty str, got {value!r}")

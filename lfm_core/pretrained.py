@@ -83,7 +83,8 @@ def load(folder, entries=None) -> tuple[dict, dict]:
     """``(states, records)``: entry -> state dict (floating tensors in float32) and entry -> record, read from
     ``folder`` (a path, or a bare name for a folder of :data:`ASSETS`), every file verified against its checksum
     (:class:`lfm_core.store.StoreError` names a corrupt one). ``entries``: read only the weights of these (a
-    non-empty list of entry names; the records of all are returned)."""
+    non-empty list of entry names; the records of all are returned). A bare name that is no folder of the assets
+    is a ``ValueError`` listing them; a path that holds no networks, a ``FileNotFoundError``."""
     path = _folder(folder)
     if entries is not None and (isinstance(entries, str) or not isinstance(entries, (list, tuple, set, frozenset))
                                 or not all(isinstance(e, str) for e in entries)):

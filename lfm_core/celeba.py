@@ -133,14 +133,15 @@ class _ParquetCell:
 
 
 def _download_celeba_hq(repo: str, split: str) -> Path:
-    """The hub mirror's parquet files for ``split``, from the local Hugging Face cache or downloaded."""
-    from huggingface_hub import snapshot_download
-
+    """The hub mirror's parquet files for ``split``, from the local Hugging Face cache or downloaded (the hub
+    library is imported only after the probe, which keeps the deadline)."""
     patterns = ["*train*.parquet"] if split == "train" else ["*validation*.parquet", "*val*.parquet"]
     for pattern in patterns:  # already downloaded: found without the hub library, works offline
         if (snapshot := hub.cached_snapshot(repo, repo_type="dataset", patterns=(pattern,))) is not None:
             return snapshot
     hub.require(f"The data set 'celeba_hq' ({repo})")
+    from huggingface_hub import snapshot_download
+
     return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns))
 
 

@@ -21,6 +21,7 @@ from . import (
     conditioning,
     couplings,
     devices,
+    exercises,
     guidance,
     hub,
     image_files,
@@ -46,6 +47,6 @@ from . import (
 __version__ = "0.1.0"
 
 __all__ = ["autoencoders", "average_velocity", "batches", "bounds", "celeba", "checkpoints", "compare",
-           "conditioning", "couplings", "devices", "guidance", "hub", "image_files", "images", "interpolants",
-           "latent_cache", "metrics", "mixtures", "nets", "paths", "pretrained", "runtime", "solvers", "store",
-           "straightness", "toy", "trainer", "trainer_config", "training", "utils"]
+           "conditioning", "couplings", "devices", "exercises", "guidance", "hub", "image_files", "images",
+           "interpolants", "latent_cache", "metrics", "mixtures", "nets", "paths", "pretrained", "runtime", "solvers",
+           "store", "straightness", "toy", "trainer", "trainer_config", "training", "utils"]

@@ -177,6 +177,8 @@ def _use(module: str, mod, tmp_path: Path):
         mod.add(tmp_path / "nets", "a", net, {"steps": 3})
         states, records = mod.load(tmp_path / "nets")
         assert torch.equal(states["a"]["weight"], net.weight.detach()) and records["a"]["steps"] == 3
+    elif module == "exercises":
+        assert mod.check(1, "x", lambda: x + 1e-9, x, atol=1e-6) < 1e-6
     elif module == "store":
         net = torch.nn.Linear(2, 2)
         folder = mod.save(tmp_path / "net", net, {"steps": 3}, half=True)

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .utils import (
+    as_real,
     check_finite,
     check_generator,
     check_nonnegative,
     check_positive_int,
-    check_real_tensor,
     check_tensor,
     values_checked,
 )
@@ -274,12 +274,7 @@ def intensity_segmentation(images: torch.Tensor, num_classes: int = 3, *, blur: 
     if thresholds is None:
         q = torch.arange(1, num_classes, dtype=x.dtype) / num_classes
         thresholds = torch.quantile(x.flatten().float(), q.float()).to(x.dtype)
-    if isinstance(thresholds, torch.Tensor):
-        check_real_tensor(thresholds, "thresholds")
-    try:
-        thresholds = torch.as_tensor(thresholds, dtype=x.dtype)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"thresholds must be numbers, got {type(thresholds).__name__}") from None
+    thresholds = as_real(thresholds, "thresholds", x.dtype)
     check_finite(thresholds, "thresholds")
     if thresholds.shape != (num_classes - 1,) or bool((thresholds.diff() < 0).any()):
         raise ValueError(f"thresholds must be {num_classes - 1} increasing values, got {thresholds.tolist()}")

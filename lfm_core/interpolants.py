@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .utils import (
+    as_real,
     as_time,
     check_finite,
     check_float_dtype,
@@ -79,12 +80,7 @@ class BernsteinSchedule(nn.Module):
     @classmethod
     def from_coefficients(cls, coefficients) -> BernsteinSchedule:
         """A schedule with the given Bernstein coefficients ``c_0 = 0 <= ... <= c_n = 1`` (strictly increasing)."""
-        if isinstance(coefficients, torch.Tensor):
-            check_real_tensor(coefficients, "coefficients")
-        try:
-            c = torch.as_tensor(coefficients, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"coefficients must be a sequence of numbers, got {type(coefficients).__name__}") from None
+        c = as_real(coefficients, "coefficients", torch.float32)
         if c.dim() != 1 or c.numel() < 2:
             raise ValueError(f"coefficients must be a 1-D sequence of at least 2 values, got shape {tuple(c.shape)}")
         if not bool(torch.isfinite(c).all()):

@@ -34,6 +34,7 @@ import math
 import torch
 
 from .utils import (
+    as_real,
     as_time,
     check_bool,
     check_finite,
@@ -49,14 +50,9 @@ __all__ = ["GaussianMixture"]
 
 
 def _as_f64(value, name: str) -> torch.Tensor:
-    if value is None or isinstance(value, (str, bytes, bool)):
-        raise TypeError(f"{name} must be a tensor or a sequence of numbers, got {type(value).__name__}")
-    kind = getattr(getattr(value, "dtype", None), "kind", None)  # a NumPy array's
-    if isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool) or kind in ("c", "b"):
-        raise TypeError(f"{name} must hold real numbers (not complex or bool), got dtype {value.dtype}")
     try:
-        return torch.as_tensor(value, dtype=torch.float64).detach().cpu()
-    except (TypeError, ValueError, RuntimeError) as exc:
+        return as_real(value, name, torch.float64).detach().cpu()
+    except RuntimeError as exc:   # e.g. a tensor on the meta device holds no values
         raise TypeError(f"{name} must be a tensor or a sequence of numbers ({exc})") from None
 
 

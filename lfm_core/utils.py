@@ -185,6 +185,20 @@ def check_real_tensor(x, name: str) -> torch.Tensor:
     return x
 
 
+def as_real(value, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` (a tensor, an array or a sequence of real numbers) as a tensor of ``dtype``; ``TypeError`` naming
+    ``name`` for anything else (a string, a bool, ``None``, complex or bool values, ragged lists)."""
+    if value is None or isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a tensor or a sequence of numbers, got {type(value).__name__}")
+    kind = getattr(getattr(value, "dtype", None), "kind", None)  # a NumPy array's
+    if isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool) or kind in ("c", "b"):
+        raise TypeError(f"{name} must hold real numbers (not complex or bool), got dtype {value.dtype}")
+    try:
+        return torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a tensor or a sequence of numbers ({exc})") from None
+
+
 def check_in_range(x: torch.Tensor, name: str, low: float, high: float, *, high_open: bool = False,
                    boundary: bool = False) -> torch.Tensor:
     """Raise ``ValueError`` unless every value of ``x`` is finite and in ``[low, high]`` (``[low, high)`` with

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +79,24 @@ def test_running_median_add_refuses_what_is_not_a_real_number(value):
 def test_running_median_valid_inputs_unchanged():
     med = utils.RunningMedian(3, [1.0, 5.0, math.nan, 2.0, 7.0])
     assert med.median() == 5.0 and len(med) == 3
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1, 2", "x must be a tensor or a sequence of numbers, got str"),
+    (True, "got bool"),
+    (None, "got NoneType"),
+    (torch.tensor([1 + 2j]), r"x must hold real numbers \(not complex or bool\)"),
+    (torch.tensor([True]), "not complex or bool"),
+    (np.array([1j]), "not complex or bool"),
+    ([[1.0, 2.0], [3.0]], r"x must be a tensor or a sequence of numbers \("),
+    (["a"], r"x must be a tensor or a sequence of numbers \("),
+])
+def test_as_real_names_the_argument_for_what_is_no_real_numbers(value, message):
+    with pytest.raises(TypeError, match=message):
+        utils.as_real(value, "x", torch.float32)
+
+
+def test_as_real_converts_tensors_arrays_and_lists_to_the_dtype():
+    for value in ([0, 0.5, 1], np.array([0.0, 0.5, 1.0]), torch.tensor([0, 0.5, 1], dtype=torch.float64)):
+        out = utils.as_real(value, "x", torch.float32)
+        assert out.dtype == torch.float32 and out.tolist() == [0.0, 0.5, 1.0]

@@ -154,30 +154,49 @@ def run(args: list[str]) -> None:
          env=_env("full" if "--full" in flags else "quick"), cwd=ROOT)
 
 
+def _apt_install(package: str, advice: str) -> bool:
+    """Install Debian's ``package`` with apt-get, where this process is root on a machine with apt-get (as on CI);
+    elsewhere print ``advice`` and return False."""
+    if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
+        print(f"{package} is missing and cannot be installed here (it needs root and apt-get): {advice}",
+              file=sys.stderr)
+        return False
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        _run(["apt-get", "update", "-qq"], env=env)
+        _run(["apt-get", "install", "-y", "-qq", package], env=env)
+    except subprocess.CalledProcessError:
+        print(f"could not install {package} with apt-get: {advice}", file=sys.stderr)
+        return False
+    return True
+
+
 def chromium(install: bool = True) -> str | None:
     """The browser of the site's browser check: $LFM_CHROMIUM, else chromium on the PATH; when missing and
     ``install``, Debian's chromium package is installed (as root, with apt-get), the way CI gets it."""
     for name in filter(None, (os.environ.get("LFM_CHROMIUM"), "chromium", "chromium-browser")):
         if shutil.which(name):
             return shutil.which(name)
-    if not install:
-        return None
-    if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
-        print("chromium is missing and cannot be installed here (it needs root and apt-get): "
-              "install Debian's chromium package, or set LFM_CHROMIUM", file=sys.stderr)
-        return None
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        _run(["apt-get", "update", "-qq"], env=env)
-        _run(["apt-get", "install", "-y", "-qq", "chromium"], env=env)
-    except subprocess.CalledProcessError:
-        print("could not install chromium with apt-get", file=sys.stderr)
+    if install:
+        _apt_install("chromium", "install Debian's chromium package, or set LFM_CHROMIUM")
     return shutil.which("chromium")
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")   # lfm_core.images.FASHION_MNIST_DIR
+
+
+def fashion_mnist() -> bool:
+    """Whether Fashion-MNIST's IDX files are in Debian's folder; when missing, its dataset-fashion-mnist package is
+    installed (as root, with apt-get), the way CI gets it. Elsewhere the notebooks download it (lfm_core.hub)."""
+    if not any(FASHION_MNIST_DIR.glob("train-images-idx3-ubyte*")):
+        _apt_install("dataset-fashion-mnist", "the notebooks download Fashion-MNIST instead, where they can")
+    return any(FASHION_MNIST_DIR.glob("train-images-idx3-ubyte*"))
 
 
 def test(args: list[str]) -> None:
     setup()
     chromium()   # tests/test_site.py opens a small site in it
+    fashion_mnist()   # the Frechet metric's classifier and its benchmark read it
     env = _env("quick")
     env["LFM_PROGRESS"] = "0"
     py = _python()

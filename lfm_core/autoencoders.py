@@ -14,12 +14,12 @@ autoencoder                     class (diffusers)     scale ``s``           late
 =============================== ===================== ===================== =====================
 
 The offline autoencoders are small ``AutoencoderKL`` s (:func:`offline_config`) trained by
-``scripts/train_autoencoder.py`` on offline data; they ship with the package (``lfm_core/assets/autoencoder_lfw32``
-and ``autoencoder_digits16``) as :mod:`lfm_core.store` folders: diffusers' config and weights, checksummed, with
-a record of the latent scale, the data and the command that made them. Other local folders are diffusers folders
-(``save_pretrained``), with the scale in an ``lfm_autoencoder.json`` beside. Hub ids are loaded from the local
-cache when there, else downloaded; when the hub cannot be reached the call fails within seconds and
-names the offline alternative.
+``scripts/train_autoencoder.py`` on offline data; they ship with the package
+(``lfm_core/assets/autoencoder_lfw32``, ``autoencoder_digits16`` and ``autoencoder_fashion32``) as
+:mod:`lfm_core.store` folders: diffusers' config and weights, checksummed, with a record of the latent scale, the
+data and the command that made them. Other local folders are diffusers folders (``save_pretrained``), with the
+scale in an ``lfm_autoencoder.json`` beside. Hub ids are loaded from the local cache when there, else downloaded;
+when the hub cannot be reached the call fails within seconds and names the offline alternative.
 
 :func:`lfm_core.latent_cache.cached_latents` encodes a data set once and keeps the latents on disk.
 
@@ -54,7 +54,8 @@ SD_VAE_FT_MSE_CONFIG = {
 }
 OFFLINE_DIR = store.ASSETS / "autoencoder_lfw32"
 # the offline autoencoders shipped with the package: name -> store folder (made by scripts/train_autoencoder.py)
-OFFLINE = {"offline": OFFLINE_DIR, "offline-digits": store.ASSETS / "autoencoder_digits16"}
+OFFLINE = {"offline": OFFLINE_DIR, "offline-digits": store.ASSETS / "autoencoder_digits16",
+           "offline-fashion": store.ASSETS / "autoencoder_fashion32"}
 #: the latent scale and description of a plain diffusers folder (a store folder keeps them in its record)
 META_FILE = "lfm_autoencoder.json"
 
@@ -283,7 +284,8 @@ def write_standin(folder, *, seed: int = 0) -> Path:
 
 
 def load(name_or_path: str = "offline", *, device="cpu", dtype=torch.float32, scale: float | None = None):
-    """Load an autoencoder: ``"offline"`` (faces, 32 x 32), ``"offline-digits"`` (digits, 16 x 16), a hub id of
+    """Load an autoencoder: ``"offline"`` (faces, 32 x 32), ``"offline-digits"`` (digits, 16 x 16),
+    ``"offline-fashion"`` (Fashion-MNIST padded to 32 x 32), a hub id of
     :data:`PRETRAINED`, a local diffusers folder, or a store folder (:mod:`lfm_core.store`, verified).
 
     ``scale`` overrides the latent scale (required for a local diffusers folder without ``lfm_autoencoder.json``

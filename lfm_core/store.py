@@ -55,6 +55,7 @@ CLASSES: dict = {
     **dict.fromkeys(("GlowInterpolant", "AffineInterpolant"), ".interpolants"),
     **dict.fromkeys(("SemanticEncoder", "ConditionedVelocity"), ".conditioning"),
     "AverageVelocity": ".average_velocity",
+    "SmallClassifier": ".classifier",
     **dict.fromkeys(("AutoencoderKL", "AutoencoderTiny"), "diffusers"),
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

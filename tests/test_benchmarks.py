@@ -142,6 +142,33 @@ def test_one_step_quick_run_writes_the_table(tmp_path):
     assert (tmp_path / "one_step_quick.md").read_text() == md
 
 
+def test_fashion_frechet_quick_run_writes_the_table(tmp_path, capsys):
+    from lfm_core import images
+
+    try:
+        images.load("fashion_mnist", limit=1)
+    except FileNotFoundError:
+        pytest.skip("Debian's dataset-fashion-mnist package is not installed (tasks.py test installs it as root)")
+    ff = load("fashion_frechet")
+    assert ff.main(["--quick", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "fashion_frechet_quick.json").read_text())
+    sets = [r["set"] for r in data["rows"]]
+    assert sets == ["held-out test images", "autoencoder reconstructions", "Euler, 4 steps", "Euler, 1 step"]
+    for r in data["rows"]:
+        assert math.isfinite(r["fd"]) and r["fd"] >= 0 and r["nn_ratio"] > 0 and 0.1 <= r["largest_class_share"] <= 1
+    # the reconstructions are of the held-out images: closer to them than 4-step samples of a 10-step model
+    fd = {r["set"]: r["fd"] for r in data["rows"]}
+    assert fd["autoencoder reconstructions"] < fd["Euler, 4 steps"]
+    md = (tmp_path / "fashion_frechet_quick.md").read_text()
+    assert "| held-out test images |" in md and "Ranking held-out < reconstructions" in md
+    (tmp_path / "fashion_frechet_quick.md").unlink()
+    assert ff.main(["--report-only", str(tmp_path / "fashion_frechet_quick.json")]) == 0
+    assert (tmp_path / "fashion_frechet_quick.md").read_text() == md
+    with pytest.raises(SystemExit):
+        ff.main(["--quick", "--n", "1"])
+    assert "--n: must be >= 2" in capsys.readouterr().err
+
+
 def test_one_step_baselines_targets_and_bad_arguments(tmp_path, capsys):
     os_ = load("one_step")
     cfg = os_.Config(seeds=[0, 1], tasks=["moons"])

@@ -177,6 +177,10 @@ def _use(module: str, mod, tmp_path: Path):
         mod.add(tmp_path / "nets", "a", net, {"steps": 3})
         states, records = mod.load(tmp_path / "nets")
         assert torch.equal(states["a"]["weight"], net.weight.detach()) and records["a"]["steps"] == 3
+    elif module == "classifier":
+        model = mod.SmallClassifier(1, 2, width=8, dim=4)
+        fit = mod.train_classifier(model, torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), steps=2, progress=False)
+        assert len(fit["losses"]) == 2 and mod.frechet_distance(torch.randn(5, 4), torch.randn(5, 4)) >= 0
     elif module == "exercises":
         assert mod.check(1, "x", lambda: x + 1e-9, x, atol=1e-6) < 1e-6
     elif module == "store":

@@ -314,9 +314,32 @@ def _tasks_with_recorded_commands(monkeypatch):
     tasks = _load_script(ROOT / "tasks.py")
     calls = []
     monkeypatch.setattr(tasks, "setup", lambda: None)
+    monkeypatch.setattr(tasks, "chromium", lambda install=True: "/usr/bin/chromium")
+    monkeypatch.setattr(tasks, "fashion_mnist", lambda: True)
     monkeypatch.setattr(tasks, "_run", lambda cmd, **kw: calls.append(
         ([str(c) for c in cmd], kw.get("env", {}).get("LFM_MODE"))))
     return tasks, calls
+
+
+def test_missing_debian_packages_are_installed_as_root_and_explained_elsewhere(monkeypatch, tmp_path, capsys):
+    """tasks.py installs Fashion-MNIST's package (and chromium) with apt-get where it is root, as on CI; elsewhere it
+    says what to do and goes on."""
+    tasks = _load_script(ROOT / "tasks.py")
+    calls = []
+    monkeypatch.setattr(tasks, "_run", lambda cmd, **kw: calls.append([str(c) for c in cmd]))
+    monkeypatch.setattr(tasks, "FASHION_MNIST_DIR", tmp_path)   # an empty folder: the data are missing
+    monkeypatch.setattr(tasks.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
+    monkeypatch.setattr(tasks.os, "geteuid", lambda: 0, raising=False)
+    assert tasks.fashion_mnist() is False   # the stand-in apt-get installed nothing
+    assert calls == [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]]
+    calls.clear()
+    monkeypatch.setattr(tasks.os, "geteuid", lambda: 1000, raising=False)
+    assert tasks.fashion_mnist() is False and tasks.chromium() is None and calls == []
+    err = capsys.readouterr().err
+    assert "dataset-fashion-mnist is missing and cannot be installed here (it needs root and apt-get)" in err
+    assert "chromium is missing" in err and "LFM_CHROMIUM" in err
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    assert tasks.fashion_mnist() is True and calls == []
 
 
 def test_tasks_run_and_rehearse_record_only_when_asked(monkeypatch, tmp_path):

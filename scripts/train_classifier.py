@@ -49,7 +49,7 @@ def main(argv=None) -> int:
                                       seed=args.seed)
     record = {
         "data": "Fashion-MNIST, 60 000 training images (28 x 28, 10 classes); scored on the 10 000 test images",
-        "command": "python scripts/train_classifier.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python scripts/train_classifier.py", *(sys.argv[1:] if argv is None else argv)]),
         "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
         "final_loss": round(sum(fit["losses"][-100:]) / len(fit["losses"][-100:]), 4),
         "train_accuracy": round(classifier.accuracy(model, train_x[:10_000], train_y[:10_000]), 4),

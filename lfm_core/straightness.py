@@ -217,7 +217,7 @@ def fit_interpolant(interpolant, source, data: torch.Tensor, *, steps: int, batc
         return (per_point * (1 - t) ** weight_power).mean()
 
     # divergence=None: the straightness objective is heavy-tailed by design (a batch with a point near t_max can
-    # score orders of magnitude above the median, notebook 03's exercise 2), so a loss-to-median rule would stop
+    # score orders of magnitude above the median, notebook 03's exercise 6), so a loss-to-median rule would stop
     # healthy fits; clipped gradients keep those batches harmless, and non-finite values still stop the fit
     return fit(interpolant, loss_fn, steps=steps, lr=lr, seed=seed, progress=progress, lr_schedule="cosine",
                desc="interpolant", callback=callback, grad_clip=grad_clip, divergence=None)

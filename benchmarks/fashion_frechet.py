@@ -30,8 +30,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py: flags, command line, report files)
 
-N_TRAIN_SPLIT = 60_000   # Fashion-MNIST's training images come first in images.load, its 10 000 test images last
-
 
 @dataclass
 class Config:
@@ -55,22 +53,23 @@ def measure(cfg: Config, log=common.log) -> dict:
 
     start = time.perf_counter()
     runtime.seed_everything(cfg.seed)
-    data = images.load("fashion_mnist")
-    if len(data) <= N_TRAIN_SPLIT or cfg.n + cfg.n_ref > len(data) - N_TRAIN_SPLIT:
-        raise SystemExit(f"Fashion-MNIST's test split has {len(data) - N_TRAIN_SPLIT} images: --n + --n-ref must "
-                         "fit in it")
-    train_x = data.images[:min(cfg.n_train, N_TRAIN_SPLIT)]
-    test_x = data.images[N_TRAIN_SPLIT:]
+    train, test = images.fashion_mnist_split(images.load("fashion_mnist"))
+    if cfg.n + cfg.n_ref > len(test) or cfg.n_train > len(train):
+        raise SystemExit(f"Fashion-MNIST has {len(train)} training and {len(test)} test images: --n-train must fit in "
+                         "the first, --n + --n-ref in the second")
+    train_x, test_x = train.images[:cfg.n_train], test.images
     ref, held = test_x[:cfg.n_ref], test_x[cfg.n_ref:cfg.n_ref + cfg.n]
     ae = autoencoders.load("offline-fashion")
     clf, clf_record = classifier.load("fashion_mnist")
-    pad = (ae.meta["image_size"][-1] - 28) // 2   # the autoencoder's 32 px: the 28 px images, padded
+    pad, odd = divmod(ae.meta["image_size"][-1] - train_x.shape[-1], 2)   # the autoencoder's 32 px: padded images
+    if pad < 0 or odd:
+        raise SystemExit(f"the autoencoder's images ({ae.meta['image_size']}) are not the data's, padded evenly")
 
     def padded(x):
         return torch.nn.functional.pad(x, (pad,) * 4, value=-1.0)
 
     def cropped(x):
-        return x[..., pad:pad + 28, pad:pad + 28]
+        return x[..., pad:x.shape[-2] - pad, pad:x.shape[-1] - pad]
 
     log(f"encoding {len(train_x)} training images ...")
     latents = ae.encode(padded(train_x), batch_size=500)
@@ -99,7 +98,7 @@ def measure(cfg: Config, log=common.log) -> dict:
     for name, x in sets.items():
         feats = classifier.features(clf, x)
         with torch.no_grad():
-            share = torch.bincount(clf(x).argmax(1), minlength=10).float() / len(x)
+            share = torch.bincount(clf(x).argmax(1), minlength=clf.config["num_classes"]).float() / len(x)
         nn = float(metrics.nearest_neighbour_distance(x.reshape(len(x), -1), memory).median())
         rows.append({"set": name, "fd": classifier.frechet_distance(feats, ref_features), "nn_ratio": nn / nn_held,
                      "largest_class_share": float(share.max())})
@@ -120,7 +119,7 @@ def report(data: dict) -> list[str]:
              f"{data['autoencoder_heldout_psnr_db']} dB; final loss {data['final_loss']:.3f}). Each set holds "
              f"{cfg['n']} images and is compared with {cfg['n_ref']} other test images in the 128 features of the "
              f"shipped classifier (test accuracy {data['classifier_test_accuracy']}). The nearest-neighbour ratio "
-             f"searches {cfg['n_memory']} training images.", "",
+             f"searches {cfg['n_memory']} training images. One run, seed {cfg['seed']}.", "",
              "| set | FD to test images | nearest-neighbour ratio | largest class share |", "|---|---:|---:|---:|"]
     for r in data["rows"]:
         lines.append(f"| {r['set']} | {r['fd']:.3f} | {r['nn_ratio']:.2f} | {r['largest_class_share']:.2f} |")

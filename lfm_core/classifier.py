@@ -54,6 +54,8 @@ class SmallClassifier(torch.nn.Module):
             check_positive_int(value, name)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if width % 8:
+            raise ValueError(f"width must be a multiple of 8 (the group norm's 8 groups), got {width}")
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width, "dim": dim}
         blocks, c = [], in_channels
         for k in (1, 2, 4):
@@ -80,7 +82,8 @@ class SmallClassifier(torch.nn.Module):
 
 class Features(torch.nn.Module):
     """A classifier's :meth:`~SmallClassifier.features` as :func:`lfm_core.metrics.fid`'s ``feature_extractor``:
-    images ``[N, 3, H, W]`` in ``[0, 1]`` (torchmetrics repeats a grayscale channel) -> ``[N, dim]``."""
+    images ``[N, 3, H, W]`` in ``[0, 1]`` (``metrics.fid`` repeats a grayscale channel three times; this module
+    averages them back) -> ``[N, dim]``."""
 
     def __init__(self, classifier: SmallClassifier):
         super().__init__()
@@ -112,8 +115,9 @@ def train_classifier(model: SmallClassifier, images: torch.Tensor, labels: torch
                      shift: int = 2, progress: bool | None = None) -> dict:
     """Fit ``model`` to ``(images, labels)`` with cross-entropy, AdamW and a cosine learning rate.
 
-    Each step draws ``batch_size`` images with replacement from a generator seeded by ``seed`` and shifts each by
-    up to ``shift`` pixels (replicate padding), an augmentation that keeps garments garments. ``progress``: a tqdm
+    Each step draws ``batch_size`` images with replacement from a generator seeded by ``seed`` and shifts the batch
+    by up to ``shift`` pixels in each direction (one random shift per step, replicate padding), an augmentation
+    that keeps garments garments. ``progress``: a tqdm
     bar (default: ``LFM_PROGRESS``). Returns ``{"losses": [...], "seconds": s}``.
     """
     if not isinstance(model, SmallClassifier):
@@ -126,8 +130,6 @@ def train_classifier(model: SmallClassifier, images: torch.Tensor, labels: torch
     for value, name in ((lr, "lr"), (weight_decay, "weight_decay")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if len(images) == 0:
-        raise ValueError("images is empty")
     g = torch.Generator().manual_seed(check_seed(seed, "seed"))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -159,12 +161,14 @@ def train_classifier(model: SmallClassifier, images: torch.Tensor, labels: torch
 @torch.no_grad()
 def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """The share of ``images`` whose arg-max class is their label."""
+    if not isinstance(model, SmallClassifier):
+        raise TypeError(f"model must be a SmallClassifier, got {type(model).__name__}")
     _check_labelled(images, labels, model.config["num_classes"])
     check_positive_int(batch_size, "batch_size")
     model.eval()
     right = sum(int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
                 for i in range(0, len(images), batch_size))
-    return right / max(1, len(images))
+    return right / len(images)
 
 
 @torch.no_grad()

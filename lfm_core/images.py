@@ -51,7 +51,8 @@ import torch
 from .image_files import check_folder, check_rows, resize
 from .utils import check_finite, check_positive_int, check_tensor
 
-__all__ = ["ImageData", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "FASHION_MNIST_DIR", "save_image_grid"]
+__all__ = ["ImageData", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "FASHION_MNIST_DIR", "fashion_mnist_split",
+           "save_image_grid"]
 
 NAMES = ("lfw_faces", "digits", "fashion_mnist", "celeba_hq")
 OFFLINE = ("lfw_faces", "digits", "fashion_mnist")
@@ -263,6 +264,19 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, split:
     if size is not None:
         images = resize(images, size).clamp(-1, 1)
     return ImageData(images.contiguous(), labels, name, source, num_classes)
+
+
+def fashion_mnist_split(data: ImageData) -> tuple[ImageData, ImageData]:
+    """Fashion-MNIST's own ``(train, test)`` split of ``load("fashion_mnist")``: its first 60 000 images and its last
+    10 000. Anything other than the 70 000 images of the data set is an error, since the split is by position."""
+    if not isinstance(data, ImageData) or data.name != "fashion_mnist":
+        raise TypeError(f"data must be the ImageData of load('fashion_mnist'), got "
+                        f"{getattr(data, 'name', type(data).__name__)!r}")
+    if len(data) != 70_000:
+        raise ValueError(f"Fashion-MNIST's split needs all 70 000 images (60 000 train, then 10 000 test); "
+                         f"{data.source} holds {len(data)}")
+    return (ImageData(data.images[:60_000], data.labels[:60_000], data.name, data.source, data.num_classes),
+            ImageData(data.images[60_000:], data.labels[60_000:], data.name, data.source, data.num_classes))
 
 
 def save_image_grid(images: torch.Tensor, path, *, nrow: int | None = None) -> Path:

@@ -187,7 +187,8 @@ def check_real_tensor(x, name: str) -> torch.Tensor:
 
 def as_real(value, name: str, dtype: torch.dtype) -> torch.Tensor:
     """``value`` (a tensor, an array or a sequence of real numbers) as a tensor of ``dtype``; ``TypeError`` naming
-    ``name`` for anything else (a string, a bool, ``None``, complex or bool values, ragged lists)."""
+    ``name`` for anything else (a string, a lone bool, ``None``, complex or bool tensors and arrays, ragged
+    lists). A list of Python bools converts as 0 and 1, as ``torch.as_tensor`` converts it."""
     if value is None or isinstance(value, (str, bytes, bool)):
         raise TypeError(f"{name} must be a tensor or a sequence of numbers, got {type(value).__name__}")
     kind = getattr(getattr(value, "dtype", None), "kind", None)  # a NumPy array's

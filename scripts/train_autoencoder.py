@@ -62,9 +62,7 @@ def main(argv=None) -> int:
                                 data.name, data.source, data.num_classes)
         size += 2 * spec["pad"]
     if spec.get("split") == "test last":
-        n = len(data) - spec["heldout"]
-        train = data.load(n)
-        heldout = images.ImageData(data.images[n:], data.labels[n:], data.name, data.source, data.num_classes)
+        train, heldout = images.fashion_mnist_split(data)
     else:
         train, heldout = data.split(spec["heldout"], generator=torch.Generator().manual_seed(0))
     from diffusers import AutoencoderKL

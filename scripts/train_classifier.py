@@ -21,8 +21,6 @@ import torch
 
 from lfm_core import classifier, images, runtime, store
 
-N_TRAIN = 60_000   # Fashion-MNIST's training split comes first in images.load; its test split is the last 10 000
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,10 +37,11 @@ def main(argv=None) -> int:
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     data = images.load("fashion_mnist", root=args.root)
-    if len(data) <= N_TRAIN:
-        p.error(f"Fashion-MNIST should hold 70 000 images (60 000 train, 10 000 test), found {len(data)}")
-    train_x, train_y = data.images[:N_TRAIN], data.labels[:N_TRAIN]
-    test_x, test_y = data.images[N_TRAIN:], data.labels[N_TRAIN:]
+    try:
+        train, test = images.fashion_mnist_split(data)
+    except ValueError as exc:
+        p.error(str(exc))
+    train_x, train_y, test_x, test_y = train.images, train.labels, test.images, test.labels
     runtime.seed_everything(args.seed)
     model = classifier.SmallClassifier(1, 10, width=args.width, dim=args.dim)
     fit = classifier.train_classifier(model, train_x, train_y, steps=args.steps, batch_size=args.batch, lr=args.lr,

@@ -155,7 +155,7 @@ def test_fashion_frechet_quick_run_writes_the_table(tmp_path, capsys):
     sets = [r["set"] for r in data["rows"]]
     assert sets == ["held-out test images", "autoencoder reconstructions", "Euler, 4 steps", "Euler, 1 step"]
     for r in data["rows"]:
-        assert math.isfinite(r["fd"]) and r["fd"] >= 0 and r["nn_ratio"] > 0 and 0.1 <= r["largest_class_share"] <= 1
+        assert math.isfinite(r["fd"]) and r["fd"] >= 0 and r["nn_ratio"] > 0 and r["largest_class_share"] <= 1
     # the reconstructions are of the held-out images: closer to them than 4-step samples of a 10-step model
     fd = {r["set"]: r["fd"] for r in data["rows"]}
     assert fd["autoencoder reconstructions"] < fd["Euler, 4 steps"]

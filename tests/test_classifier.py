@@ -45,6 +45,29 @@ def test_frechet_distance_matches_the_closed_form_and_is_zero_for_equal_sets():
     assert classifier.frechet_distance(a, b) == pytest.approx(5.0, abs=0.3)
 
 
+def test_frechet_distance_agrees_with_scipys_matrix_square_root_for_non_commuting_covariances():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    g = torch.Generator().manual_seed(1)
+    mix_a, mix_b = torch.randn(5, 5, generator=g, dtype=torch.float64), torch.randn(5, 5, generator=g,
+                                                                                    dtype=torch.float64)
+    a = torch.randn(300, 5, generator=g, dtype=torch.float64) @ mix_a
+    b = torch.randn(400, 5, generator=g, dtype=torch.float64) @ mix_b + 0.5
+    ca, cb = torch.cov(a.T).numpy(), torch.cov(b.T).numpy()
+    cross = scipy_linalg.sqrtm(ca @ cb).real.trace()   # tr (C_a C_b)^(1/2), the textbook form
+    want = float((a.mean(0) - b.mean(0)).pow(2).sum()) + ca.trace() + cb.trace() - 2 * cross
+    assert classifier.frechet_distance(a, b) == pytest.approx(want, rel=1e-8)
+
+
+def test_fashion_mnist_split_is_its_own_and_refuses_other_data():
+    data = images.ImageData(torch.zeros(70_000, 1, 2, 2), torch.arange(70_000) % 10, "fashion_mnist", "test", 10)
+    train, test = images.fashion_mnist_split(data)
+    assert (len(train), len(test)) == (60_000, 10_000) and int(test.labels[0]) == 60_000 % 10
+    with pytest.raises(ValueError, match="needs all 70 000 images"):
+        images.fashion_mnist_split(data.load(1000))
+    with pytest.raises(TypeError, match="load\\('fashion_mnist'\\)"):
+        images.fashion_mnist_split(images.load("digits", limit=10))
+
+
 def test_features_module_gives_metrics_fid_the_same_number_as_frechet_distance():
     pytest.importorskip("torchmetrics")
     torch.manual_seed(0)
@@ -66,7 +89,8 @@ def test_the_shipped_fashion_classifier_loads_and_scores_the_test_split():
         data = images.load("fashion_mnist")
     except FileNotFoundError:
         pytest.skip("Debian's dataset-fashion-mnist package is not installed")
-    test_x, test_y = data.images[60_000:], data.labels[60_000:]
+    _, test = images.fashion_mnist_split(data)
+    test_x, test_y = test.images, test.labels
     assert classifier.accuracy(model, test_x[:2000], test_y[:2000]) == pytest.approx(
         record["test_accuracy"], abs=0.03)   # its 10 000 test images in the record, 2000 of them here
 
@@ -75,6 +99,9 @@ def test_the_shipped_fashion_classifier_loads_and_scores_the_test_split():
     (lambda: classifier.SmallClassifier(0), ValueError, "in_channels"),
     (lambda: classifier.SmallClassifier(1, 1), ValueError, "num_classes must be at least 2"),
     (lambda: classifier.SmallClassifier(1, 2, width=2.5), TypeError, "width"),
+    (lambda: classifier.SmallClassifier(1, 2, width=12), ValueError, "width must be a multiple of 8"),
+    (lambda: classifier.accuracy(torch.nn.Linear(2, 2), torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])), TypeError,
+     "model must be a SmallClassifier"),
     (lambda: classifier.SmallClassifier(1, 2)(torch.zeros(2, 3, 8, 8)), ValueError, r"x must have shape \[N, 1"),
     (lambda: classifier.Features(torch.nn.Linear(2, 2)), TypeError, "classifier must be a SmallClassifier"),
     (lambda: classifier.train_classifier(torch.nn.Linear(2, 2), torch.zeros(2, 1, 8, 8), torch.zeros(2).long(),

@@ -54,6 +54,28 @@ def names(source: str) -> tuple[set[str], set[str]]:
     return defined, used
 
 
+def top_level(source: str) -> set[str]:
+    """The names a cell binds at its top level (the notebook's global names): assignments, loop and ``with``
+    targets, defs, classes and imports outside any function, class, lambda or comprehension."""
+    bound = set()
+
+    def visit(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+            return
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(_python(source)))
+    return bound
+
+
 def leaks(instructor: dict, student: dict) -> dict[str, list[int]]:
     """The names that a cell reads (its solution included) and that only ANOTHER cell's solution defines, with the
     cells that read them: a student who writes that other solution their own way need not define them."""
@@ -61,8 +83,10 @@ def leaks(instructor: dict, student: dict) -> dict[str, list[int]]:
         return ["".join(c["source"]) if c["cell_type"] == "code" else "" for c in nb["cells"]]
 
     full = [names(s) for s in code(instructor)]
-    lab_defined = set().union(*(names(s)[0] for s in code(student)))
-    only_in_solutions = set().union(*(d for d, _ in full)) - lab_defined
+    # a global that some solution binds and no student cell binds at its top level (a parameter or a loop variable
+    # of the same name elsewhere does not define it)
+    only_in_solutions = (set().union(*(top_level(s) for s in code(instructor)))
+                         - set().union(*(top_level(s) for s in code(student))))
     found: dict[str, list[int]] = {}
     for i, (defined, used) in enumerate(full):
         for name in sorted((used & only_in_solutions) - defined):
@@ -74,13 +98,14 @@ def test_the_leak_finder_finds_a_name_defined_only_in_a_solution():
     def cell(text):
         return {"cell_type": "code", "metadata": {}, "source": text, "outputs": [], "execution_count": None}
 
-    nb = {"cells": [cell("# Exercise 1\ndef f(x):\n    ### BEGIN SOLUTION\n    STEPS = 3\n    return x\n"
-                         "    ### END SOLUTION"),
+    nb = {"cells": [cell("# Exercise 1\n### BEGIN SOLUTION\nSTEPS = 3\n### END SOLUTION\ndef f(x):\n    return x"),
                     cell("for k in range(2):\n    print(f(k), k)"),
                     cell("# Exercise 2\n### BEGIN SOLUTION\nprint(STEPS)\n### END SOLUTION"),
                     cell("print(STEPS)\n%time f(1)")], "metadata": {}}
     student, _ = make_lab.student_version(nb)
     assert leaks(nb, student) == {"STEPS": [2, 3]}   # neither another exercise's solution nor a plain cell may use it
+    nb["cells"].append(cell("def g(STEPS):\n    return STEPS"))   # a parameter of the same name does not define it
+    assert leaks(nb, make_lab.student_version(nb)[0]) == {"STEPS": [2, 3]}
     nb["cells"][3]["source"] = "STEPS = 4\nprint(STEPS)"
     assert leaks(nb, make_lab.student_version(nb)[0]) == {}
 

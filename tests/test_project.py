@@ -338,7 +338,11 @@ def test_missing_debian_packages_are_installed_as_root_and_explained_elsewhere(m
     err = capsys.readouterr().err
     assert "dataset-fashion-mnist is missing and cannot be installed here (it needs root and apt-get)" in err
     assert "chromium is missing" in err and "LFM_CHROMIUM" in err
-    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (tmp_path / name).write_bytes(b"")
+    assert tasks.fashion_mnist() is False   # a folder without the test labels is not the data set
+    calls.clear()
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
     assert tasks.fashion_mnist() is True and calls == []
 
 

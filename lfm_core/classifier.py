@@ -1,6 +1,6 @@
 """A small image classifier whose features rank generated images: the Frechet distance in a data set's own features.
 
-FID (Heusel et al. 2017) fits a Gaussian to the Inception-v3 features of real and of generated images and reports
+FID (Heusel et al. 2017) fits a Gaussian to the Inception-v3 features of real and of generated images and reports::
 
     FD = |m_r - m_g|^2 + tr(C_r + C_g - 2 (C_r C_g)^{1/2}).
 

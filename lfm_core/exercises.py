@@ -2,7 +2,7 @@
 
 A notebook's exercise is a skeleton (a signature, a docstring with a hint, ``raise NotImplementedError()`` in the
 student version) followed by a check cell whose first line is ``# Check: exercise N (what)``. The check cell calls
-:func:`check`, which runs the student's code and compares each returned tensor with the library's result:
+:func:`check`, which runs the student's code and compares each returned tensor with the library's result::
 
     max |yours - library| <= atol    for every returned tensor
 

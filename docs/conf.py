@@ -14,7 +14,7 @@ project = "Flow matching in latent space"
 author = "lfm-core maintainers"
 copyright = "lfm-core maintainers, MIT licence"
 
-extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.mathjax"]
+extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax"]   # napoleon: Args:/Returns:
 exclude_patterns = ["_build", "lab/**", "_site.json", "**.ipynb_checkpoints"]
 myst_enable_extensions = ["dollarmath", "amsmath", "html_image"]
 myst_heading_anchors = 3

@@ -10,21 +10,20 @@ Two ways to get a data set, with one interface (``len``, ``labels``, ``content_k
   that the latent cache (:func:`lfm_core.latent_cache.cached_latents`) encodes all 30 000 CelebA-HQ images
   with bounded memory.
 
-================ ======================================================================== ========
-name             source                                                                   offline
-================ ======================================================================== ========
-``lfw_faces``    the 100 real faces of ``skimage.data.lfw_subset()`` (25 x 25 grayscale,   yes
-                 from Labeled Faces in the Wild); no labels
-``digits``       scikit-learn's ``load_digits()``: 1797 images 8 x 8, values 0-16,         yes
-                 10 classes
-``fashion_mnist`` Fashion-MNIST (70k images 28 x 28, 10 classes) from Debian's            yes, if the
-                 ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``)  package is
-                                                                                          installed
-``celeba_hq``    CelebA-HQ RGB faces with labels 0 female, 1 male, split ``train`` /        with a local
-                 ``val``, from a local folder (StarGAN v2 layout or the hub mirror's       copy
-                 parquet files) or the hub mirror ``mattymchen/celeba-hq``; read by
-                 :mod:`lfm_core.celeba`
-================ ======================================================================== ========
+================= ========================================================================== ==============
+name              source                                                                     offline
+================= ========================================================================== ==============
+``lfw_faces``     the 100 real faces of ``skimage.data.lfw_subset()`` (25 x 25 grayscale,    yes
+                  from Labeled Faces in the Wild); no labels
+``digits``        scikit-learn's ``load_digits()``: 1797 images 8 x 8, values 0-16,          yes
+                  10 classes
+``fashion_mnist`` Fashion-MNIST (70k images 28 x 28, 10 classes) from Debian's               if the package
+                  ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``)  is installed
+``celeba_hq``     CelebA-HQ RGB faces with labels 0 female, 1 male, split ``train`` /        with a local
+                  ``val``, from a local folder (StarGAN v2 layout or the hub mirror's        copy
+                  parquet files) or the hub mirror ``mattymchen/celeba-hq``; read by
+                  :mod:`lfm_core.celeba`
+================= ========================================================================== ==============
 
 A streamed image must be RGB and square, at least ``size`` pixels wide; JPEGs are decoded directly at a
 reduced scale when that still covers ``size`` (PIL's draft mode), then every image is resized with the same

@@ -4,22 +4,19 @@ solved two of its exercises, got one wrong and left one blank."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem + "_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, path.stem + "_under_test")
 
 
 grade = _load(ROOT / "scripts" / "grade.py")

@@ -4,21 +4,18 @@ exercises with check cells, and no cell uses a name that only another cell's bla
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem + "_for_lab_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, path.stem + "_for_lab_tests")
 
 
 make_lab = _load(ROOT / "scripts" / "make_lab.py")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -18,12 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _load_script(path: Path):
     """A project script (tasks.py, scripts/*.py) imported as a module by its path."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 def _run_notebooks_module():
@@ -557,11 +553,7 @@ def test_tasks_lab_writes_student_versions(tmp_path):
 
 
 def test_tasks_pretrain_refuses_notebooks_without_pretrained_networks():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tasks_module", ROOT / "tasks.py")
-    tasks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tasks)
+    tasks = load_script(ROOT / "tasks.py", "tasks_module")
     with pytest.raises(SystemExit, match=r"only notebooks 04, 05 have pretrained networks, got \['07'\]"):
         tasks.pretrain(["07"])
 

@@ -65,11 +65,11 @@ def measure(cfg: Config, log=common.log) -> dict:
     if pad < 0 or odd:
         raise SystemExit(f"the autoencoder's images ({ae.meta['image_size']}) are not the data's, padded evenly")
 
-    def padded(x):
+    def padded(x):   # as images.load(..., pad=pad)
         return torch.nn.functional.pad(x, (pad,) * 4, value=-1.0)
 
     def cropped(x):
-        return x[..., pad:x.shape[-2] - pad, pad:x.shape[-1] - pad]
+        return images.crop(x, pad)
 
     log(f"encoding {len(train_x)} training images ...")
     latents = ae.encode(padded(train_x), batch_size=500)

@@ -48,10 +48,10 @@ import numpy as np
 import torch
 
 from .image_files import check_folder, check_rows, resize
-from .utils import check_finite, check_positive_int, check_tensor
+from .utils import check_finite, check_nonnegative_int, check_positive_int, check_tensor
 
 __all__ = ["ImageData", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "FASHION_MNIST_DIR", "fashion_mnist_split",
-           "save_image_grid"]
+           "crop", "save_image_grid"]
 
 NAMES = ("lfw_faces", "digits", "fashion_mnist", "celeba_hq")
 OFFLINE = ("lfw_faces", "digits", "fashion_mnist")
@@ -234,10 +234,12 @@ def _check_split_and_repo(name: str, split, repo) -> None:
 
 
 def load(name: str, *, size: int | None = None, limit: int | None = None, split: str | None = None, root=None,
-         repo: str | None = None) -> ImageData:
+         repo: str | None = None, pad: int = 0) -> ImageData:
     """Load the image data set ``name`` (one of :data:`NAMES`) into memory, in ``[-1, 1]``, resized to ``size``.
 
-    ``limit`` keeps the first ``limit`` images. For ``fashion_mnist``, ``root`` is the folder of its IDX files
+    ``limit`` keeps the first ``limit`` images. ``pad`` adds that many pixels of the black background (-1) on each
+    side after resizing: Fashion-MNIST's 28 x 28 images padded by 2 are the 32 x 32 that the autoencoder
+    ``offline-fashion`` takes (:func:`crop` takes them back). For ``fashion_mnist``, ``root`` is the folder of its IDX files
     (default :data:`FASHION_MNIST_DIR`). For ``celeba_hq`` (``size`` 256 by default), ``split``, ``root`` and
     ``repo`` are those of :func:`stream`; mind the memory: 1000 images at 256 px take 0.8 GB as float32, and the
     latent cache reads the stream instead.
@@ -248,7 +250,10 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, split:
         check_positive_int(size, "size")
     if limit is not None:
         check_positive_int(limit, "limit")
+    check_nonnegative_int(pad, "pad")
     if name == "celeba_hq":
+        if pad:
+            raise ValueError("pad applies to the offline sets; CelebA-HQ's images fill their frame")
         return stream(name, size=size, limit=limit, split=split, root=root, repo=repo).load()
     if root is not None and name != "fashion_mnist":
         raise ValueError(f"root is the folder of 'fashion_mnist' or 'celeba_hq'; {name!r} is built in, pass no root")
@@ -262,7 +267,22 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, split:
         labels = None if labels is None else labels[:limit]
     if size is not None:
         images = resize(images, size).clamp(-1, 1)
+    if pad:
+        images = torch.nn.functional.pad(images, (pad,) * 4, value=-1.0)
     return ImageData(images.contiguous(), labels, name, source, num_classes)
+
+
+def crop(images: torch.Tensor, border: int) -> torch.Tensor:
+    """``images [N, C, H, W]`` without ``border`` pixels on each side: the inverse of ``load(..., pad=border)``,
+    e.g. decoded 32 x 32 Fashion-MNIST images back to the data's 28 x 28 (what :mod:`lfm_core.classifier` takes)."""
+    check_tensor(images, "images", min_dim=4)
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [N, C, H, W], got {tuple(images.shape)}")
+    check_nonnegative_int(border, "border")
+    h, w = images.shape[-2:]
+    if 2 * border >= min(h, w):
+        raise ValueError(f"border {border} leaves nothing of images {h} x {w}")
+    return images[..., border:h - border, border:w - border] if border else images
 
 
 def fashion_mnist_split(data: ImageData) -> tuple[ImageData, ImageData]:

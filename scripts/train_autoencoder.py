@@ -56,11 +56,8 @@ def main(argv=None) -> int:
     size = args.size or spec["size"]
     out = args.out or autoencoders.OFFLINE[spec["name"]]
     runtime.seed_everything(args.seed)
-    data = images.load(args.data, size=size)
-    if spec.get("pad"):
-        data = images.ImageData(torch.nn.functional.pad(data.images, (spec["pad"],) * 4, value=-1.0), data.labels,
-                                data.name, data.source, data.num_classes)
-        size += 2 * spec["pad"]
+    data = images.load(args.data, size=size, pad=spec.get("pad", 0))
+    size += 2 * spec.get("pad", 0)
     if spec.get("split") == "test last":
         train, heldout = images.fashion_mnist_split(data)
     else:

@@ -1,8 +1,9 @@
-"""Image I/O: the PNG grid of samples."""
+"""Image I/O: the PNG grid of samples, padding and cropping."""
 
 import pytest
 import torch
 
+from lfm_core import images
 from lfm_core.images import save_image_grid
 
 
@@ -51,3 +52,34 @@ def test_image_data_get_checks_its_rows():
     for bad in (["a"], [0.5], torch.tensor([0.5])):
         with pytest.raises(TypeError, match="indices must hold integer row numbers"):
             data.get(bad)
+
+
+def test_load_pads_with_the_background_and_crop_takes_it_back():
+    plain = images.load("digits", size=8, limit=5)
+    padded = images.load("digits", size=8, limit=5, pad=2)
+    assert padded.images.shape == (5, 1, 12, 12)
+    assert torch.equal(padded.images[..., :2, :], torch.full((5, 1, 2, 12), -1.0))
+    assert torch.equal(images.crop(padded.images, 2), plain.images)
+    assert torch.equal(images.crop(plain.images, 0), plain.images)
+    assert torch.equal(padded.labels, plain.labels)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(pad=-1), ValueError, "pad"), (dict(pad=1.5), TypeError, "pad"), (dict(pad=True), TypeError, "pad")])
+def test_load_refuses_a_bad_pad(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        images.load("digits", size=8, limit=2, **kwargs)
+
+
+def test_load_refuses_pad_for_celeba_hq(tmp_path):
+    with pytest.raises(ValueError, match="pad applies to the offline sets"):
+        images.load("celeba_hq", root=tmp_path, pad=2)
+
+
+@pytest.mark.parametrize("x, border, err, match", [
+    (torch.zeros(2, 1, 8, 8), -1, ValueError, "border"), (torch.zeros(2, 1, 8, 8), 1.0, TypeError, "border"),
+    (torch.zeros(2, 1, 8, 8), 4, ValueError, "leaves nothing"), (torch.zeros(1, 8, 8), 1, ValueError, "images"),
+    ("x", 1, TypeError, "images")])
+def test_crop_refuses_bad_arguments(x, border, err, match):
+    with pytest.raises(err, match=match):
+        images.crop(x, border)

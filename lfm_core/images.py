@@ -239,8 +239,8 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, split:
 
     ``limit`` keeps the first ``limit`` images. ``pad`` adds that many pixels of the black background (-1) on each
     side after resizing: Fashion-MNIST's 28 x 28 images padded by 2 are the 32 x 32 that the autoencoder
-    ``offline-fashion`` takes (:func:`crop` takes them back). For ``fashion_mnist``, ``root`` is the folder of its IDX files
-    (default :data:`FASHION_MNIST_DIR`). For ``celeba_hq`` (``size`` 256 by default), ``split``, ``root`` and
+    ``offline-fashion`` takes (:func:`crop` takes them back). For ``fashion_mnist``, ``root`` is the folder of its
+    IDX files (default :data:`FASHION_MNIST_DIR`). For ``celeba_hq`` (``size`` 256 by default), ``split``, ``root`` and
     ``repo`` are those of :func:`stream`; mind the memory: 1000 images at 256 px take 0.8 GB as float32, and the
     latent cache reads the stream instead.
     """

@@ -50,13 +50,16 @@ import torch
 from .image_files import check_folder, check_rows, resize
 from .utils import check_finite, check_nonnegative_int, check_positive_int, check_tensor
 
-__all__ = ["ImageData", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "FASHION_MNIST_DIR", "fashion_mnist_split",
-           "crop", "save_image_grid"]
+__all__ = ["ImageData", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES",
+           "fashion_mnist_split", "crop", "save_image_grid"]
 
 NAMES = ("lfw_faces", "digits", "fashion_mnist", "celeba_hq")
 OFFLINE = ("lfw_faces", "digits", "fashion_mnist")
 SPLITS = ("train", "val")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")   # Debian's dataset-fashion-mnist package
+#: Fashion-MNIST's class names, by label (Xiao et al. 2017)
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
 
 
 @dataclass

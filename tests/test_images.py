@@ -83,3 +83,8 @@ def test_load_refuses_pad_for_celeba_hq(tmp_path):
 def test_crop_refuses_bad_arguments(x, border, err, match):
     with pytest.raises(err, match=match):
         images.crop(x, border)
+
+
+def test_fashion_mnist_classes_name_the_ten_labels():
+    assert len(images.FASHION_MNIST_CLASSES) == 10 == len(set(images.FASHION_MNIST_CLASSES))
+    assert images.FASHION_MNIST_CLASSES[0] == "T-shirt/top" and images.FASHION_MNIST_CLASSES[9] == "Ankle boot"

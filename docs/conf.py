@@ -23,7 +23,11 @@ suppress_warnings = ["myst.header"]   # notebooks start their sections at ## und
 # the notebooks were executed by `python3 tasks.py run`; the site shows those outputs and never runs them again
 nb_execution_mode = "off"
 nb_merge_streams = True
-nb_ipywidgets_js = {}   # no widget scripts from a CDN (the notebooks show no widgets)
+# The live controls (lfm_core.explore.slider) need a kernel; a static page cannot run them. No widget scripts are
+# loaded (they would come from a CDN), and each widget shows its text instead: what it is, and that the strip
+# above it, a figure, shows the same values.
+nb_ipywidgets_js = {}
+nb_mime_priority_overrides = [("*", "application/vnd.jupyter.widget-view+json", None)]
 nb_code_prompt_show = "Show code cell {type}"
 
 autodoc_member_order = "bysource"

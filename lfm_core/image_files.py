@@ -8,7 +8,7 @@ in-memory :class:`lfm_core.images.ImageData`. :func:`decode_image` checks each f
 (antialiased bilinear), whose name is part of every content key. :func:`check_folder` turns a folder argument
 into a path, refusing the empty path that would silently mean the current folder.
 
-Copy with: utils, and for :meth:`ImageFiles.load` images, image_files (``torch``, ``numpy``, ``Pillow``).
+Copy with: utils, and for :meth:`ImageFiles.load` images, image_files, hub (``torch``, ``numpy``, ``Pillow``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfm_core import autoencoders, images, latent_cache, metrics
+from lfm_core import autoencoders, hub, images, latent_cache, metrics
 from lfm_core.nets import DiTVelocity, UNetVelocity
 
 # ------------------------------------------------------------------------------------------ data
@@ -49,8 +49,11 @@ def test_fashion_mnist_idx_files(tmp_path, monkeypatch):
 
 def test_missing_and_unreachable_data_fail_fast(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist.*'lfw_faces' or 'digits'"):
-        images.load("fashion_mnist")
+    monkeypatch.setenv(images.FASHION_MNIST_CACHE_ENV, str(tmp_path))   # no download either: its host unreachable
+    with monkeypatch.context() as m:
+        m.setattr(hub, "probe", lambda host, deadline=None: "unreachable in the tests")
+        with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist.*'lfw_faces' or 'digits'"):
+            images.load("fashion_mnist")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="cannot be reached.*'lfw_faces'"):

@@ -284,6 +284,27 @@ def test_psnr_and_nearest_neighbour():
     torch.testing.assert_close(d, torch.tensor([1.0, 0.0], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 1024])
+def test_nearest_neighbour_distance_is_exact_on_close_points_and_in_chunks(chunk):
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(300, 784, generator=g, dtype=torch.float64) * 50   # large norms: products lose digits
+    samples = torch.cat([train[:20] + 1e-4 * torch.randn(20, 784, generator=g, dtype=torch.float64),
+                         torch.randn(30, 784, generator=g, dtype=torch.float64) * 50])
+    exact = torch.cdist(samples, train, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+    d = metrics.nearest_neighbour_distance(samples, train, chunk=chunk)
+    torch.testing.assert_close(d, exact, rtol=1e-9, atol=1e-9)
+    assert float(d[:20].max()) < 1e-2   # the near-copies are found, at their tiny distance
+    far = metrics.nearest_neighbour_distance(samples, train[:3], candidates=100)   # more candidates than points
+    torch.testing.assert_close(far, torch.cdist(samples, train[:3]).min(dim=1).values, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(candidates=0), "candidates"), (dict(chunk=0), "chunk"),
+                                           (dict(chunk=2.5), "chunk")])
+def test_nearest_neighbour_distance_refuses_bad_sizes(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        metrics.nearest_neighbour_distance(torch.zeros(2, 3), torch.zeros(4, 3), **kwargs)
+
+
 def test_fid_says_why_it_cannot_run_and_checks_inputs(monkeypatch):
     import importlib.util
 

@@ -1,6 +1,7 @@
 """lfm_core.exercises.check: the check cells of the notebooks' in-body exercises."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +64,15 @@ def test_bad_arguments_are_refused_before_the_students_code_runs(kwargs, error, 
     with pytest.raises(error, match=message):
         exercises.check(**args)
     assert not ran
+
+
+def test_a_not_implemented_error_of_the_library_is_not_an_unwritten_exercise():
+    import lfm_core
+
+    # a function whose code lives in the package, as a library function that does not support a case would
+    where = str(Path(lfm_core.__file__).resolve().parent / "some_module.py")
+    scope = {}
+    exec(compile("def unsupported():\n    raise NotImplementedError('this case is not supported')\n", where, "exec"),
+         scope)
+    with pytest.raises(NotImplementedError, match="this case is not supported"):
+        exercises.check(1, "x", lambda: scope["unsupported"](), torch.zeros(2), atol=0.0)

@@ -139,9 +139,11 @@ def test_the_notebooks_pretrained_networks_load_into_their_architectures():
     from lfm_core import conditioning as C
 
     builders = {
-        ("notebook04", "faces"): lambda: nets.UNetVelocity(4, 8, preset="tiny"),
-        ("notebook05", "digits-independent"): lambda: nets.UNetVelocity(4, 4, preset="tiny", num_classes=10),
-        ("notebook05", "digits-ot-labels"): lambda: nets.UNetVelocity(4, 4, preset="tiny", num_classes=10),
+        ("notebook04", "fashion"): lambda: nets.UNetVelocity(4, 8, preset="tiny"),
+        ("notebook05", "fashion-independent"): lambda: nets.UNetVelocity(4, 8, preset="tiny", num_classes=10),
+        ("notebook05", "fashion-ot-labels"): lambda: nets.UNetVelocity(4, 8, preset="tiny", num_classes=10),
+        ("notebook05", "fashion-no-dropout"): lambda: nets.UNetVelocity(4, 8, preset="tiny", num_classes=10),
+        ("notebook05", "fashion-global-ot"): lambda: nets.UNetVelocity(4, 8, preset="tiny", num_classes=10),
         ("notebook05", "inpainter"): lambda: nets.UNetVelocity(4, 8, preset="tiny", cond_channels=5),
         ("notebook05", "semantic"): lambda: C.ConditionedVelocity(
             nets.UNetVelocity(4, 8, preset="tiny", cond_channels=4), C.SemanticEncoder(3, 8, out_channels=4)),

@@ -75,7 +75,7 @@ def strip(draw_ax: Callable, values: Sequence, *, name: str, ncols: int | None =
         values: the knob's values, in order; hashable and without repeats.
         name: the knob's name, as readers should see it.
         ncols: panels per row (default: all in one row); panel_size: (width, height) of a panel in inches.
-        suptitle: a title over the whole strip; **subplot_kw: passed to ``plt.subplots`` (``sharey=True``, ...).
+        suptitle: a title over the whole strip; other keywords go to ``plt.subplots`` (``sharey=True``, ...).
 
     Returns:
         The matplotlib figure (``plt.show()`` shows it inline).
@@ -165,8 +165,8 @@ def slider(draw: Callable, values: Sequence, *, name: str, value=None):
     class Live(widgets.VBox):
         def _repr_mimebundle_(self, **kwargs):   # where no widget can show (a static page), say what it is
             bundle = super()._repr_mimebundle_(**kwargs)
-            bundle["text/plain"] = (f"A live control of {name}: run the notebook (Jupyter, Colab) and move it; "
-                                    "the strip above shows the same values.")
+            bundle["text/plain"] = (f"A live control of {name}: it moves where the notebook runs (Jupyter, Colab).\n"
+                                    "The strip above shows the same values.")
             return bundle
 
     style = {"description_width": "initial"}

@@ -165,7 +165,7 @@ def slider(draw: Callable, values: Sequence, *, name: str, value=None):
     class Live(widgets.VBox):
         def _repr_mimebundle_(self, **kwargs):   # where no widget can show (a static page), say what it is
             bundle = super()._repr_mimebundle_(**kwargs)
-            bundle["text/plain"] = (f"A live control of {name}: it moves where the notebook runs (Jupyter, Colab).\n"
+            bundle["text/plain"] = (f"A live control of {name} (it moves in Jupyter and on Colab).\n"
                                     "The strip above shows the same values.")
             return bundle
 

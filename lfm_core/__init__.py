@@ -23,6 +23,7 @@ from . import (
     couplings,
     devices,
     exercises,
+    explore,
     guidance,
     hub,
     image_files,
@@ -48,6 +49,7 @@ from . import (
 __version__ = "0.1.0"
 
 __all__ = ["autoencoders", "average_velocity", "batches", "bounds", "celeba", "checkpoints", "classifier", "compare",
-           "conditioning", "couplings", "devices", "exercises", "guidance", "hub", "image_files", "images",
+           "conditioning", "couplings", "devices", "exercises", "explore",
+           "guidance", "hub", "image_files", "images",
            "interpolants", "latent_cache", "metrics", "mixtures", "nets", "paths", "pretrained", "runtime", "solvers",
            "store", "straightness", "toy", "trainer", "trainer_config", "training", "utils"]

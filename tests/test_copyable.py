@@ -47,6 +47,11 @@ def _use(module: str, mod, tmp_path: Path):
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
     if module == "utils":
         assert mod.as_time(0.5, 3, like=x).shape == (3,)
+    elif module == "explore":
+        import matplotlib
+
+        matplotlib.use("Agg")
+        assert len(mod.strip(lambda ax, v: ax.plot([0, v]), [1, 2], name="n").axes) == 2
     elif module == "runtime":
         assert mod.mode() in ("quick", "full", "rehearsal")
     elif module == "hub":

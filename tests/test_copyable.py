@@ -51,7 +51,11 @@ def _use(module: str, mod, tmp_path: Path):
         import matplotlib
 
         matplotlib.use("Agg")
-        assert len(mod.strip(lambda ax, v: ax.plot([0, v]), [1, 2], name="n").axes) == 2
+        import matplotlib.pyplot as plt
+
+        fig = mod.strip(lambda ax, v: ax.plot([0, v]), [1, 2], name="n")
+        assert len(fig.axes) == 2
+        plt.close(fig)   # no figure left open for the tests after this one
     elif module == "runtime":
         assert mod.mode() in ("quick", "full", "rehearsal")
     elif module == "hub":

@@ -53,26 +53,24 @@ def measure(cfg: Config, log=common.log) -> dict:
 
     start = time.perf_counter()
     runtime.seed_everything(cfg.seed)
-    train, test = images.fashion_mnist_split(images.load("fashion_mnist"))
+    ae = autoencoders.load("offline-fashion")
+    clf, clf_record = classifier.load("fashion_mnist")
+    pad, odd = divmod(ae.meta["image_size"][-1] - 28, 2)   # the autoencoder's 32 px: the 28 px images padded
+    if pad < 0 or odd:
+        raise SystemExit(f"the autoencoder's images ({ae.meta['image_size']}) are not the data's, padded evenly")
+    train, test = images.fashion_mnist_split(images.load("fashion_mnist", pad=pad))
     if cfg.n + cfg.n_ref > len(test) or cfg.n_train > len(train):
         raise SystemExit(f"Fashion-MNIST has {len(train)} training and {len(test)} test images: --n-train must fit in "
                          "the first, --n + --n-ref in the second")
-    train_x, test_x = train.images[:cfg.n_train], test.images
+    train_p, held_p = train.images[:cfg.n_train], test.images[cfg.n_ref:cfg.n_ref + cfg.n]   # the autoencoder's size
+    train_x, test_x = images.crop(train_p, pad), images.crop(test.images, pad)   # the data's size: the classifier's
     ref, held = test_x[:cfg.n_ref], test_x[cfg.n_ref:cfg.n_ref + cfg.n]
-    ae = autoencoders.load("offline-fashion")
-    clf, clf_record = classifier.load("fashion_mnist")
-    pad, odd = divmod(ae.meta["image_size"][-1] - train_x.shape[-1], 2)   # the autoencoder's 32 px: padded images
-    if pad < 0 or odd:
-        raise SystemExit(f"the autoencoder's images ({ae.meta['image_size']}) are not the data's, padded evenly")
-
-    def padded(x):   # as images.load(..., pad=pad)
-        return torch.nn.functional.pad(x, (pad,) * 4, value=-1.0)
 
     def cropped(x):
         return images.crop(x, pad)
 
     log(f"encoding {len(train_x)} training images ...")
-    latents = ae.encode(padded(train_x), batch_size=500)
+    latents = ae.encode(train_p, batch_size=500)
     c, h = latents.shape[1], latents.shape[-1]
     torch.manual_seed(cfg.seed)
     model = nets.UNetVelocity(c, h, preset="tiny")
@@ -84,7 +82,7 @@ def measure(cfg: Config, log=common.log) -> dict:
     ema = result.ema.eval()
     z0 = torch.randn(cfg.n, c, h, h, generator=torch.Generator().manual_seed(cfg.seed + 1))
     sets = {"held-out test images": held,
-            "autoencoder reconstructions": cropped(ae.decode(ae.encode(padded(held), batch_size=500),
+            "autoencoder reconstructions": cropped(ae.decode(ae.encode(held_p, batch_size=500),
                                                              batch_size=500))}
     with torch.no_grad():
         for name, steps in ((f"Euler, {cfg.many} steps", cfg.many), ("Euler, 1 step", 1)):

@@ -182,7 +182,7 @@ def chromium(install: bool = True) -> str | None:
     return shutil.which("chromium")
 
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")   # lfm_core.images.FASHION_MNIST_DIR
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")   # lfm_core.fashion_mnist.DEBIAN_DIR
 
 
 def fashion_mnist() -> bool:

@@ -24,6 +24,7 @@ from . import (
     devices,
     exercises,
     explore,
+    fashion_mnist,
     guidance,
     hub,
     image_files,
@@ -50,6 +51,6 @@ __version__ = "0.1.0"
 
 __all__ = ["autoencoders", "average_velocity", "batches", "bounds", "celeba", "checkpoints", "classifier", "compare",
            "conditioning", "couplings", "devices", "exercises", "explore",
-           "guidance", "hub", "image_files", "images",
+           "fashion_mnist", "guidance", "hub", "image_files", "images",
            "interpolants", "latent_cache", "metrics", "mixtures", "nets", "paths", "pretrained", "runtime", "solvers",
            "store", "straightness", "toy", "trainer", "trainer_config", "training", "utils"]

@@ -19,19 +19,15 @@ name              source                                                        
                   10 classes
 ``fashion_mnist`` Fashion-MNIST (70k images 28 x 28, 10 classes) from Debian's               if the package
                   ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``), is installed,
-                  else downloaded once from its authors' repository into                     or after the
-                  :func:`fashion_mnist_cache`                                                first download
+                  else downloaded once from its authors' repository                          or after the
+                  (:func:`lfm_core.fashion_mnist.cache_dir`)                                 first download
 ``celeba_hq``     CelebA-HQ RGB faces with labels 0 female, 1 male, split ``train`` /        with a local
                   ``val``, from a local folder (StarGAN v2 layout or the hub mirror's        copy
                   parquet files) or the hub mirror ``mattymchen/celeba-hq``; read by
                   :mod:`lfm_core.celeba`
 ================= ========================================================================== ==============
 
-Fashion-MNIST is read from ``root`` when given (there only), else from :data:`FASHION_MNIST_DIR`, else from
-:func:`fashion_mnist_cache`; when none holds it, the four IDX files are downloaded from :data:`FASHION_MNIST_URL`
-into the cache, after :func:`lfm_core.hub.require` has seen the host answer within its deadline (else
-:class:`FashionMNISTUnavailable` names the offline alternatives). Each file is written under a temporary name and
-kept only when its MD5 is the one the authors publish and it parses as the IDX array it should be.
+Fashion-MNIST's files are found, downloaded and checked by :mod:`lfm_core.fashion_mnist`.
 
 A streamed image must be RGB and square, at least ``size`` pixels wide; JPEGs are decoded directly at a
 reduced scale when that still covers ``size`` (PIL's draft mode), then every image is resized with the same
@@ -39,52 +35,30 @@ antialiased bilinear filter. Sources and licences: ``data/README.md``.
 
 :func:`save_image_grid` writes the other way: images in ``[-1, 1]`` as one PNG grid (samples during training).
 
-Copy with: image_files, utils, hub, runtime (the download's progress bar), and for ``celeba_hq`` celeba (``torch``,
-``numpy``, ``Pillow``; ``scikit-image`` / ``scikit-learn`` for the offline sets; ``tqdm`` for the download of
-``fashion_mnist``; CelebA-HQ's own in :mod:`lfm_core.celeba`).
+Copy with: image_files, utils, and for ``fashion_mnist`` fashion_mnist, for ``celeba_hq`` celeba (``torch``, ``numpy``,
+``Pillow``; ``scikit-image`` / ``scikit-learn`` for the offline sets; the others' own in their modules).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
-import os
-import struct
-import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-from . import hub
-from .image_files import check_folder, check_rows, resize
-from .utils import check_finite, check_nonnegative_int, check_positive_int, check_tensor, check_writable_dir
+from .image_files import check_rows, resize
+from .utils import check_finite, check_nonnegative_int, check_positive_int, check_tensor
 
-__all__ = ["ImageData", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES",
-           "FASHION_MNIST_URL", "FASHION_MNIST_CACHE_ENV", "FashionMNISTUnavailable", "fashion_mnist_cache",
-           "fashion_mnist_split", "crop", "save_image_grid"]
+__all__ = ["ImageData", "NAMES", "OFFLINE", "SPLITS", "load", "stream", "FASHION_MNIST_CLASSES", "fashion_mnist_split",
+           "crop", "save_image_grid"]
 
 NAMES = ("lfw_faces", "digits", "fashion_mnist", "celeba_hq")
 OFFLINE = ("lfw_faces", "digits", "fashion_mnist")
 SPLITS = ("train", "val")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")   # Debian's dataset-fashion-mnist package
-#: where Fashion-MNIST is downloaded from: the authors' repository (Zalando Research, MIT licence), data/fashion/
-FASHION_MNIST_URL = "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
-#: the environment variable naming the folder the download is kept in (see :func:`fashion_mnist_cache`)
-FASHION_MNIST_CACHE_ENV = "LFM_FASHION_MNIST_CACHE"
-# each file: the MD5 the authors publish for it (README of zalandoresearch/fashion-mnist) and its IDX shape
-_FASHION_MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", (60_000, 28, 28)),
-    "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", (60_000,)),
-    "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", (10_000, 28, 28)),
-    "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", (10_000,)),
-}
-_READ_TIMEOUT_S = 60.0   # the longest wait for one read of the download (the probe before it has its own deadline)
-#: Fashion-MNIST's class names, by label (Xiao et al. 2017)
+#: Fashion-MNIST's class names, by label (Xiao et al. 2017); its files: :mod:`lfm_core.fashion_mnist`
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
 
@@ -170,148 +144,11 @@ def _digits():
             "sklearn.datasets.load_digits() (UCI optical recognition of handwritten digits)")
 
 
-def _read_idx(path: Path, name=None) -> np.ndarray:
-    """The array of the IDX file ``path`` (gzipped when its name ends in ``.gz``); errors name ``name`` (default
-    ``path``)."""
-    name = path if name is None else name
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            head = f.read(4)
-            if len(head) < 4 or head[:2] != b"\0\0":
-                raise ValueError(f"{name}: not an IDX file (its first bytes are {head!r})")
-            dtype_code, ndim = head[2], head[3]
-            if dtype_code != 0x08:
-                raise ValueError(f"{name}: only unsigned-byte IDX files are supported")
-            dims = f.read(4 * ndim)
-            if len(dims) < 4 * ndim:
-                raise ValueError(f"{name}: truncated IDX header")
-            shape = struct.unpack(">" + "I" * ndim, dims)
-            body = f.read()
-    except (OSError, EOFError) as exc:   # gzip's BadGzipFile is an OSError; a cut gzip stream an EOFError
-        raise ValueError(f"{name}: not a readable IDX file ({type(exc).__name__}: {exc})") from None
-    if len(body) != math.prod(shape):
-        raise ValueError(f"{name}: {len(body)} bytes of data where its header {shape} needs {math.prod(shape)} "
-                         "(truncated or damaged)")
-    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
-
-
-def _find(directory: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (directory / name).exists():
-            return directory / name
-    return None
-
-
-class FashionMNISTUnavailable(hub.HubUnavailable, FileNotFoundError):
-    """Fashion-MNIST is in none of its folders and cannot be downloaded: a :class:`~lfm_core.hub.HubUnavailable`
-    (its host cannot be reached, or the download broke off) that is also a ``FileNotFoundError`` (the files are
-    missing)."""
-
-
-def fashion_mnist_cache() -> Path:
-    """The folder the download of Fashion-MNIST is kept in: ``$LFM_FASHION_MNIST_CACHE``, else
-    ``$XDG_CACHE_HOME/lfm_core/fashion-mnist``, else ``~/.cache/lfm_core/fashion-mnist``."""
-    if os.environ.get(FASHION_MNIST_CACHE_ENV, "").strip():
-        return check_folder(os.environ[FASHION_MNIST_CACHE_ENV], f"${FASHION_MNIST_CACHE_ENV}")
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "lfm_core" / "fashion-mnist"
-
-
-def _holds_fashion_mnist(folder: Path) -> bool:
-    return all(_find(folder, name.removesuffix(".gz")) is not None for name in _FASHION_MNIST_FILES)
-
-
-def _fashion_mnist_alternatives(cache: Path) -> str:
-    return ("Offline alternatives: install Debian's dataset-fashion-mnist package (sudo apt install "
-            f"dataset-fashion-mnist; it puts the files in {FASHION_MNIST_DIR}), copy the four IDX files "
-            f"({', '.join(_FASHION_MNIST_FILES)}) into {cache} or pass their folder as root=, or use the offline "
-            "data sets 'lfw_faces' or 'digits'.")
-
-
-def _fetch(url: str, dest: Path, desc: str) -> str:
-    """Write what ``url`` serves into ``dest`` and return its MD5; a progress bar where
-    :func:`lfm_core.runtime.show_progress` says so."""
-    from tqdm.auto import tqdm
-
-    from .runtime import show_progress
-
-    digest = hashlib.md5(usedforsecurity=False)
-    with urllib.request.urlopen(url, timeout=_READ_TIMEOUT_S) as reply, open(dest, "wb") as out:
-        total = int(reply.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False, disable=not show_progress()) as bar:
-            while chunk := reply.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-    return digest.hexdigest()
-
-
-def _download_fashion_mnist(cache: Path) -> None:
-    """Download the IDX files that ``cache`` lacks from :data:`FASHION_MNIST_URL`. The host is asked first, within
-    :mod:`lfm_core.hub`'s deadline; each file is written under a temporary name in ``cache`` and renamed only when
-    its MD5 is the one the authors publish and it parses as the IDX array it should be (shape, labels 0-9)."""
-    alternatives = _fashion_mnist_alternatives(cache)
-    try:
-        hub.require(f"The download of Fashion-MNIST (in neither {FASHION_MNIST_DIR} nor {cache})",
-                    host=urlparse(FASHION_MNIST_URL).hostname, alternatives=alternatives)
-    except hub.HubUnavailable as exc:
-        raise FashionMNISTUnavailable(str(exc)) from None
-    check_writable_dir(cache, "the Fashion-MNIST cache")
-    cache.mkdir(parents=True, exist_ok=True)
-    for name, (md5, shape) in _FASHION_MNIST_FILES.items():
-        if (cache / name).exists():
-            continue
-        url = FASHION_MNIST_URL + name
-        tmp = cache / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
-        try:
-            try:
-                got = _fetch(url, tmp, f"Fashion-MNIST {name}")
-            except OSError as exc:   # urllib's URLError and HTTPError, a timeout, a dropped connection
-                raise FashionMNISTUnavailable(f"Fashion-MNIST: the download of {url} failed "
-                                              f"({type(exc).__name__}: {exc}). {alternatives}") from None
-            if got != md5:
-                raise ValueError(f"the download of {url} has MD5 {got}, not the {md5} its authors publish "
-                                 "(truncated or damaged); nothing was kept, so loading again downloads it again")
-            array = _read_idx(tmp, url)
-            labels = len(shape) == 1
-            if array.shape != shape or (labels and array.size and array.max() > 9):
-                found = f", labels up to {int(array.max())}," if labels and array.size else ""
-                raise ValueError(f"the download of {url} holds an array of shape {array.shape}{found} where "
-                                 f"Fashion-MNIST has shape {shape}" + (" and labels 0-9" if labels else ""))
-            os.replace(tmp, cache / name)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
 def _fashion_mnist(root=None):
-    if root is not None:
-        d = check_folder(root, "root")
-        origin = ""
-    elif _holds_fashion_mnist(FASHION_MNIST_DIR):
-        d, origin = FASHION_MNIST_DIR, " (Debian package dataset-fashion-mnist)"
-    else:
-        d, origin = fashion_mnist_cache(), f" (downloaded from {FASHION_MNIST_URL})"
-        if not _holds_fashion_mnist(d):
-            _download_fashion_mnist(d)
-    images, labels = [], []
-    for prefix in ("train", "t10k"):
-        ip, lp = _find(d, f"{prefix}-images-idx3-ubyte"), _find(d, f"{prefix}-labels-idx1-ubyte")
-        if ip is None or lp is None:
-            raise FileNotFoundError(
-                f"Fashion-MNIST was not found in {d}: install Debian's dataset-fashion-mnist package "
-                "(sudo apt install dataset-fashion-mnist), pass root= (the folder of the IDX files), or use "
-                "the offline data sets 'lfw_faces' or 'digits'"
-            )
-        images.append(_read_idx(ip))
-        labels.append(_read_idx(lp))
-        if len(images[-1]) != len(labels[-1]) or images[-1].ndim != 3 or labels[-1].ndim != 1:
-            raise ValueError(f"{ip} holds {images[-1].shape} and {lp} {labels[-1].shape}: expected N images of "
-                             "28 x 28 and their N labels")
-        if labels[-1].size and labels[-1].max() > 9:
-            raise ValueError(f"{lp}: labels must be 0..9, found {int(labels[-1].max())}")
-    imgs = np.concatenate(images).astype(np.float32)
-    return (_to_unit_range(imgs, 255.0)[:, None], torch.from_numpy(np.concatenate(labels).astype(np.int64)),
-            f"Fashion-MNIST IDX files in {d}{origin}")
+    from . import fashion_mnist
+
+    images, labels, source = fashion_mnist.arrays(root)
+    return _to_unit_range(images.astype(np.float32), 255.0)[:, None], torch.from_numpy(labels), source
 
 
 def stream(name: str, *, size: int | None = None, limit: int | None = None, split: str | None = None, root=None,
@@ -361,8 +198,8 @@ def load(name: str, *, size: int | None = None, limit: int | None = None, split:
     ``limit`` keeps the first ``limit`` images. ``pad`` adds that many pixels of the black background (-1) on each
     side after resizing: Fashion-MNIST's 28 x 28 images padded by 2 are the 32 x 32 that the autoencoder
     ``offline-fashion`` takes (:func:`crop` takes them back). For ``fashion_mnist``, ``root`` is the folder of its
-    IDX files (read there only); without it, :data:`FASHION_MNIST_DIR`, else :func:`fashion_mnist_cache`, where the
-    files are downloaded once when neither holds them (:class:`FashionMNISTUnavailable` when that cannot be). For
+    IDX files (read there only); without it, Debian's package, else a cache where the files are downloaded once
+    (:func:`lfm_core.fashion_mnist.arrays`; :class:`~lfm_core.fashion_mnist.Unavailable` when that cannot be). For
     ``celeba_hq`` (``size`` 256 by default), ``split``, ``root`` and ``repo`` are those of :func:`stream`; mind the
     memory: 1000 images at 256 px take 0.8 GB as float32, and the latent cache reads the stream instead.
     """

@@ -87,14 +87,30 @@ def error_line(exc: Exception) -> str:
     return text.splitlines()[-1] if text else repr(exc)
 
 
-def execute(path: Path, out: Path, timeout: int, memory: bool = False) -> dict:
+def execute(path: Path, out: Path, timeout: int, memory: bool = False, slow_s: float = 20.0) -> dict:
+    """Execute the notebook at ``path`` (see the module's docstring); each code cell that takes ``slow_s`` seconds or
+    more prints a line as it finishes."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
+    n_code = sum(cell.cell_type == "code" for cell in nb.cells)
+    started = {}
+
+    def cell_started(cell, cell_index, **_):
+        started[cell_index] = time.perf_counter()
+
+    def cell_executed(cell, cell_index, **_):   # a long run shows where it is; the last line names a stalled cell
+        seconds = time.perf_counter() - started.get(cell_index, time.perf_counter())
+        if seconds >= slow_s:
+            done = sum(1 for i in started if nb.cells[i].cell_type == "code")
+            print(f"    cell {cell_index} (code cell {done} of {n_code}): {seconds:.1f} s, done at "
+                  f"{datetime.datetime.now():%H:%M:%S}", flush=True)
+
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_execute=cell_started, on_cell_executed=cell_executed)
     watcher = KernelMemory(client) if memory else None
     if watcher is not None:
         watcher.start()
@@ -232,6 +248,8 @@ def main(argv=None) -> int:
     parser.add_argument("names", nargs="*", help="run only notebooks whose file name contains one of these")
     parser.add_argument("--out", type=Path, default=ROOT / "build")
     parser.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+    parser.add_argument("--slow", type=float, default=20.0,
+                        help="print a line for each code cell that takes this many seconds or more (default 20)")
     parser.add_argument("--memory", action="store_true", help="record each kernel's peak resident memory (Linux)")
     parser.add_argument("--record", action="store_true",
                         help="write each passing notebook's time into its metadata and rebuild the README's table")
@@ -249,7 +267,7 @@ def main(argv=None) -> int:
     results = []
     for p in paths:
         print(f"executing {p.name} ...", flush=True)
-        r = execute(p, args.out, args.timeout, memory=args.memory)
+        r = execute(p, args.out, args.timeout, memory=args.memory, slow_s=args.slow)
         results.append(r)
         budget = f" (budget {r['budget_s']} s{'' if r['within_budget'] else ', OVER BUDGET'})" if r["budget_s"] else ""
         status = "FAILED: " + r["error"] if r["error"] else "ok"

@@ -7,6 +7,7 @@ missing from the list, or a stale one, shows here as an import error in the copi
 """
 
 import importlib
+import math
 import re
 import shutil
 import sys
@@ -190,6 +191,16 @@ def _use(module: str, mod, tmp_path: Path):
         model = mod.SmallClassifier(1, 2, width=8, dim=4)
         fit = mod.train_classifier(model, torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), steps=2, progress=False)
         assert len(fit["losses"]) == 2 and mod.frechet_distance(torch.randn(5, 4), torch.randn(5, 4)) >= 0
+    elif module == "fashion_mnist":
+        import gzip
+        import struct
+
+        for prefix, n in (("train", 3), ("t10k", 2)):   # tiny IDX files in a folder of their own
+            for kind, shape in (("images-idx3", (n, 28, 28)), ("labels-idx1", (n,))):
+                head = struct.pack(">BBBB", 0, 0, 0x08, len(shape)) + struct.pack(">" + "I" * len(shape), *shape)
+                (tmp_path / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(head + bytes(math.prod(shape))))
+        pictures, labels, source = mod.arrays(tmp_path)
+        assert pictures.shape == (5, 28, 28) and labels.tolist() == [0] * 5 and str(tmp_path) in source
     elif module == "exercises":
         assert mod.check(1, "x", lambda: x + 1e-9, x, atol=1e-6) < 1e-6
     elif module == "store":

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfm_core import hub, images
+from lfm_core import fashion_mnist, hub, images
 
 NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz")
@@ -48,7 +48,7 @@ class _Reply(io.BytesIO):
 
 
 class Server:
-    """Serves ``files`` (name -> bytes) under images.FASHION_MNIST_URL and records every request."""
+    """Serves ``files`` (name -> bytes) under fashion_mnist.URL and records every request."""
 
     def __init__(self, files, **reply):
         self.files, self.reply, self.urls = dict(files), reply, []
@@ -56,7 +56,7 @@ class Server:
     def __call__(self, url, timeout=None):
         assert timeout is not None and timeout > 0   # a stalled read never hangs the caller
         self.urls.append(url)
-        name = url.removeprefix(images.FASHION_MNIST_URL)
+        name = url.removeprefix(fashion_mnist.URL)
         if name not in self.files:
             raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
         return _Reply(self.files[name], **self.reply)
@@ -71,7 +71,7 @@ def synthetic(monkeypatch):
               "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (4, 28, 28)),
               "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, (4,))}
     files = {name: _idx_gz(a) for name, a in arrays.items()}
-    monkeypatch.setattr(images, "_FASHION_MNIST_FILES", {n: (_md5(files[n]), arrays[n].shape) for n in NAMES})
+    monkeypatch.setattr(fashion_mnist, "FILES", {n: (_md5(files[n]), arrays[n].shape) for n in NAMES})
     return files
 
 
@@ -87,8 +87,8 @@ def probed(monkeypatch):
 def cache(tmp_path, monkeypatch, probed):
     """An empty cache folder (not created yet), no Debian package, and a host that answers."""
     folder = tmp_path / "cache" / "fashion-mnist"
-    monkeypatch.setenv(images.FASHION_MNIST_CACHE_ENV, str(folder))
-    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(folder))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian-package")
     return folder
 
 
@@ -110,11 +110,11 @@ def test_download_into_an_empty_cache_then_read_the_cache(cache, probed, synthet
     server = _serve(monkeypatch, Server(synthetic))
     data = images.load("fashion_mnist")
     assert probed == ["raw.githubusercontent.com"]
-    assert server.urls == [images.FASHION_MNIST_URL + n for n in NAMES]
+    assert server.urls == [fashion_mnist.URL + n for n in NAMES]
     assert sorted(p.name for p in cache.iterdir()) == sorted(NAMES)        # nothing temporary left
     assert all((cache / n).read_bytes() == synthetic[n] for n in NAMES)
     assert len(data) == 10 and data.images.shape == (10, 1, 28, 28) and data.num_classes == 10
-    assert data.source == f"Fashion-MNIST IDX files in {cache} (downloaded from {images.FASHION_MNIST_URL})"
+    assert data.source == f"Fashion-MNIST IDX files in {cache} (downloaded from {fashion_mnist.URL})"
     assert "Fashion-MNIST train-images-idx3-ubyte.gz" in capsys.readouterr().err   # the progress bar
 
     _no_network(monkeypatch)                                                # the second load reads the cache
@@ -132,7 +132,7 @@ def test_a_reply_without_a_length_downloads_too(cache, synthetic, monkeypatch):
 def test_an_unreachable_host_fails_before_any_download_naming_the_alternatives(cache, synthetic, monkeypatch):
     server = _serve(monkeypatch, Server(synthetic))
     monkeypatch.setattr(hub, "probe", lambda host, deadline=None: f"TimeoutError: no answer from {host} within 5.0 s")
-    with pytest.raises(images.FashionMNISTUnavailable) as err:
+    with pytest.raises(fashion_mnist.Unavailable) as err:
         images.load("fashion_mnist")
     assert isinstance(err.value, hub.HubUnavailable) and isinstance(err.value, FileNotFoundError)
     msg = str(err.value)
@@ -145,9 +145,9 @@ def test_an_unreachable_host_fails_before_any_download_naming_the_alternatives(c
 
 def test_the_real_probe_of_an_unreachable_host_fails_within_the_deadline(tmp_path, monkeypatch):
     """hub.probe itself, against a reserved name that never resolves (offline, the lookup fails at once)."""
-    monkeypatch.setenv(images.FASHION_MNIST_CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path / "no-debian-package")
-    monkeypatch.setattr(images, "FASHION_MNIST_URL", "https://fashion-mnist.invalid/data/fashion/")
+    monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setattr(fashion_mnist, "URL", "https://fashion-mnist.invalid/data/fashion/")
     monkeypatch.setattr(hub, "DEFAULT_DEADLINE", 2.0)
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("downloaded without a probe"))
     start = time.perf_counter()
@@ -160,13 +160,13 @@ def test_the_real_probe_of_an_unreachable_host_fails_within_the_deadline(tmp_pat
 def test_a_truncated_download_is_refused_and_leaves_no_file(cache, synthetic, monkeypatch):
     cut = dict(synthetic, **{"t10k-images-idx3-ubyte.gz": synthetic["t10k-images-idx3-ubyte.gz"][:-50]})
     _serve(monkeypatch, Server(cut))
-    url = images.FASHION_MNIST_URL + "t10k-images-idx3-ubyte.gz"
+    url = fashion_mnist.URL + "t10k-images-idx3-ubyte.gz"
     with pytest.raises(ValueError, match=rf"the download of {url} has MD5 \w+, not the \w+ its authors publish"):
         images.load("fashion_mnist")
     assert sorted(p.name for p in cache.iterdir()) == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
     server = _serve(monkeypatch, Server(synthetic))                         # the next load fetches what is missing
     assert len(images.load("fashion_mnist")) == 10
-    assert server.urls == [images.FASHION_MNIST_URL + n for n in NAMES[2:]]
+    assert server.urls == [fashion_mnist.URL + n for n in NAMES[2:]]
 
 
 @pytest.mark.parametrize("name, served, match", [
@@ -178,14 +178,14 @@ def test_a_truncated_download_is_refused_and_leaves_no_file(cache, synthetic, mo
     ("train-images-idx3-ubyte.gz", b"<html>rate limited</html>", "not a readable IDX file"),
 ])
 def test_a_download_that_is_not_the_right_idx_array_is_refused(cache, synthetic, monkeypatch, name, served, match):
-    table = dict(images._FASHION_MNIST_FILES)
+    table = dict(fashion_mnist.FILES)
     table[name] = (_md5(served), table[name][1])    # its MD5 as listed: the parse alone refuses it
-    monkeypatch.setattr(images, "_FASHION_MNIST_FILES", table)
+    monkeypatch.setattr(fashion_mnist, "FILES", table)
     _serve(monkeypatch, Server(dict(synthetic, **{name: served})))
     with pytest.raises(ValueError, match=match) as err:
         images.load("fashion_mnist")
-    assert str(err.value).startswith(("the download of " + images.FASHION_MNIST_URL + name,
-                                      images.FASHION_MNIST_URL + name + ": "))
+    assert str(err.value).startswith(("the download of " + fashion_mnist.URL + name,
+                                      fashion_mnist.URL + name + ": "))
     assert ".tmp" not in str(err.value) and name not in {p.name for p in cache.iterdir()}
     assert not any(p.name.startswith(".tmp") for p in cache.iterdir())
 
@@ -193,8 +193,8 @@ def test_a_download_that_is_not_the_right_idx_array_is_refused(cache, synthetic,
 @pytest.mark.parametrize("server", [Server({}), Server({n: b"x" * 3_000_000 for n in NAMES}, fail_after=1 << 20)])
 def test_a_download_that_breaks_off_is_unavailable_and_leaves_no_file(cache, synthetic, monkeypatch, server):
     _serve(monkeypatch, server)
-    url = images.FASHION_MNIST_URL + NAMES[0]
-    with pytest.raises(images.FashionMNISTUnavailable, match=rf"the download of {url} failed \((HTTPError: HTTP "
+    url = fashion_mnist.URL + NAMES[0]
+    with pytest.raises(fashion_mnist.Unavailable, match=rf"the download of {url} failed \((HTTPError: HTTP "
                                                              r"Error 404|ConnectionResetError).*'digits'"):
         images.load("fashion_mnist")
     assert list(cache.iterdir()) == []
@@ -219,7 +219,7 @@ def test_the_debian_folder_comes_before_the_cache(cache, synthetic, tmp_path, mo
     debian.mkdir()
     for name, data in synthetic.items():
         (debian / name).write_bytes(data)
-    monkeypatch.setattr(images, "FASHION_MNIST_DIR", debian)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", debian)
     _no_network(monkeypatch)
     data = images.load("fashion_mnist")
     assert len(data) == 10
@@ -228,14 +228,14 @@ def test_the_debian_folder_comes_before_the_cache(cache, synthetic, tmp_path, mo
 
 
 def test_the_cache_folder_and_its_environment_variable(tmp_path, monkeypatch):
-    monkeypatch.setenv(images.FASHION_MNIST_CACHE_ENV, str(tmp_path / "mine"))
-    assert images.fashion_mnist_cache() == tmp_path / "mine"
-    monkeypatch.setenv(images.FASHION_MNIST_CACHE_ENV, " ")
+    monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(tmp_path / "mine"))
+    assert fashion_mnist.cache_dir() == tmp_path / "mine"
+    monkeypatch.setenv(fashion_mnist.CACHE_ENV, " ")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert images.fashion_mnist_cache() == tmp_path / "xdg" / "lfm_core" / "fashion-mnist"
-    monkeypatch.delenv(images.FASHION_MNIST_CACHE_ENV)
+    assert fashion_mnist.cache_dir() == tmp_path / "xdg" / "lfm_core" / "fashion-mnist"
+    monkeypatch.delenv(fashion_mnist.CACHE_ENV)
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert images.fashion_mnist_cache() == Path.home() / ".cache" / "lfm_core" / "fashion-mnist"
+    assert fashion_mnist.cache_dir() == Path.home() / ".cache" / "lfm_core" / "fashion-mnist"
 
 
 def test_a_cache_that_cannot_be_a_folder_is_named_before_any_download(cache, synthetic, monkeypatch):
@@ -262,8 +262,8 @@ def test_the_debian_files_served_as_the_download_load_as_the_package_does(cache,
     if not all((debian / n).is_file() for n in NAMES):
         pytest.skip("Debian's dataset-fashion-mnist package is not installed")
     files = {n: (debian / n).read_bytes() for n in NAMES}
-    monkeypatch.setattr(images, "_FASHION_MNIST_FILES",
-                        {n: (_md5(files[n]), shape) for n, (_, shape) in images._FASHION_MNIST_FILES.items()})
+    monkeypatch.setattr(fashion_mnist, "FILES",
+                        {n: (_md5(files[n]), shape) for n, (_, shape) in fashion_mnist.FILES.items()})
     _serve(monkeypatch, Server(files))
     data = images.load("fashion_mnist")
     assert len(data) == 70_000 and data.labels.unique().tolist() == list(range(10))

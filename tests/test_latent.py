@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfm_core import autoencoders, hub, images, latent_cache, metrics
+from lfm_core import autoencoders, fashion_mnist, hub, images, latent_cache, metrics
 from lfm_core.nets import DiTVelocity, UNetVelocity
 
 # ------------------------------------------------------------------------------------------ data
@@ -38,18 +38,18 @@ def test_fashion_mnist_idx_files(tmp_path, monkeypatch):
     for prefix, n in (("train", 6), ("t10k", 4)):
         _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
-    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path)
     fm = images.load("fashion_mnist", size=32)
     assert fm.images.shape == (10, 1, 32, 32) and fm.labels.shape == (10,) and fm.num_classes == 10
-    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path / "elsewhere")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "elsewhere")
     assert images.load("fashion_mnist", root=tmp_path).images.shape == (10, 1, 28, 28)   # the folder as an argument
     with pytest.raises(ValueError, match="root"):
         images.load("digits", root=tmp_path)
 
 
 def test_missing_and_unreachable_data_fail_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path)
-    monkeypatch.setenv(images.FASHION_MNIST_CACHE_ENV, str(tmp_path))   # no download either: its host unreachable
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path)
+    monkeypatch.setenv(fashion_mnist.CACHE_ENV, str(tmp_path))   # no download either: its host unreachable
     with monkeypatch.context() as m:
         m.setattr(hub, "probe", lambda host, deadline=None: "unreachable in the tests")
         with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist.*'lfw_faces' or 'digits'"):

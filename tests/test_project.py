@@ -291,6 +291,21 @@ def test_run_notebooks_records_the_kernels_peak_memory(tmp_path):
     assert "peak_rss_mib" not in run_notebooks.execute(path, tmp_path / "out", timeout=60)
 
 
+def test_run_notebooks_prints_a_line_for_each_slow_cell(tmp_path, capsys):
+    import nbformat
+
+    run_notebooks = _run_notebooks_module()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# a stand-in"),
+                                         nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_code_cell("import time\ntime.sleep(1.0)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "00_slow.ipynb"
+    nbformat.write(nb, path)
+    assert run_notebooks.execute(path, tmp_path / "out", timeout=60, slow_s=0.8)["error"] is None
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("cell ")]
+    assert len(lines) == 1 and lines[0].strip().startswith("cell 2 (code cell 2 of 2): 1."), lines   # the fast cell: none
+
+
 def test_find_notebooks_filters_by_name_and_lists_the_notebooks_when_a_name_matches_none(tmp_path):
     rn = _run_notebooks_module()
     assert len(NOTEBOOKS) == 7 and [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]

@@ -18,11 +18,12 @@ any ``draw(value)`` that draws figures or prints will do)::
 
 Widget outputs change from run to run (their model ids): tag the cell ``nbval-ignore-output``.
 
-Copy with: nothing else (``matplotlib``; ``ipywidgets`` and ``IPython`` for :func:`slider`).
+Copy with: nothing else (``matplotlib``; ``ipywidgets`` for :func:`slider`).
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Hashable, Sequence
 
 __all__ = ["slider", "strip", "panel", "title"]
@@ -119,26 +120,34 @@ def panel(draw_ax: Callable, *, name: str, size: tuple[float, float] = (4.5, 4.5
     return draw
 
 
-def _draw_and_show(draw: Callable, value) -> None:
-    """Call ``draw(value)``; show (and close) the figures it opened and did not show itself."""
+def _render(draw: Callable, value) -> tuple[str, list[bytes]]:
+    """Call ``draw(value)``: what it printed, and each figure it opened as PNG bytes (the figures are closed)."""
+    import contextlib
+    import io
+
     import matplotlib.pyplot as plt
-    from IPython.display import display
 
-    before = set(plt.get_fignums())
-    draw(value)
-
+    before, text = set(plt.get_fignums()), io.StringIO()
+    with contextlib.redirect_stdout(text):
+        draw(value)
+    pictures = []
     for number in sorted(set(plt.get_fignums()) - before):
-        fig = plt.figure(number)
-        display(fig)
+        fig, png = plt.figure(number), io.BytesIO()
+        fig.savefig(png, format="png", bbox_inches="tight")
         plt.close(fig)
+        pictures.append(png.getvalue())
+    return text.getvalue(), pictures
 
 
 def slider(draw: Callable, values: Sequence, *, name: str, value=None):
     """A live control over ``values`` that shows ``draw(value)`` for the value selected.
 
     Numbers get a selection slider, other values (strings, tuples) a drop-down list. Each value is drawn the first
-    time it is selected and its output kept, so moving back shows it at once. ``draw`` should only draw (train
-    nothing): it runs in the kernel while the reader moves the control.
+    time it is selected and kept, so moving back shows it at once. ``draw`` should only draw (train nothing): it runs
+    in the kernel while the reader moves the control. What it prints is shown as text and each figure it opens as a
+    PNG image widget. There is no ``Output`` widget: nbclient (behind papermill and ``nbconvert --execute``) answers
+    an ``Output`` widget's updates on the kernel's shell channel, and a cell holding one that runs after a cell of
+    a minute or more then waits out nbclient's whole cell timeout for a reply the kernel has already sent.
 
     Args:
         draw: a function ``(value)`` that draws one figure or prints (:func:`panel` makes one from ``draw_ax``).
@@ -147,8 +156,8 @@ def slider(draw: Callable, values: Sequence, *, name: str, value=None):
         value: the value shown first (default: the first of ``values``).
 
     Returns:
-        The widget (an ``ipywidgets.VBox`` of the control and the output); ``None`` without ``ipywidgets`` (a
-        message then says how to install it).
+        The widget (an ``ipywidgets.VBox`` of the control and a ``VBox`` of the value's text and images); ``None``
+        without ``ipywidgets`` (a message then says how to install it).
     """
     _check_callable(draw, "draw", "(value) drawing one figure or printing")
     values, name = _check_values(values), _check_name(name)
@@ -180,10 +189,10 @@ def slider(draw: Callable, values: Sequence, *, name: str, value=None):
 
     def show(selected):
         if selected not in outputs:
-            out = widgets.Output()
-            with out:
-                _draw_and_show(draw, selected)
-            outputs[selected] = out
+            text, pictures = _render(draw, selected)
+            parts = [widgets.HTML(f"<pre>{html.escape(text)}</pre>")] if text else []
+            parts += [widgets.Image(value=png, format="png") for png in pictures]
+            outputs[selected] = widgets.VBox(parts)
         box.children = (control, outputs[selected])
 
     control.observe(lambda change: show(change["new"]), names="value")

@@ -27,8 +27,10 @@ def _recording_draw():
 def test_slider_builds_a_selection_slider_over_numbers():
     draw, calls = _recording_draw()
     box = explore.slider(draw, [1, 2, 4, 0.5], name="Euler steps", value=2)
-    control, out = box.children
-    assert isinstance(control, widgets.SelectionSlider) and isinstance(out, widgets.Output)
+    control, view = box.children
+    assert isinstance(control, widgets.SelectionSlider) and isinstance(view, widgets.VBox)
+    picture, = view.children    # the one figure draw opened, as a PNG image
+    assert isinstance(picture, widgets.Image) and picture.format == "png" and picture.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(control.options) == [("1", 1), ("2", 2), ("4", 4), ("0.5", 0.5)] and control.value == 2
     assert control.description == "Euler steps" and calls == [2]
     assert plt.get_fignums() == [], "the figure drawn for the slider is shown and closed"
@@ -45,6 +47,23 @@ def test_moving_the_slider_draws_each_value_once():
     assert calls == [1, 4] and box.children[1] is first
     control.value = 2
     assert calls == [1, 4, 2]
+
+
+def test_slider_shows_what_draw_prints_as_text_and_opens_no_output_widget(monkeypatch):
+    opened = []
+    monkeypatch.setattr(widgets, "Output", lambda *a, **k: opened.append(1))   # an Output widget would fail here
+
+    def draw(value):
+        print(f"FD <{value}> & more")
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, 1])
+        plt.subplots()                       # a second figure: a second image
+
+    box = explore.slider(draw, [1, 2], name="steps")
+    text, *pictures = box.children[1].children
+    assert isinstance(text, widgets.HTML) and text.value == "<pre>FD &lt;1&gt; &amp; more\n</pre>"
+    assert len(pictures) == 2 and all(isinstance(p, widgets.Image) for p in pictures)
+    assert opened == [] and plt.get_fignums() == []
 
 
 def test_slider_gives_a_dropdown_for_other_values_and_says_what_it_is_on_a_static_page():

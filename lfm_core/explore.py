@@ -24,6 +24,7 @@ Copy with: nothing else (``matplotlib``; ``ipywidgets`` for :func:`slider`).
 from __future__ import annotations
 
 import html
+import traceback
 from collections.abc import Callable, Hashable, Sequence
 
 __all__ = ["slider", "strip", "panel", "title"]
@@ -120,22 +121,31 @@ def panel(draw_ax: Callable, *, name: str, size: tuple[float, float] = (4.5, 4.5
     return draw
 
 
+def _png_width(png: bytes) -> int:
+    """The width in pixels of a PNG image (its IHDR chunk)."""
+    return int.from_bytes(png[16:20], "big")
+
+
 def _render(draw: Callable, value) -> tuple[str, list[bytes]]:
-    """Call ``draw(value)``: what it printed, and each figure it opened as PNG bytes (the figures are closed)."""
+    """Call ``draw(value)``: what it printed (stdout and stderr), and each figure it opened as PNG bytes at twice the
+    figure's resolution (sharp on high-density screens). The figures it opened are closed, also when it raises."""
     import contextlib
     import io
 
     import matplotlib.pyplot as plt
 
     before, text = set(plt.get_fignums()), io.StringIO()
-    with contextlib.redirect_stdout(text):
-        draw(value)
-    pictures = []
-    for number in sorted(set(plt.get_fignums()) - before):
-        fig, png = plt.figure(number), io.BytesIO()
-        fig.savefig(png, format="png", bbox_inches="tight")
-        plt.close(fig)
-        pictures.append(png.getvalue())
+    try:
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            draw(value)
+        pictures = []
+        for number in sorted(set(plt.get_fignums()) - before):
+            fig, png = plt.figure(number), io.BytesIO()
+            fig.savefig(png, format="png", bbox_inches="tight", dpi=2 * fig.dpi)
+            pictures.append(png.getvalue())
+    finally:
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
     return text.getvalue(), pictures
 
 
@@ -145,9 +155,10 @@ def slider(draw: Callable, values: Sequence, *, name: str, value=None):
     Numbers get a selection slider, other values (strings, tuples) a drop-down list. Each value is drawn the first
     time it is selected and kept, so moving back shows it at once. ``draw`` should only draw (train nothing): it runs
     in the kernel while the reader moves the control. What it prints is shown as text and each figure it opens as a
-    PNG image widget. There is no ``Output`` widget: nbclient (behind papermill and ``nbconvert --execute``) answers
-    an ``Output`` widget's updates on the kernel's shell channel, and a cell holding one that runs after a cell of
-    a minute or more then waits out nbclient's whole cell timeout for a reply the kernel has already sent.
+    PNG image widget; an error drawing the first value is the cell's error, one while the control moves shows its
+    traceback in the widget. There is no ``Output`` widget: nbclient (behind papermill and ``nbconvert --execute``)
+    answers an ``Output`` widget's updates on the kernel's shell channel, which can leave it waiting out its whole
+    cell timeout for a reply the kernel has already sent.
 
     Args:
         draw: a function ``(value)`` that draws one figure or prints (:func:`panel` makes one from ``draw_ax``).
@@ -187,14 +198,22 @@ def slider(draw: Callable, values: Sequence, *, name: str, value=None):
     outputs = {}
     box = Live([control])
 
+    def view(text, pictures):
+        parts = [widgets.HTML(f"<pre>{html.escape(text)}</pre>")] if text else []
+        parts += [widgets.Image(value=png, format="png", width=str(_png_width(png) // 2)) for png in pictures]
+        return widgets.VBox(parts)
+
     def show(selected):
         if selected not in outputs:
-            text, pictures = _render(draw, selected)
-            parts = [widgets.HTML(f"<pre>{html.escape(text)}</pre>")] if text else []
-            parts += [widgets.Image(value=png, format="png") for png in pictures]
-            outputs[selected] = widgets.VBox(parts)
+            outputs[selected] = view(*_render(draw, selected))
         box.children = (control, outputs[selected])
 
-    control.observe(lambda change: show(change["new"]), names="value")
-    show(value)
+    def moved(change):   # an error while the reader moves the control shows in the widget, and is not kept
+        try:
+            show(change["new"])
+        except Exception:
+            box.children = (control, view(f"draw({change['new']!r}) failed:\n{traceback.format_exc()}", []))
+
+    control.observe(moved, names="value")
+    show(value)   # an error drawing the first value is the cell's error
     return box

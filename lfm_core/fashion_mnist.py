@@ -152,7 +152,7 @@ def download(cache: Path) -> None:
                 got = _fetch(url, tmp, f"Fashion-MNIST {name}")
             except OSError as exc:   # urllib's URLError and HTTPError, a timeout, a dropped connection
                 raise Unavailable(f"Fashion-MNIST: the download of {url} failed "
-                                              f"({type(exc).__name__}: {exc}). {alternatives}") from None
+                                  f"({type(exc).__name__}: {exc}). {alternatives}") from None
             if got != md5:
                 raise ValueError(f"the download of {url} has MD5 {got}, not the {md5} its authors publish "
                                  "(truncated or damaged); nothing was kept, so loading again downloads it again")

@@ -35,8 +35,9 @@ antialiased bilinear filter. Sources and licences: ``data/README.md``.
 
 :func:`save_image_grid` writes the other way: images in ``[-1, 1]`` as one PNG grid (samples during training).
 
-Copy with: image_files, utils, and for ``fashion_mnist`` fashion_mnist, for ``celeba_hq`` celeba (``torch``, ``numpy``,
-``Pillow``; ``scikit-image`` / ``scikit-learn`` for the offline sets; the others' own in their modules).
+Copy with: image_files, utils; for ``fashion_mnist`` fashion_mnist, hub, runtime; for ``celeba_hq`` celeba, hub
+(``torch``, ``numpy``, ``Pillow``; ``scikit-image`` / ``scikit-learn`` for the offline sets; ``tqdm`` for the
+download of Fashion-MNIST; CelebA-HQ's own in :mod:`lfm_core.celeba`).
 """
 
 from __future__ import annotations

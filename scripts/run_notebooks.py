@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Execute the notebooks headless and write them, their figures and their timings under build/.
 
-    python scripts/run_notebooks.py --out build [--memory] [--record] [NAME ...]
+    python scripts/run_notebooks.py --out build [--memory] [--record] [--slow SECONDS] [NAME ...]
 
 For each ``notebooks/NN_topic.ipynb`` (or those whose name contains one of the NAMEs, :func:`find_notebooks`):
 executes it in the current environment (mode from ``LFM_MODE``), writes the executed notebook to
 ``build/notebooks/``, every PNG figure it shows to ``build/figures/NN_topic/``, and a summary of
 wall times against each notebook's budget (``metadata.lfm.quick_budget_s``) to
 ``build/summary.json``; with ``--memory``, also the kernel's peak resident memory (Linux: the ``VmHWM``
-high-water mark of ``/proc/<pid>/status``, read every 0.2 s while the notebook runs). Exits non-zero if a
-notebook fails; a budget overrun is reported, not fatal.
+high-water mark of ``/proc/<pid>/status``, read every 0.2 s while the notebook runs). Each code cell that takes
+``--slow`` seconds or more (default 20) prints a line as it finishes. Exits non-zero if a notebook fails; a budget
+overrun is reported, not fatal.
 
 Without ``--record`` nothing outside ``--out`` is written. With it, each notebook that passed gets its time
 written into its own metadata (``metadata.lfm.runtime.<quick|full|rehearsal>``: seconds, machine, date; the
@@ -101,7 +102,7 @@ def execute(path: Path, out: Path, timeout: int, memory: bool = False, slow_s: f
     def cell_started(cell, cell_index, **_):
         started[cell_index] = time.perf_counter()
 
-    def cell_executed(cell, cell_index, **_):   # a long run shows where it is; the last line names a stalled cell
+    def cell_executed(cell, cell_index, **_):   # a long run shows where it is (the cells that finished)
         seconds = time.perf_counter() - started.get(cell_index, time.perf_counter())
         if seconds >= slow_s:
             done = sum(1 for i in started if nb.cells[i].cell_type == "code")

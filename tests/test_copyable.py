@@ -128,6 +128,8 @@ def _use(module: str, mod, tmp_path: Path):
         assert mod.w2_bound(0.1, 1.0, 0.5, 0.01)["sum_form"] > 0.1
     elif module == "images":
         assert mod.load("digits", limit=3).images.shape == (3, 1, 8, 8)
+        _tiny_fashion_mnist(tmp_path)
+        assert mod.load("fashion_mnist", root=tmp_path, pad=2).images.shape == (5, 1, 32, 32)
     elif module == "image_files":
         import io
 
@@ -192,13 +194,7 @@ def _use(module: str, mod, tmp_path: Path):
         fit = mod.train_classifier(model, torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), steps=2, progress=False)
         assert len(fit["losses"]) == 2 and mod.frechet_distance(torch.randn(5, 4), torch.randn(5, 4)) >= 0
     elif module == "fashion_mnist":
-        import gzip
-        import struct
-
-        for prefix, n in (("train", 3), ("t10k", 2)):   # tiny IDX files in a folder of their own
-            for kind, shape in (("images-idx3", (n, 28, 28)), ("labels-idx1", (n,))):
-                head = struct.pack(">BBBB", 0, 0, 0x08, len(shape)) + struct.pack(">" + "I" * len(shape), *shape)
-                (tmp_path / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(head + bytes(math.prod(shape))))
+        _tiny_fashion_mnist(tmp_path)
         pictures, labels, source = mod.arrays(tmp_path)
         assert pictures.shape == (5, 28, 28) and labels.tolist() == [0] * 5 and str(tmp_path) in source
     elif module == "exercises":
@@ -211,6 +207,17 @@ def _use(module: str, mod, tmp_path: Path):
     else:
         raise AssertionError(f"no small use written for lfm_core.{module}: add one here")
 
+
+
+def _tiny_fashion_mnist(folder: Path) -> None:
+    """Fashion-MNIST's four IDX files with 3 training and 2 test images, all zero, in ``folder``."""
+    import gzip
+    import struct
+
+    for prefix, n in (("train", 3), ("t10k", 2)):
+        for kind, shape in (("images-idx3", (n, 28, 28)), ("labels-idx1", (n,))):
+            head = struct.pack(">BBBB", 0, 0, 0x08, len(shape)) + struct.pack(">" + "I" * len(shape), *shape)
+            (folder / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(head + bytes(math.prod(shape))))
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_works_when_copied_alone(module, tmp_path, monkeypatch):

@@ -66,6 +66,33 @@ def test_slider_shows_what_draw_prints_as_text_and_opens_no_output_widget(monkey
     assert opened == [] and plt.get_fignums() == []
 
 
+def test_slider_shows_an_error_while_moving_in_the_widget_and_raises_one_on_the_first_value():
+    def draw(value):
+        plt.subplots()                           # opened before the error: closed all the same
+        if value == 3:
+            raise ValueError("no such panel")
+        print("drawn", file=sys.stderr)          # stderr shows as text too
+
+    box = explore.slider(draw, [1, 3], name="steps")
+    assert box.children[1].children[0].value == "<pre>drawn\n</pre>"
+    box.children[0].value = 3
+    text, = box.children[1].children
+    assert "draw(3) failed" in text.value and "ValueError: no such panel" in text.value
+    assert plt.get_fignums() == []
+    with pytest.raises(ValueError, match="no such panel"):
+        explore.slider(draw, [1, 3], name="steps", value=3)
+    assert plt.get_fignums() == []
+
+
+def test_slider_images_are_drawn_at_twice_the_resolution_and_shown_at_the_figure_size():
+    def draw(value):
+        plt.subplots(figsize=(3, 2), dpi=100)
+
+    picture, = explore.slider(draw, [1], name="n").children[1].children
+    width = int.from_bytes(picture.value[16:20], "big")
+    assert 500 <= width <= 620 and picture.width == str(width // 2)   # 600 px wide, less the tight crop
+
+
 def test_slider_gives_a_dropdown_for_other_values_and_says_what_it_is_on_a_static_page():
     seen = []
     box = explore.slider(seen.append, ["independent", "OT"], name="coupling")

@@ -62,12 +62,12 @@ def measure(cfg: Config, log=common.log) -> dict:
     if cfg.n + cfg.n_ref > len(test) or cfg.n_train > len(train):
         raise SystemExit(f"Fashion-MNIST has {len(train)} training and {len(test)} test images: --n-train must fit in "
                          "the first, --n + --n-ref in the second")
-    train_p, held_p = train.images[:cfg.n_train], test.images[cfg.n_ref:cfg.n_ref + cfg.n]   # the autoencoder's size
-    train_x, test_x = images.crop(train_p, pad), images.crop(test.images, pad)   # the data's size: the classifier's
-    ref, held = test_x[:cfg.n_ref], test_x[cfg.n_ref:cfg.n_ref + cfg.n]
 
-    def cropped(x):
+    def cropped(x):   # the data's 28 px, which the classifier takes
         return images.crop(x, pad)
+
+    train_p, held_p = train.images[:cfg.n_train], test.images[cfg.n_ref:cfg.n_ref + cfg.n]   # the autoencoder's size
+    train_x, ref, held = cropped(train_p), cropped(test.images[:cfg.n_ref]), cropped(held_p)
 
     log(f"encoding {len(train_x)} training images ...")
     latents = ae.encode(train_p, batch_size=500)
@@ -96,7 +96,7 @@ def measure(cfg: Config, log=common.log) -> dict:
     for name, x in sets.items():
         feats = classifier.features(clf, x)
         with torch.no_grad():
-            share = torch.bincount(clf(x).argmax(1), minlength=clf.config["num_classes"]).float() / len(x)
+            share = torch.bincount(clf.head(feats).argmax(1), minlength=clf.config["num_classes"]).float() / len(x)
         nn = float(metrics.nearest_neighbour_distance(x.reshape(len(x), -1), memory).median())
         rows.append({"set": name, "fd": classifier.frechet_distance(feats, ref_features), "nn_ratio": nn / nn_held,
                      "largest_class_share": float(share.max())})

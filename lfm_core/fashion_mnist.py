@@ -169,8 +169,8 @@ def download(cache: Path) -> None:
 
 def arrays(root=None) -> tuple[np.ndarray, np.ndarray, str]:
     """Fashion-MNIST's 70 000 images (``uint8 [N, 28, 28]``, the 60 000 training images first), their labels
-    (``int64 [N]``, 0-9) and where they were read from: ``root`` when given (there
-    only), else :data:`DEBIAN_DIR`, else :func:`cache_dir`, downloading into it first when it lacks them."""
+    (``int64 [N]``, 0-9) and where they were read from: ``root`` when given (there only), else :data:`DEBIAN_DIR`,
+    else :func:`cache_dir`, downloading into it first when it lacks them."""
     if root is not None:
         d = check_folder(root, "root")
         origin = ""
@@ -184,11 +184,7 @@ def arrays(root=None) -> tuple[np.ndarray, np.ndarray, str]:
     for prefix in ("train", "t10k"):
         ip, lp = _find(d, f"{prefix}-images-idx3-ubyte"), _find(d, f"{prefix}-labels-idx1-ubyte")
         if ip is None or lp is None:
-            raise FileNotFoundError(
-                f"Fashion-MNIST was not found in {d}: install Debian's dataset-fashion-mnist package "
-                "(sudo apt install dataset-fashion-mnist), pass root= (the folder of the IDX files), or use "
-                "the offline data sets 'lfw_faces' or 'digits'"
-            )
+            raise FileNotFoundError(f"Fashion-MNIST was not found in {d}. {_alternatives(d)}")
         images.append(read_idx(ip))
         labels.append(read_idx(lp))
         if len(images[-1]) != len(labels[-1]) or images[-1].ndim != 3 or labels[-1].ndim != 1:

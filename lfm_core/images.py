@@ -149,7 +149,7 @@ def _fashion_mnist(root=None):
     from . import fashion_mnist
 
     images, labels, source = fashion_mnist.arrays(root)
-    return _to_unit_range(images.astype(np.float32), 255.0)[:, None], torch.from_numpy(labels), source
+    return _to_unit_range(images, 255.0)[:, None], torch.from_numpy(labels), source
 
 
 def stream(name: str, *, size: int | None = None, limit: int | None = None, split: str | None = None, root=None,

@@ -96,17 +96,16 @@ def execute(path: Path, out: Path, timeout: int, memory: bool = False, slow_s: f
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    n_code = sum(cell.cell_type == "code" for cell in nb.cells)
-    started = {}
+    n_code = sum(cell.cell_type == "code" and bool(cell.source.strip()) for cell in nb.cells)   # those nbclient runs
+    started = {}   # code cell index -> when it started (nbclient calls on_cell_execute for the cells it runs)
 
     def cell_started(cell, cell_index, **_):
         started[cell_index] = time.perf_counter()
 
     def cell_executed(cell, cell_index, **_):   # a long run shows where it is (the cells that finished)
-        seconds = time.perf_counter() - started.get(cell_index, time.perf_counter())
+        seconds = time.perf_counter() - started[cell_index]
         if seconds >= slow_s:
-            done = sum(1 for i in started if nb.cells[i].cell_type == "code")
-            print(f"    cell {cell_index} (code cell {done} of {n_code}): {seconds:.1f} s, done at "
+            print(f"    cell {cell_index} (code cell {len(started)} of {n_code}): {seconds:.1f} s, done at "
                   f"{datetime.datetime.now():%H:%M:%S}", flush=True)
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
